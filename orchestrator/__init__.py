@@ -1,0 +1,3 @@
+"""orch: distributed ResNet training for image classification."""
+
+__version__ = "0.1.0"

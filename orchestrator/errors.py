@@ -1,0 +1,25 @@
+"""User-facing errors: each becomes one line on stderr and exit code 2, never a traceback."""
+
+
+class OrchError(Exception):
+    """A problem the user can fix: the message names the field or file and the fix."""
+
+    exit_code = 2
+
+
+class SpecError(OrchError):
+    """The job spec or an override is invalid."""
+
+
+class DataError(OrchError):
+    """A dataset file or folder is missing, empty or unreadable."""
+
+
+class ResourceError(OrchError):
+    """The cluster cannot give what the job asks for."""
+
+
+class JobFailed(OrchError):
+    """The job started but training failed; the MLflow run is marked FAILED with the cause."""
+
+    exit_code = 1

@@ -1,0 +1,103 @@
+"""Reading a job spec: YAML file plus `--set key.path=value` overrides, validated as one object."""
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.errors import SpecError
+from orchestrator.spec.schema import JobSpec
+
+# Paths a worker opens; made absolute so that Ray workers, whose working directory differs
+# from the driver's, read the same files.
+_PATH_FIELDS = (("data", "train"), ("data", "val"), ("checkpoint", "storage"))
+
+
+def load_spec(path, overrides=()) -> JobSpec:
+    """Read, override and validate a spec file. Raises SpecError naming the file or key."""
+    raw = _read_yaml(Path(path))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    return spec_from_dict(raw, source=str(path))
+
+
+def spec_from_dict(raw: dict, source: str = "spec") -> JobSpec:
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {describe_validation_error(exc)}") from None
+    return _absolute_paths(spec)
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set training.epochs=2")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def set_dotted(tree: dict, key: str, value) -> None:
+    node = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: i + 1])
+            raise SpecError(f"--set {key}: {prefix} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first problem, as `key.path: message`, which is what a user needs to fix it."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key (check its spelling; see jobs/ for examples)"
+    if err["type"] == "missing":
+        return f"{where}: required key is missing"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {message} (got {err.get('input')!r})"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the form MLflow params take."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of sections (name, model, data, ...)")
+    return raw
+
+
+def _absolute_paths(spec: JobSpec) -> JobSpec:
+    for section, field in _PATH_FIELDS:
+        obj = getattr(spec, section)
+        value = getattr(obj, field)
+        if "://" not in value:
+            setattr(obj, field, os.path.abspath(os.path.expanduser(value)))
+    return spec

@@ -1,0 +1,115 @@
+"""The job spec: one typed, validated object that every other part reads.
+
+Unknown keys are errors (extra="forbid"), so a misspelled option never silently does nothing.
+Learning rates are given per 256 images and scaled with the global batch (Goyal et al.).
+"""
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Section):
+    arch: str
+    num_classes: Optional[int] = Field(None, ge=2, description="default: the dataset's")
+    options: dict[str, object] = Field(default_factory=dict)
+
+
+class ResolutionSpec(_Section):
+    """Progressive resizing for ImageNet-style training (ffcv-imagenet's min_res/max_res)."""
+
+    min_res: int = Field(160, ge=8)
+    max_res: int = Field(192, ge=8)
+    start_epoch: int = Field(0, ge=0)
+    end_epoch: int = Field(0, ge=0)
+    val_res: int = Field(224, ge=8)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_res > self.max_res:
+            raise ValueError("min_res must not exceed max_res")
+        if self.end_epoch < self.start_epoch:
+            raise ValueError("end_epoch must not be before start_epoch")
+        return self
+
+
+class DataSpec(_Section):
+    train: str
+    val: str
+    augment: Literal["imagenet", "cifar"] = "imagenet"
+    num_workers: Optional[int] = Field(None, ge=1, description="loader threads per worker; default: its CPUs")
+    max_train_samples: Optional[int] = Field(None, ge=1)
+    resolution: ResolutionSpec = Field(default_factory=ResolutionSpec)
+
+
+class OptimizerSpec(_Section):
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(0.1, gt=0, description="per 256 images")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(1e-4, ge=0)
+    no_decay_norm_bias: bool = False
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class ScheduleSpec(_Section):
+    kind: Literal["step", "cosine", "constant"] = "step"
+    milestones: list[float] = Field(default_factory=lambda: [30, 60, 90], description="epochs")
+    factor: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: float = Field(0, ge=0)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine floor, a fraction of the lr")
+
+    @model_validator(mode="after")
+    def _sorted(self):
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError("milestones must be increasing")
+        return self
+
+
+class TrainingSpec(_Section):
+    epochs: int = Field(..., ge=1)
+    seed: int = 0
+    batch_size: int = Field(..., ge=1, description="per worker")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    max_failures: int = Field(0, ge=-1)
+
+
+class ScalingSpec(_Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(1, gt=0)
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+class CheckpointSpec(_Section):
+    storage: str = "checkpoints"
+    num_to_keep: Optional[int] = Field(None, ge=1, description="best by metric, plus the latest")
+    metric: str = "val_top1_error"
+    mode: Literal["min", "max"] = "min"
+
+
+class TrackingSpec(_Section):
+    tracking_uri: Optional[str] = Field(None, description="default: $MLFLOW_TRACKING_URI, else ./mlruns")
+    run_name: Optional[str] = None
+    system_metrics: bool = True
+
+
+class JobSpec(_Section):
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    experiment: str = "orch"
+    model: ModelSpec
+    data: DataSpec
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    training: TrainingSpec
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
