@@ -5,6 +5,7 @@ class OrchError(Exception):
     """A problem the user can fix: the message names the field or file and the fix."""
 
     exit_code = 2
+    label = "error"
 
 
 class SpecError(OrchError):
@@ -23,3 +24,10 @@ class JobFailed(OrchError):
     """The job started but training failed; the MLflow run is marked FAILED with the cause."""
 
     exit_code = 1
+
+
+class JobInterrupted(OrchError):
+    """The user interrupted the job (Ctrl-C); the run is marked KILLED, checkpoints kept."""
+
+    exit_code = 130
+    label = "stopped"

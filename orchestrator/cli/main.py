@@ -34,7 +34,7 @@ def main(argv=None):
     try:
         cli.main(args=argv, prog_name="orch", standalone_mode=False)
     except OrchError as exc:
-        click.echo(f"orch: error: {exc}", err=True)
+        click.echo(f"orch: {exc.label}: {exc}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("orch: aborted", err=True)

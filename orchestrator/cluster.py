@@ -1,0 +1,51 @@
+"""Connecting to Ray and checking, before anything waits, that it can give what a job asks."""
+
+import logging
+import os
+
+import ray
+
+from orchestrator.errors import ResourceError
+from orchestrator.spec.schema import ScalingSpec
+
+
+def connect(address: str | None = None) -> None:
+    """Join the Ray at `address` or $RAY_ADDRESS or one started on this machine; else start one."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Says that token auth (Ray's default) is on: news to Ray's operators, noise to a researcher.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(
+        address=address,
+        include_dashboard=True,  # without it Ray Train floods the log with PlacementGroupCleaner errors
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,  # orch prints its own progress; worker logs stay in Ray's log files
+        logging_level=logging.WARNING,
+    )
+
+
+def worker_resources(scaling: ScalingSpec) -> dict:
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    return resources
+
+
+def check_resources(scaling: ScalingSpec) -> None:
+    """Fail fast, saying what is missing, instead of waiting forever for a placement group."""
+    per_worker = worker_resources(scaling)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for name, amount in per_worker.items():
+        need = amount * scaling.num_workers
+        have = sum(node.get(name, 0) for node in nodes)
+        if have < need:
+            raise ResourceError(
+                f"scaling: {scaling.num_workers} workers x {amount:g} {name} = {need:g} {name}, "
+                f"but the Ray cluster has {have:g}; lower scaling.num_workers or "
+                f"scaling.{'gpus' if name == 'GPU' else 'cpus'}_per_worker"
+                + (", or set scaling.use_gpu=false" if name == "GPU" else "")
+            )
+    fits = [n for n in nodes if all(n.get(k, 0) >= v for k, v in per_worker.items())]
+    if not fits:
+        raise ResourceError(f"scaling: no single Ray node has {per_worker} for one worker")

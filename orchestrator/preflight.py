@@ -1,0 +1,83 @@
+"""Checks that run before a job starts anything: every problem found here is one line, and
+no Ray job or MLflow run exists yet to be left behind."""
+
+import os
+
+import torch
+
+from data_pipeline import num_samples, read_dataset_info, val_shard
+from orchestrator.errors import SpecError
+from orchestrator.models import build_model
+from orchestrator.spec.schema import JobSpec
+from orchestrator.train.schedule import scaled_lr
+
+
+def check_model(spec: JobSpec, num_classes: int) -> None:
+    """Build the model on the meta device: validates arch and options without allocating."""
+    with torch.device("meta"):
+        build_model(spec.model.arch, num_classes, **spec.model.options)
+
+
+def plan(spec: JobSpec, require_data: bool = True) -> dict:
+    """What follows from the spec, read from the data files and checked.
+
+    With require_data=False (a dry run before the data is written) a missing dataset is
+    reported in the plan instead of raised; any other problem is still an error.
+    """
+    if not require_data and not (os.path.exists(spec.data.train) and os.path.exists(spec.data.val)):
+        return _plan_without_data(spec)
+    info = read_dataset_info(spec.data.train)
+    num_classes = spec.model.num_classes or info.num_classes
+    if num_classes < info.num_classes:
+        raise SpecError(
+            f"model.num_classes: {num_classes} is fewer than the dataset's {info.num_classes} classes"
+        )
+    check_model(spec, num_classes)
+    n_train = num_samples(spec.data.train)
+    n_val = num_samples(spec.data.val)
+    if spec.data.max_train_samples:
+        n_train = min(n_train, spec.data.max_train_samples)
+    workers = spec.scaling.num_workers
+    global_batch = spec.training.batch_size * workers
+    steps = n_train // workers // spec.training.batch_size
+    if steps == 0:
+        raise SpecError(
+            f"training.batch_size: {spec.training.batch_size} per worker x {workers} workers "
+            f"exceeds the {n_train} training samples; lower it"
+        )
+    shards = [val_shard(n_val, r, workers) for r in range(workers)]
+    return {
+        "num_classes": num_classes,
+        "train_samples": n_train,
+        "val_samples": n_val,
+        "global_batch": global_batch,
+        "effective_lr": scaled_lr(spec.optimizer.lr, global_batch),
+        "steps_per_epoch": steps,
+        "total_steps": steps * spec.training.epochs,
+        "workers": workers,
+        "worker_resources": _resources_text(spec),
+        "val_shard_sizes": [stop - start for start, stop in shards],
+        "mean": list(info.mean),
+        "std": list(info.std),
+    }
+
+
+def _plan_without_data(spec: JobSpec) -> dict:
+    check_model(spec, spec.model.num_classes or 10)
+    global_batch = spec.training.batch_size * spec.scaling.num_workers
+    return {
+        "data": f"not written yet: {spec.data.train} / {spec.data.val} (see `orch data prepare`)",
+        "global_batch": global_batch,
+        "effective_lr": scaled_lr(spec.optimizer.lr, global_batch),
+        "workers": spec.scaling.num_workers,
+        "worker_resources": _resources_text(spec),
+    }
+
+
+def _resources_text(spec: JobSpec) -> str:
+    s = spec.scaling
+    text = f"{s.cpus_per_worker:g} CPU"
+    if s.use_gpu:
+        text += f", {s.gpus_per_worker:g} GPU"
+    return f"{text} each, placement {s.placement}"
+

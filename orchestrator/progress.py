@@ -1,0 +1,76 @@
+"""What a person reads while a job runs: one line per epoch, then a summary.
+
+The driver learns of each epoch from MLflow, where the controller logs it, so these lines
+show exactly what the run recorded.
+"""
+
+import threading
+
+import click
+
+from orchestrator.tracking import epoch_history
+
+_FIELDS = ("train_loss", "val_top1_error", "val_top5_error", "train_images_per_second", "epoch_seconds")
+
+
+class EpochPrinter(threading.Thread):
+    """Polls the run's metrics and prints each new epoch once."""
+
+    def __init__(self, uri: str, run_id: str, epochs: int, err: bool, interval: float = 2.0):
+        super().__init__(daemon=True)
+        self.uri, self.run_id, self.epochs, self.err, self.interval = uri, run_id, epochs, err, interval
+        self._halt = threading.Event()
+        self._printed: set[int] = set()
+
+    def run(self):
+        while not self._halt.wait(self.interval):
+            self.flush()
+
+    def stop(self):
+        self._halt.set()
+        self.join(timeout=10)
+        self.flush()
+
+    def flush(self):
+        try:
+            history = {key: epoch_history(self.uri, self.run_id, key) for key in _FIELDS}
+        except Exception:  # a busy sqlite store: try again on the next tick
+            return
+        for epoch in sorted(history["val_top1_error"]):
+            if epoch not in self._printed and all(epoch in history[k] for k in _FIELDS):
+                self._printed.add(epoch)
+                click.echo(format_epoch(epoch, self.epochs, {k: history[k][epoch] for k in _FIELDS}), err=self.err)
+
+
+def format_epoch(epoch: int, epochs: int, m: dict) -> str:
+    left = (epochs - epoch - 1) * m["epoch_seconds"]
+    return (
+        f"epoch {epoch + 1:>3}/{epochs}  loss {m['train_loss']:.4f}  "
+        f"top-1 err {m['val_top1_error']:6.2f}%  top-5 err {m['val_top5_error']:6.2f}%  "
+        f"{m['train_images_per_second']:,.0f} img/s  {_duration(m['epoch_seconds'])}/epoch  "
+        f"left ~{_duration(left)}"
+    )
+
+
+def format_summary(outcome: dict, uri: str) -> str:
+    metrics = outcome["metrics"]
+    lines = [
+        f"run {outcome['run_id']}: {outcome['status']}",
+        *(f"  {k:<24} {_number(v)}" for k, v in sorted(metrics.items())),
+        f"  {'best checkpoint':<24} {outcome['best_checkpoint'] or '(none)'}",
+        f"  {'dashboard':<24} mlflow ui --backend-store-uri {uri}",
+    ]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def _number(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,129 @@
+"""Run a job on the Ray this process can reach (started embedded when none is running)."""
+
+import contextlib
+import logging
+import signal
+import threading
+
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from orchestrator import cluster, preflight, tracking
+from orchestrator.errors import JobFailed, JobInterrupted
+from orchestrator.progress import EpochPrinter
+from orchestrator.spec.schema import JobSpec
+from orchestrator.train.loop import train_worker
+
+
+def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr: bool = False) -> dict:
+    """Train `spec` to the end. Returns {run_id, status, metrics, best_checkpoint}.
+
+    Every check that can fail on bad input runs before the MLflow run exists; once it does,
+    it is ended FINISHED, FAILED or KILLED whatever happens.
+    """
+    plan = preflight.plan(spec)
+    cluster.connect()
+    cluster.check_resources(spec.scaling)
+    uri = tracking.tracking_uri(spec)
+    run_id = tracking.start_run(spec, spec_path, uri)
+    printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr)
+    status, error, result, best = "FAILED", None, None, {}
+    with _system_metrics(spec, uri, run_id):
+        printer.start()
+        try:
+            result = fit(build_trainer(spec, uri, run_id, plan))
+            status = "FINISHED"
+        except (KeyboardInterrupt, SystemExit):
+            # Ray Train's own SIGINT handler aborts the run and exits via SystemExit.
+            status = "KILLED"
+            raise JobInterrupted(f"run {run_id} interrupted: marked KILLED, checkpoints kept") from None
+        except Exception as exc:  # Ray wraps worker errors; keep the cause, record it whole
+            error = str(exc)
+            raise JobFailed(f"run {run_id} FAILED: {root_cause(exc)}") from None
+        finally:
+            try:
+                printer.stop()
+                best = tracking.log_best(uri, run_id, spec.checkpoint.mode)
+            finally:
+                tracking.end_run(uri, run_id, status, error)
+    return {
+        "run_id": run_id,
+        "status": status,
+        "metrics": {**_final_metrics(result), **best},
+        "best_checkpoint": _best_checkpoint(result, spec),
+        "tracking_uri": uri,
+    }
+
+
+def build_trainer(spec: JobSpec, uri: str, run_id: str, plan: dict, resume_from: str | None = None) -> TorchTrainer:
+    scaling = spec.scaling
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "resume_from": resume_from},
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=cluster.worker_resources(scaling),
+            placement_strategy=scaling.placement,
+        ),
+        run_config=RunConfig(
+            name=f"{spec.name}-{run_id[:8]}",
+            storage_path=spec.checkpoint.storage,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.checkpoint.num_to_keep,
+                checkpoint_score_attribute=spec.checkpoint.metric,
+                checkpoint_score_order=spec.checkpoint.mode,
+            ),
+            failure_config=FailureConfig(max_failures=spec.training.max_failures),
+            callbacks=[tracking.EpochLogger(uri, run_id)],
+        ),
+    )
+
+
+def fit(trainer: TorchTrainer):
+    """trainer.fit(), leaving SIGINT as it found it: Ray Train installs a handler bound to
+    this run's controller and does not remove it."""
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if on_main else None
+    try:
+        return trainer.fit()
+    finally:
+        if on_main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def root_cause(exc: BaseException) -> str:
+    """The last line of the innermost error: what a user needs, without Ray's wrapping."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _system_metrics(spec: JobSpec, uri: str, run_id: str):
+    monitor = None
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop chatter
+    if spec.tracking.system_metrics:
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=uri)
+        monitor.start()
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _final_metrics(result) -> dict:
+    if result is None or not result.metrics:
+        return {}
+    keep = ("epoch",) + tracking.EPOCH_METRICS
+    return {k: result.metrics[k] for k in keep if k in result.metrics}
+
+
+def _best_checkpoint(result, spec: JobSpec) -> str | None:
+    if result is None:
+        return None
+    best = result.get_best_checkpoint(spec.checkpoint.metric, spec.checkpoint.mode)
+    return best.path if best else None

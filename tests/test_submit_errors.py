@@ -1,0 +1,66 @@
+"""Bad input to `orch submit`: one line naming the problem, exit code 2, no traceback, and no
+MLflow run left behind. Runs the real CLI in a subprocess."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "jobs" / "demo_fashion_mnist.yaml"
+
+
+def orch(*args, cwd, env_uri):
+    env = {"MLFLOW_TRACKING_URI": env_uri, "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args],
+                          capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+def data_sets(data):
+    return ["--set", f"data.train={data / 'train.beton'}", "--set", f"data.val={data / 'val.beton'}"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "training.epochz=2"], "training.epochz: unknown key"),
+    (["--set", "model.arch=resnet19"], "resnet19"),
+    (["--set", "data.train=/nonexistent/train.beton"], "/nonexistent"),
+    (["--set", "scaling.use_gpu=true"], "GPU"),
+    (["--set", "training.batch_size=100000"], "training.batch_size"),
+])
+def test_bad_input_is_one_line_exit_2(args, fragment, fashion_mnist, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = orch("submit", str(DEMO), *data_sets(fashion_mnist), *args, cwd=tmp_path, env_uri=uri)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("orch: error:")]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    if (tmp_path / "mlflow.db").exists():
+        client = MlflowClient(uri)
+        assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_not_a_beton(tmp_path):
+    fake = tmp_path / "train.beton"
+    fake.write_text("not a beton")
+    proc = orch("submit", str(DEMO), "--set", f"data.train={fake}", "--set", f"data.val={fake}",
+                cwd=tmp_path, env_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(tmp_path) in proc.stderr
+
+
+def test_every_job_passes_dry_run(tmp_path):
+    for job in sorted((ROOT / "jobs").glob("*.yaml")):
+        proc = orch("submit", str(job), "--dry-run", cwd=tmp_path, env_uri="sqlite:///unused.db")
+        assert proc.returncode == 0, f"{job.name}: {proc.stderr}"
+        assert "global_batch" in proc.stdout and "effective_lr" in proc.stdout
+
+
+def test_dry_run_with_data_shows_the_plan(fashion_mnist, tmp_path):
+    proc = orch("submit", str(DEMO), *data_sets(fashion_mnist), "--set", "scaling.num_workers=3",
+                "--set", "scaling.cpus_per_worker=0.5", "--dry-run", cwd=tmp_path, env_uri="sqlite:///u.db")
+    assert proc.returncode == 0, proc.stderr
+    assert "val_shard_sizes: [3334, 3333, 3333]" in proc.stdout
+    assert "steps_per_epoch: 156" in proc.stdout  # 60,000 / 3 workers / 128
+    assert not (tmp_path / "u.db").exists()
