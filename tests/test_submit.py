@@ -6,6 +6,8 @@ whole 10,000-image test set, each sample once across ranks.
 
 import gzip
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +107,53 @@ def test_cli_one_worker_prints_one_json_object(ray_cluster, fashion_mnist, mlflo
     assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_samples"] == 10000
     assert "epoch   1/1" in proc.stderr
     assert MlflowClient(mlflow_uri).get_run(outcome["run_id"]).info.status == "FINISHED"
+
+
+def _start_cli_job(args, cwd):
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli.main", "submit", str(DEMO), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+    )
+
+
+def _wait_for_first_epoch(proc) -> None:
+    for line in proc.stdout:
+        if line.startswith("epoch   1/"):
+            return
+    raise AssertionError(f"no epoch finished: {proc.stderr.read()[-3000:]}")
+
+
+def _only_run(uri):
+    client = MlflowClient(uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_ctrl_c_marks_the_run_killed(ray_cluster, fashion_mnist, mlflow_uri, tmp_path):
+    sets = [arg for s in small_job(fashion_mnist, tmp_path, workers=1, epochs=30) for arg in ("--set", s)]
+    proc = _start_cli_job(sets, tmp_path)
+    _wait_for_first_epoch(proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "marked KILLED" in err and "Traceback" not in err
+    run = _only_run(mlflow_uri)
+    assert run.info.status == "KILLED"
+    assert Path(run.data.tags["orch.checkpoint_dir"], "epoch_0000", "model.pt").exists()
+
+
+def test_a_dead_worker_fails_the_run_with_its_cause(ray_cluster, fashion_mnist, mlflow_uri, tmp_path):
+    sets = [arg for s in small_job(fashion_mnist, tmp_path, workers=1, epochs=30) for arg in ("--set", s)]
+    proc = _start_cli_job(sets + ["--set", "training.max_failures=0"], tmp_path)
+    _wait_for_first_epoch(proc)
+    workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+    assert workers
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("orch: error: run")]
+    assert len(lines) == 1 and "FAILED" in lines[0], err[-3000:]
+    run = _only_run(mlflow_uri)
+    assert run.info.status == "FAILED" and run.data.tags.get("orch.error")

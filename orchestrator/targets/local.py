@@ -27,6 +27,7 @@ def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr
     cluster.check_resources(spec.scaling)
     uri = tracking.tracking_uri(spec)
     run_id = tracking.start_run(spec, spec_path, uri)
+    tracking.set_tags(uri, run_id, {"orch.checkpoint_dir": checkpoint_dir(spec, run_id), "orch.target": "local"})
     printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr)
     status, error, result, best = "FAILED", None, None, {}
     with _system_metrics(spec, uri, run_id):
@@ -47,13 +48,25 @@ def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr
                 best = tracking.log_best(uri, run_id, spec.checkpoint.mode)
             finally:
                 tracking.end_run(uri, run_id, status, error)
+    best_checkpoint = _best_checkpoint(result, spec)
+    if best_checkpoint:
+        tracking.set_tags(uri, run_id, {"orch.best_checkpoint": best_checkpoint})
     return {
         "run_id": run_id,
         "status": status,
         "metrics": {**_final_metrics(result), **best},
-        "best_checkpoint": _best_checkpoint(result, spec),
+        "best_checkpoint": best_checkpoint,
         "tracking_uri": uri,
     }
+
+
+def ray_run_name(spec: JobSpec, run_id: str) -> str:
+    return f"{spec.name}-{run_id[:8]}"
+
+
+def checkpoint_dir(spec: JobSpec, run_id: str) -> str:
+    """Where Ray Train puts this run's checkpoints (epoch_NNNN directories)."""
+    return f"{spec.checkpoint.storage.rstrip('/')}/{ray_run_name(spec, run_id)}"
 
 
 def build_trainer(spec: JobSpec, uri: str, run_id: str, plan: dict, resume_from: str | None = None) -> TorchTrainer:
@@ -68,7 +81,7 @@ def build_trainer(spec: JobSpec, uri: str, run_id: str, plan: dict, resume_from:
             placement_strategy=scaling.placement,
         ),
         run_config=RunConfig(
-            name=f"{spec.name}-{run_id[:8]}",
+            name=ray_run_name(spec, run_id),
             storage_path=spec.checkpoint.storage,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=spec.checkpoint.num_to_keep,
