@@ -2,6 +2,7 @@
 controller once per report (never per rank); the run always ends FINISHED, FAILED or KILLED."""
 
 import json
+import logging
 import os
 import subprocess
 import time
@@ -33,6 +34,7 @@ def tracking_uri(spec: JobSpec) -> str:
 
 def start_run(spec: JobSpec, spec_path: str | None, uri: str) -> str:
     """Create the job's run: tags, the flattened spec as params, the spec as an artifact."""
+    quiet_mlflow()
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(spec.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
@@ -43,6 +45,11 @@ def start_run(spec: JobSpec, spec_path: str | None, uri: str) -> str:
         client.log_batch(run_id, params=params[i : i + 100])
     client.log_dict(run_id, spec.model_dump(mode="json"), "spec.json")
     return run_id
+
+
+def quiet_mlflow() -> None:
+    """MLflow's INFO lines (creating the sqlite tables, system metrics start/stop) are noise to a user."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def end_run(uri: str, run_id: str, status: str, error: str | None = None) -> None:

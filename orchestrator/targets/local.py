@@ -1,7 +1,6 @@
 """Run a job on the Ray this process can reach (started embedded when none is running)."""
 
 import contextlib
-import logging
 import signal
 import threading
 
@@ -117,7 +116,6 @@ def root_cause(exc: BaseException) -> str:
 @contextlib.contextmanager
 def _system_metrics(spec: JobSpec, uri: str, run_id: str):
     monitor = None
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop chatter
     if spec.tracking.system_metrics:
         monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=uri)
         monitor.start()
