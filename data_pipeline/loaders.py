@@ -1,0 +1,198 @@
+"""FFCV loaders for the training loop.
+
+Both yield (images, labels): images float32, normalized with the dataset's mean and std,
+NCHW in channels_last memory format, on `device`; labels int64, 1-D, on `device`. On the CPU
+the tensors are views of FFCV's reused batch buffers: copy them to keep them past the next
+few batches.
+
+Pipelines on the CPU normalize with FFCV's jitted NormalizeImage *before* ToTensor: placed
+after ToTorchImage, Loader() spins forever (libffcv/ffcv#396). On a GPU the uint8 batch is
+moved first and normalized in torch, since FFCV's GPU NormalizeImage needs cupy.
+"""
+
+import numpy as np
+import torch
+
+from orchestrator.errors import DataError
+
+from data_pipeline.beton import field_metadata, image_and_label_fields, num_samples, open_reader
+from data_pipeline.ffcv_compat import import_ffcv, loader_threads
+from data_pipeline.schedule import ResolutionSchedule, val_shard
+
+AUGMENTS = ("imagenet", "cifar")
+DEFAULT_RESOLUTION = 224
+VAL_CROP_RATIO = 224 / 256  # resize to res / 0.875, center-crop res
+CIFAR_PADDING = 4
+
+
+class _Batches:
+    """Wraps an ffcv Loader: finishes each batch (GPU normalization, memory format)."""
+
+    def __init__(self, loader, image_first: bool, device: str, mean, std, channels_last: bool):
+        self._loader = loader
+        self._image_first = image_first
+        self._channels_last = channels_last
+        self._gpu = _is_cuda(device)
+        if self._gpu:
+            self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+            self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def __iter__(self):
+        if self._loader is None:  # an empty validation shard
+            return
+        for first, second in self._loader:
+            images, labels = (first, second) if self._image_first else (second, first)
+            if self._gpu:
+                images = (images.float() - self._mean) / self._std  # keeps channels_last
+            if not self._channels_last:
+                images = images.contiguous()
+            yield images, labels
+
+    def __len__(self) -> int:
+        return 0 if self._loader is None else len(self._loader)
+
+
+class TrainLoader(_Batches):
+    """Shuffled, augmented batches; drop_last, so every rank has the same number of batches."""
+
+    def __init__(self, loader, image_first, device, mean, std, channels_last, decoder, schedule, resolution):
+        super().__init__(loader, image_first, device, mean, std, channels_last)
+        self._decoder = decoder
+        self._schedule = schedule
+        self.resolution: int = resolution
+        self.batch_size: int = loader.batch_size
+        self.samples_per_epoch: int = len(loader) * loader.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch's shuffle (a resumed run sees the same order) and, imagenet style, its resolution."""
+        self._loader.next_epoch = epoch
+        if self._schedule is not None:
+            self.resolution = self._schedule.at(epoch)
+            # Buffers are sized from the decoder's state at the start of every epoch (ffcv-imagenet does this).
+            self._decoder.output_size = (self.resolution, self.resolution)
+
+
+class ValLoader(_Batches):
+    """This rank's contiguous shard in file order; with every rank, each sample exactly once."""
+
+    def __init__(self, loader, image_first, device, mean, std, channels_last, shard, resolution):
+        super().__init__(loader, image_first, device, mean, std, channels_last)
+        self.start, self.stop = shard
+        self.num_samples: int = self.stop - self.start
+        self.resolution: int = resolution
+
+
+def build_train_loader(path, *, augment: str, batch_size: int, num_workers: int, seed: int, mean, std,
+                       resolution: ResolutionSchedule | None = None, distributed: bool = False,
+                       max_samples: int | None = None, device: str = "cpu", channels_last: bool = True) -> TrainLoader:
+    """imagenet: RandomResizedCrop to resolution.at(epoch) + flip; cifar: 4-pixel padded random crop + flip.
+
+    distributed=True shards by torch.distributed's rank and world size (a process group must
+    exist); FFCV pads the shards with repeated samples, as DistributedSampler does.
+    """
+    total = num_samples(path)
+    _check_common(augment, batch_size)
+    if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise RuntimeError("build_train_loader(distributed=True) needs torch.distributed's process group")
+    indices = None
+    if max_samples is not None:
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be at least 1, got {max_samples}")
+        indices = np.arange(min(max_samples, total), dtype=np.uint64)
+    import_ffcv()
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import OrderOption
+    from ffcv.transforms import RandomHorizontalFlip, RandomTranslate
+
+    reader = open_reader(path)
+    schedule = None
+    if augment == "imagenet":
+        schedule = resolution or ResolutionSchedule(DEFAULT_RESOLUTION, DEFAULT_RESOLUTION, 0, 0)
+        res = schedule.at(0)
+        decoder = RandomResizedCropRGBImageDecoder((res, res))
+        image_ops = [decoder, RandomHorizontalFlip()]
+    else:
+        res = _one_size(reader, path)
+        decoder = SimpleRGBImageDecoder()
+        image_ops = [decoder, RandomTranslate(padding=CIFAR_PADDING), RandomHorizontalFlip()]
+    loader, image_first = _ffcv_loader(
+        path, reader, image_ops, device, mean, std, batch_size=batch_size, num_workers=num_workers,
+        order=OrderOption.RANDOM, distributed=distributed, seed=seed, indices=indices, drop_last=True,
+    )
+    if len(loader) == 0:
+        raise DataError(f"{path}: {len(loader.indices)} samples give no full batch of {batch_size} on this rank; "
+                        "lower the batch size")
+    return TrainLoader(loader, image_first, device, mean, std, channels_last, decoder, schedule, res)
+
+
+def build_val_loader(path, *, augment: str, batch_size: int, num_workers: int, mean, std,
+                     resolution: int | None = None, rank: int = 0, world_size: int = 1, device: str = "cpu",
+                     channels_last: bool = True) -> ValLoader:
+    """imagenet: resize to resolution/0.875 and center-crop resolution; cifar: the stored image.
+
+    Shards with val_shard, not FFCV's distributed ordering, which pads with repeated samples.
+    """
+    total = num_samples(path)
+    _check_common(augment, batch_size)
+    shard = val_shard(total, rank, world_size)
+    import_ffcv()
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import OrderOption
+
+    reader = open_reader(path)
+    if augment == "imagenet":
+        res = resolution or DEFAULT_RESOLUTION
+        decoder = CenterCropRGBImageDecoder((res, res), ratio=VAL_CROP_RATIO)
+    else:
+        res = _one_size(reader, path)
+        decoder = SimpleRGBImageDecoder()
+    if shard[0] == shard[1]:  # more ranks than samples
+        return ValLoader(None, True, device, mean, std, channels_last, shard, res)
+    loader, image_first = _ffcv_loader(
+        path, reader, [decoder], device, mean, std, batch_size=batch_size, num_workers=num_workers,
+        order=OrderOption.SEQUENTIAL, distributed=False, seed=0, indices=np.arange(*shard, dtype=np.uint64),
+        drop_last=False,
+    )
+    return ValLoader(loader, image_first, device, mean, std, channels_last, shard, res)
+
+
+def _ffcv_loader(path, reader, image_ops, device, mean, std, *, num_workers, **loader_args):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.loader import Loader
+    from ffcv.transforms import NormalizeImage, Squeeze, ToDevice, ToTensor, ToTorchImage
+
+    image_field, label_field = image_and_label_fields(reader, path)
+    if _is_cuda(device):
+        target = torch.device(device)
+        image_ops = image_ops + [ToTensor(), ToDevice(target, non_blocking=True), ToTorchImage(channels_last=True)]
+        label_ops = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(target, non_blocking=True)]
+    else:
+        normalize = NormalizeImage(np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64), np.float32)
+        image_ops = image_ops + [normalize, ToTensor(), ToTorchImage(channels_last=True)]
+        label_ops = [IntDecoder(), ToTensor(), Squeeze(1)]  # Squeeze(1): a batch of one stays 1-D
+    pipelines = {name: None for name in reader.handlers}
+    pipelines.update({image_field: image_ops, label_field: label_ops})
+    loader = Loader(str(path), num_workers=loader_threads(num_workers), pipelines=pipelines, **loader_args)
+    image_first = reader.field_names.index(image_field) < reader.field_names.index(label_field)
+    return loader, image_first
+
+
+def _check_common(augment: str, batch_size: int) -> None:
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def _one_size(reader, path) -> int:
+    """cifar style reads stored images as they are: they must all have one size."""
+    meta = field_metadata(reader, image_and_label_fields(reader, path)[0])
+    heights, widths = np.unique(meta["height"]), np.unique(meta["width"])
+    if len(heights) != 1 or len(widths) != 1:
+        raise DataError(f"{path}: images of several sizes ({heights.min()}-{heights.max()} x {widths.min()}-{widths.max()}); "
+                        "cifar augmentation needs one size: use augment imagenet, or rewrite the data at one size")
+    return int(heights[0])
+
+
+def _is_cuda(device) -> bool:
+    return str(device).startswith("cuda")

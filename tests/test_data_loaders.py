@@ -1,0 +1,163 @@
+"""The training loop's loaders on a real .beton whose label is the sample index."""
+
+import numpy as np
+import pytest
+import torch
+from data_fixtures import write_index_beton
+
+from data_pipeline import ResolutionSchedule, build_train_loader, build_val_loader
+
+N = 1001
+# Several FFCV loaders in one process: numba's dispatcher finalizer raises a harmless KeyError
+# when they are garbage-collected.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(scope="module")
+def index_beton(tmp_path_factory):
+    path = tmp_path_factory.mktemp("index") / "index.beton"
+    dataset = write_index_beton(path, N, size=16)
+    pixels = dataset.images.reshape(-1, 3).astype(np.float64)
+    return path, tuple(pixels.mean(axis=0)), tuple(pixels.std(axis=0))
+
+
+@pytest.fixture(scope="module")
+def cifar_train(index_beton):
+    path, mean, std = index_beton
+    return build_train_loader(path, augment="cifar", batch_size=64, num_workers=2, seed=7, mean=mean, std=std)
+
+
+@pytest.fixture(scope="module")
+def imagenet_train(index_beton):
+    path, mean, std = index_beton
+    schedule = ResolutionSchedule(min_res=16, max_res=48, start_epoch=1, end_epoch=3, step=16)
+    return build_train_loader(path, augment="imagenet", batch_size=50, num_workers=2, seed=0, mean=mean, std=std,
+                              resolution=schedule, max_samples=500, channels_last=True)
+
+
+def epoch_labels(loader, epoch: int) -> np.ndarray:
+    loader.set_epoch(epoch)
+    return np.concatenate([labels.numpy().copy() for _, labels in loader])
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_validation_sees_every_sample_once(index_beton, world_size):
+    path, mean, std = index_beton
+    seen = []
+    for rank in range(world_size):
+        loader = build_val_loader(path, augment="cifar", batch_size=100, num_workers=2, mean=mean, std=std,
+                                  rank=rank, world_size=world_size, channels_last=world_size != 1)
+        batches = [(x.shape, x.is_contiguous(), y.numpy().copy()) for x, y in loader]
+        assert sum(len(y) for _, _, y in batches) == loader.num_samples and len(batches) == len(loader)
+        assert all(shape[1:] == (3, 16, 16) for shape, _, _ in batches)
+        if world_size == 1:  # channels_last=False: plain contiguous NCHW
+            assert all(contiguous for _, contiguous, _ in batches)
+        seen += [y for _, _, y in batches]
+    np.testing.assert_array_equal(np.concatenate(seen), np.arange(N))  # each once, in file order
+
+
+def test_validation_imagenet_center_crop(index_beton):
+    path, mean, std = index_beton
+    loader = build_val_loader(path, augment="imagenet", batch_size=128, num_workers=2, mean=mean, std=std,
+                              resolution=24, rank=1, world_size=2)
+    batches = list(loader)
+    assert (loader.num_samples, len(loader)) == (500, 4)
+    images, labels = batches[0]
+    assert images.shape == (128, 3, 24, 24) and images.dtype == torch.float32
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert labels[0].item() == 501 and batches[-1][1].shape == (500 - 3 * 128,)
+
+
+def test_train_batches(cifar_train):
+    assert len(cifar_train) == N // 64 and cifar_train.samples_per_epoch == (N // 64) * 64
+    assert cifar_train.resolution == 16
+    cifar_train.set_epoch(0)
+    count = 0
+    for images, labels in cifar_train:
+        assert images.shape == (64, 3, 16, 16) and images.dtype == torch.float32
+        assert images.is_contiguous(memory_format=torch.channels_last)
+        assert labels.shape == (64,) and labels.dtype == torch.int64
+        count += 1
+    assert count == len(cifar_train)
+
+
+def test_set_epoch_gives_a_deterministic_shuffle(cifar_train):
+    first = epoch_labels(cifar_train, 3)
+    assert len(np.unique(first)) == len(first) == (N // 64) * 64  # no sample twice in an epoch
+    assert not np.array_equal(first, np.sort(first))
+    np.testing.assert_array_equal(epoch_labels(cifar_train, 3), first)  # a resumed epoch 3
+    assert not np.array_equal(epoch_labels(cifar_train, 4), first)
+
+
+def test_normalization(imagenet_train):
+    imagenet_train.set_epoch(5)
+    images = torch.cat([x.clone() for x, _ in imagenet_train])
+    per_channel = images.mean(dim=(0, 2, 3))
+    assert torch.all(per_channel.abs() < 0.1), per_channel
+    assert 0.5 < images.std().item() < 1.2
+
+
+def test_progressive_resolution_and_max_samples(imagenet_train):
+    assert len(imagenet_train) == 10 and imagenet_train.samples_per_epoch == 500
+    for epoch, res in [(0, 16), (2, 32), (3, 48), (0, 16)]:
+        imagenet_train.set_epoch(epoch)
+        assert imagenet_train.resolution == res
+        batches = [(x.shape, x.is_contiguous(memory_format=torch.channels_last), y.max().item())
+                   for x, y in imagenet_train]
+        assert len(batches) == 10
+        assert all(shape == (50, 3, res, res) and last and top < 500 for shape, last, top in batches)
+
+
+def test_torch_threads_left_alone(cifar_train):
+    before = torch.get_num_threads()
+    epoch_labels(cifar_train, 0)
+    assert torch.get_num_threads() == before
+
+
+def test_distributed_shards_with_the_process_group(index_beton, tmp_path):
+    import torch.distributed as dist
+
+    path, mean, std = index_beton
+    with pytest.raises(RuntimeError, match="process group"):
+        build_train_loader(path, augment="cifar", batch_size=64, num_workers=1, seed=0, mean=mean, std=std,
+                           distributed=True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        loader = build_train_loader(path, augment="cifar", batch_size=100, num_workers=1, seed=0, mean=mean,
+                                    std=std, distributed=True)
+        labels = epoch_labels(loader, 1)
+        assert len(loader) == 10 and len(np.unique(labels)) == 1000
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cifar_needs_one_image_size(tmp_path):
+    from data_fixtures import make_image_folder
+
+    from data_pipeline import write_imagefolder
+    from data_pipeline.imagefolder import WriterOptions
+    from orchestrator.errors import DataError
+
+    make_image_folder(tmp_path / "train", per_class=2)
+    make_image_folder(tmp_path / "val", per_class=1)
+    write_imagefolder(tmp_path / "train", tmp_path / "val", tmp_path / "out", WriterOptions(workers=1))
+    with pytest.raises(DataError, match="one size"):
+        build_train_loader(tmp_path / "out" / "train.beton", augment="cifar", batch_size=2, num_workers=1, seed=0,
+                           mean=(0, 0, 0), std=(1, 1, 1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_pipeline(index_beton):
+    path, mean, std = index_beton
+    train = build_train_loader(path, augment="imagenet", batch_size=64, num_workers=2, seed=0, mean=mean, std=std,
+                               resolution=ResolutionSchedule(32, 32, 0, 0), device="cuda:0")
+    train.set_epoch(0)
+    for images, labels in train:
+        assert images.device.type == "cuda" and labels.device.type == "cuda"
+        assert images.shape == (64, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
+        assert images.is_contiguous(memory_format=torch.channels_last)
+        assert images.mean().abs().item() < 0.2
+    val = build_val_loader(path, augment="cifar", batch_size=100, num_workers=2, mean=mean, std=std, device="cuda:0")
+    labels = torch.cat([y.clone() for _, y in val]).cpu().numpy()
+    np.testing.assert_array_equal(labels, np.arange(N))
