@@ -7,6 +7,7 @@ show exactly what the run recorded.
 import threading
 
 import click
+from mlflow.tracking import MlflowClient
 
 from orchestrator.tracking import epoch_history
 
@@ -16,11 +17,13 @@ _FIELDS = ("train_loss", "val_top1_error", "val_top5_error", "train_images_per_s
 class EpochPrinter(threading.Thread):
     """Polls the run's metrics and prints each new epoch once."""
 
-    def __init__(self, uri: str, run_id: str, epochs: int, err: bool, interval: float = 2.0):
+    def __init__(self, uri: str, run_id: str, epochs: int, err: bool, interval: float = 5.0, skip=()):
         super().__init__(daemon=True)
         self.uri, self.run_id, self.epochs, self.err, self.interval = uri, run_id, epochs, err, interval
         self._halt = threading.Event()
-        self._printed: set[int] = set()
+        self._printed: set[int] = set(skip)  # epochs a resumed run printed before
+        self._told: dict[str, str] = {}
+        self._tell_restarts(quiet=True)  # a resumed run's earlier restarts were told then
 
     def run(self):
         while not self._halt.wait(self.interval):
@@ -40,6 +43,23 @@ class EpochPrinter(threading.Thread):
             if epoch not in self._printed and all(epoch in history[k] for k in _FIELDS):
                 self._printed.add(epoch)
                 click.echo(format_epoch(epoch, self.epochs, {k: history[k][epoch] for k in _FIELDS}), err=self.err)
+        self._tell_restarts()
+
+    def _tell_restarts(self, quiet: bool = False):
+        """Say when Ray Train restarted the workers, and when a damaged checkpoint was skipped."""
+        try:
+            tags = MlflowClient(self.uri).get_run(self.run_id).data.tags
+        except Exception:
+            return
+        for key, text in (("orch.restarts", "workers failed ({cause}): restart {value}, "
+                                            "continuing from the latest checkpoint"),
+                          ("orch.restore_warning", "warning: {value}")):
+            value = tags.get(key)
+            if value and self._told.get(key) != value:
+                self._told[key] = value
+                cause = tags.get("orch.last_restart_cause", "?")
+                if not quiet:
+                    click.echo(text.format(value=value, cause=cause), err=True)
 
 
 def format_epoch(epoch: int, epochs: int, m: dict) -> str:

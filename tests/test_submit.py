@@ -4,7 +4,6 @@ Training uses a 2,000-image subset so an epoch takes seconds; validation always 
 whole 10,000-image test set, each sample once across ranks.
 """
 
-import gzip
 import json
 import os
 import signal
@@ -12,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -22,33 +20,12 @@ from orchestrator.spec import load_spec
 from orchestrator.targets.local import run_local
 from orchestrator.train.checkpoint import load_meta, load_model_state
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "jobs" / "demo_fashion_mnist.yaml"
+from job_fixtures import DEMO, raw_fashion_mnist_test, small_job, train_workers
+
 METRICS = ("train_loss", "lr", "train_images_per_second", "epoch_seconds",
            "val_loss", "val_top1_error", "val_top5_error", "val_samples")
 
 pytestmark = pytest.mark.slow
-
-
-def small_job(data: Path, tmp: Path, workers: int, epochs: int = 2) -> list[str]:
-    return [
-        f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}",
-        "data.max_train_samples=2000", f"training.epochs={epochs}", "training.batch_size=100",
-        "schedule.warmup_epochs=0", "optimizer.lr=0.5", f"scaling.num_workers={workers}",
-        f"scaling.cpus_per_worker={2 // workers}", f"checkpoint.storage={tmp / 'ckpt'}",
-        "model.arch=cifar_resnet8",
-    ]
-
-
-def raw_fashion_mnist_test() -> tuple[torch.Tensor, torch.Tensor]:
-    """The test set straight from Debian's IDX files: no FFCV, no orch data code."""
-    src = Path("/usr/share/datasets/fashion-mnist")
-    with gzip.open(src / "t10k-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(src / "t10k-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)
-    x = torch.from_numpy(images.copy()).float().unsqueeze(1).repeat(1, 3, 1, 1)
-    return x, torch.from_numpy(labels.astype(np.int64))
 
 
 def independent_top1_error(checkpoint: Path) -> float:
@@ -82,6 +59,7 @@ def test_two_workers_log_exact_metrics_once_per_epoch(ray_cluster, fashion_mnist
     assert all(m.value == 10000 for m in client.get_metric_history(run.info.run_id, "val_samples"))
     assert run.data.params["model.arch"] == "cifar_resnet8"
     assert run.data.params["scaling.num_workers"] == "2"
+    assert [w["rank"] for w in json.loads(run.data.tags["workers"])] == [0, 1]  # where each rank ran
     assert "version.ray" in run.data.tags and "version.ffcv" in run.data.tags
     assert run.data.metrics["best_val_top1_error"] == min(
         m.value for m in client.get_metric_history(run.info.run_id, "val_top1_error"))
@@ -147,10 +125,10 @@ def test_a_dead_worker_fails_the_run_with_its_cause(ray_cluster, fashion_mnist, 
     sets = [arg for s in small_job(fashion_mnist, tmp_path, workers=1, epochs=30) for arg in ("--set", s)]
     proc = _start_cli_job(sets + ["--set", "training.max_failures=0"], tmp_path)
     _wait_for_first_epoch(proc)
-    workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+    workers = train_workers(os.getpid())
     assert workers
-    for pid in workers:
-        os.kill(int(pid), signal.SIGKILL)
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 1, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("orch: error: run")]

@@ -49,7 +49,7 @@ def test_checkpoint_files_are_plain_data(tmp_path):
     opt = build_optimizer(model, OptimizerSpec(), lr=0.1)
     state = {"optimizer": opt.state_dict(), "scaler": {}, "epoch": 3, "step": 120, "seed": 0}
     save_checkpoint(tmp_path, model.state_dict(), state, {"arch": "cifar_resnet8", "epoch": 3})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "model.pt", "train_state.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checksums.json", "meta.json", "model.pt", "train_state.pt"]
     restored = build_model("cifar_resnet8", 10)
     restored.load_state_dict(load_model_state(tmp_path))  # weights_only=True inside
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.state_dict().values()))

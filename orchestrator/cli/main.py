@@ -21,11 +21,12 @@ def cli():
 
 
 def _attach_commands():
-    from orchestrator.cli import data, models, submit
+    from orchestrator.cli import data, ensemble, evaluate, models, resume, runs, submit
 
-    cli.add_command(models.models)
-    cli.add_command(data.data)
-    cli.add_command(submit.submit)
+    commands = (models.models, data.data, submit.submit, *runs.COMMANDS, resume.resume,
+                evaluate.evaluate, ensemble.ensemble)
+    for command in commands:
+        cli.add_command(command)
 
 
 def main(argv=None):

@@ -1,9 +1,13 @@
 """Run a job on the Ray this process can reach (started embedded when none is running)."""
 
 import contextlib
+import os
 import signal
+import socket
+import sys
 import threading
 
+import psutil
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -26,13 +30,31 @@ def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr
     cluster.check_resources(spec.scaling)
     uri = tracking.tracking_uri(spec)
     run_id = tracking.start_run(spec, spec_path, uri)
-    tracking.set_tags(uri, run_id, {"orch.checkpoint_dir": checkpoint_dir(spec, run_id), "orch.target": "local"})
-    printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr)
+    tracking.set_tags(uri, run_id, {"orch.checkpoint_dir": checkpoint_dir(spec, run_id), "orch.target": "local",
+                                    **driver_tags()})
+    return drive(spec, uri, run_id, plan, checkpoint_dir(spec, run_id), progress_to_stderr=progress_to_stderr)
+
+
+def driver_tags() -> dict:
+    """Who drives the run, so that `orch stop` from another shell can reach it (the start time
+    tells the driver from a later process that got the same pid)."""
+    return {"orch.driver_pid": os.getpid(), "orch.driver_host": socket.gethostname(),
+            "orch.driver_started": f"{psutil.Process().create_time():.2f}"}
+
+
+def drive(spec: JobSpec, uri: str, run_id: str, plan: dict, run_dir: str, *,
+          resume_from: str | None = None, progress_to_stderr: bool = False) -> dict:
+    """Fit the trainer for an existing, RUNNING MLflow run whose checkpoints live in `run_dir`,
+    and end the run FINISHED, FAILED or KILLED."""
+    done = set(tracking.epoch_history(uri, run_id))
+    printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr, skip=done)
     status, error, result, best = "FAILED", None, None, {}
-    with _system_metrics(spec, uri, run_id):
+    # Ray prints worker-death notices to stdout; with --output json stdout holds only the result.
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if progress_to_stderr else contextlib.nullcontext()
+    with _system_metrics(spec, uri, run_id, resume=bool(done)), quiet_stdout:
         printer.start()
         try:
-            result = fit(build_trainer(spec, uri, run_id, plan))
+            result = fit(build_trainer(spec, uri, run_id, plan, resume_from, run_dir=run_dir))
             status = "FINISHED"
         except (KeyboardInterrupt, SystemExit):
             # Ray Train's own SIGINT handler aborts the run and exits via SystemExit.
@@ -68,8 +90,12 @@ def checkpoint_dir(spec: JobSpec, run_id: str) -> str:
     return f"{spec.checkpoint.storage.rstrip('/')}/{ray_run_name(spec, run_id)}"
 
 
-def build_trainer(spec: JobSpec, uri: str, run_id: str, plan: dict, resume_from: str | None = None) -> TorchTrainer:
+def build_trainer(spec: JobSpec, uri: str, run_id: str, plan: dict, resume_from: str | None = None,
+                  run_dir: str | None = None) -> TorchTrainer:
     scaling = spec.scaling
+    # Ray Train's folder for the run is storage_path/name; a resumed run reuses it, so Ray's
+    # own checkpoint bookkeeping (retention, the latest checkpoint after a failure) carries on.
+    storage, name = (run_dir or checkpoint_dir(spec, run_id)).rstrip("/").rsplit("/", 1)
     return TorchTrainer(
         train_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "resume_from": resume_from},
@@ -80,15 +106,15 @@ def build_trainer(spec: JobSpec, uri: str, run_id: str, plan: dict, resume_from:
             placement_strategy=scaling.placement,
         ),
         run_config=RunConfig(
-            name=ray_run_name(spec, run_id),
-            storage_path=spec.checkpoint.storage,
+            name=name,
+            storage_path=storage,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=spec.checkpoint.num_to_keep,
                 checkpoint_score_attribute=spec.checkpoint.metric,
                 checkpoint_score_order=spec.checkpoint.mode,
             ),
             failure_config=FailureConfig(max_failures=spec.training.max_failures),
-            callbacks=[tracking.EpochLogger(uri, run_id)],
+            callbacks=[tracking.EpochLogger(uri, run_id, spec.training.max_failures)],
         ),
     )
 
@@ -114,10 +140,11 @@ def root_cause(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _system_metrics(spec: JobSpec, uri: str, run_id: str):
+def _system_metrics(spec: JobSpec, uri: str, run_id: str, resume: bool = False):
     monitor = None
     if spec.tracking.system_metrics:
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=uri)
+        # resume_logging: a resumed run's samples go on after its last step instead of overwriting.
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=10, resume_logging=resume, tracking_uri=uri)
         monitor.start()
     try:
         yield

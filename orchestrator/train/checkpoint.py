@@ -1,21 +1,36 @@
 """Checkpoints as plain data in a directory, every file loadable with weights_only=True.
 
-    model.pt        the unwrapped model's state_dict
-    train_state.pt  optimizer, grad scaler, epoch, global step, seed
-    meta.json       arch, classes, epoch, metrics, the resolved spec, preprocessing
+    model.pt         the unwrapped model's state_dict
+    train_state.pt   optimizer, grad scaler, epoch, global step, seed
+    meta.json        arch, classes, epoch, metrics, the resolved spec, preprocessing
+    checksums.json   sha256 of each file above, written last
 
-Each file is written under a temporary name and renamed, so a reader never sees half a file.
+Each file is written under a temporary name and renamed, so a reader never sees half a file;
+checksums.json comes last, so a checkpoint without it, or whose files do not match it, was
+cut short or damaged afterwards (a truncated upload, a full disk) and must not be loaded.
+
+A run's checkpoints are the `epoch_NNNN` directories of its storage folder, which may be a
+local path or a pyarrow-supported URI (s3://, gs://): listing and hashing go through pyarrow.
 """
 
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
 META_FILE = "meta.json"
+CHECKSUMS_FILE = "checksums.json"
+_EPOCH_DIR = re.compile(r"epoch_(\d+)")
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint's files are missing or do not match its checksums.json."""
 
 
 def save_checkpoint(directory, model_state: dict, train_state: dict, meta: dict) -> Path:
@@ -24,6 +39,8 @@ def save_checkpoint(directory, model_state: dict, train_state: dict, meta: dict)
     _atomic_torch_save(model_state, directory / MODEL_FILE)
     _atomic_torch_save(train_state, directory / STATE_FILE)
     _atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
+    files = {name: sha256_file(directory / name) for name in (MODEL_FILE, STATE_FILE, META_FILE)}
+    _atomic_write_text(directory / CHECKSUMS_FILE, json.dumps({"algorithm": "sha256", "files": files}, indent=2))
     return directory
 
 
@@ -37,6 +54,97 @@ def load_train_state(directory, map_location="cpu") -> dict:
 
 def load_meta(directory) -> dict:
     return json.loads((Path(directory) / META_FILE).read_text())
+
+
+def sha256_file(path) -> str:
+    return _sha256_stream(open(path, "rb"))
+
+
+def verify(location: str, fs: pafs.FileSystem | None = None) -> dict:
+    """{file: sha256} of a checkpoint whose files all match its checksums.json; else DamagedCheckpoint."""
+    fs, path = _resolve(location, fs)
+    try:
+        with fs.open_input_stream(f"{path}/{CHECKSUMS_FILE}") as f:
+            expected = json.loads(f.read().decode())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DamagedCheckpoint(f"{location}: no readable {CHECKSUMS_FILE} ({type(exc).__name__}); "
+                                "it was not written to the end") from None
+    for name, digest in expected.items():
+        try:
+            actual = _sha256_stream(fs.open_input_stream(f"{path}/{name}"))
+        except OSError:
+            raise DamagedCheckpoint(f"{location}/{name}: missing") from None
+        if actual != digest:
+            raise DamagedCheckpoint(f"{location}/{name}: sha256 {actual[:12]}... does not match "
+                                    f"{CHECKSUMS_FILE} ({digest[:12]}...)")
+    return expected
+
+
+def epoch_of(location: str) -> int | None:
+    match = _EPOCH_DIR.fullmatch(location.rstrip("/").rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(run_dir: str, fs: pafs.FileSystem | None = None) -> list[str]:
+    """The run's epoch_NNNN checkpoint locations, oldest first (same form as run_dir)."""
+    fs, path = _resolve(run_dir, fs)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return []
+    names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and epoch_of(i.base_name) is not None]
+    return [f"{run_dir.rstrip('/')}/{n}" for n in sorted(names, key=epoch_of)]
+
+
+def latest_good(run_dir: str, fs: pafs.FileSystem | None = None, below: int | None = None):
+    """(newest checkpoint that verifies, [(damaged location, why), ...] newer than it).
+
+    `below`: only consider epochs before it (the damaged one a caller already holds)."""
+    damaged = []
+    for location in reversed(list_checkpoints(run_dir, fs)):
+        if below is not None and epoch_of(location) >= below:
+            continue
+        try:
+            verify(location, fs)
+            return location, damaged
+        except DamagedCheckpoint as exc:
+            damaged.append((location, str(exc)))
+    return None, damaged
+
+
+def describe(location: str, fs: pafs.FileSystem | None = None) -> dict:
+    """What `orch checkpoints` shows: path, epoch, metrics, size, model checksum and whether it verifies."""
+    fs, path = _resolve(location, fs)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    entry = {"path": location, "epoch": epoch_of(location), "metrics": {},
+             "size_bytes": sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)}
+    try:
+        with fs.open_input_stream(f"{path}/{META_FILE}") as f:
+            entry["metrics"] = json.loads(f.read().decode()).get("metrics", {})
+    except (OSError, ValueError):
+        pass
+    try:
+        entry["sha256"] = verify(path, fs).get(MODEL_FILE)
+        entry["status"] = "ok"
+    except DamagedCheckpoint as exc:
+        entry["sha256"], entry["status"], entry["problem"] = None, "damaged", str(exc)
+    return entry
+
+
+def _resolve(location: str, fs: pafs.FileSystem | None):
+    if fs is not None:
+        return fs, location.rstrip("/")
+    if "://" not in location:
+        return pafs.LocalFileSystem(), os.path.abspath(location)
+    return pafs.FileSystem.from_uri(location)
+
+
+def _sha256_stream(stream) -> str:
+    digest = hashlib.sha256()
+    with stream as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _atomic_torch_save(obj, path: Path) -> None:

@@ -5,7 +5,9 @@ rank 0 writes a checkpoint, and every rank calls `ray.train.report` (a barrier).
 logging happens on the Ray Train controller (orchestrator.tracking), once per report.
 """
 
+import logging
 import random
+import socket
 import tempfile
 import time
 
@@ -18,10 +20,14 @@ from data_pipeline import ResolutionSchedule, build_train_loader, build_val_load
 from orchestrator.models import build_model
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train import distributed as dist
-from orchestrator.train.checkpoint import load_model_state, load_train_state, save_checkpoint
+from orchestrator.train.checkpoint import (
+    DamagedCheckpoint, epoch_of, latest_good, load_model_state, load_train_state, save_checkpoint, verify,
+)
 from orchestrator.train.optim import build_optimizer
 from orchestrator.train.schedule import lr_at, scaled_lr
 from orchestrator.train.steps import StepContext, evaluate, train_one_epoch
+
+logger = logging.getLogger(__name__)
 
 
 def train_worker(config: dict) -> None:
@@ -39,7 +45,8 @@ def train_worker(config: dict) -> None:
     precision = resolve_precision(spec.training.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    start_epoch = _restore(config, model, optimizer, scaler)
+    start_epoch, restored = _restore(config, model, optimizer, scaler)
+    placement = worker_placement()
     wrapped = _wrap(model, device, spec.training.compile)
     steps_per_epoch = len(train_loader)
     ctx = StepContext(
@@ -62,7 +69,19 @@ def train_worker(config: dict) -> None:
         metrics = train_one_epoch(wrapped, train_loader, optimizer, scaler, ctx, epoch * steps_per_epoch)
         metrics.update(evaluate(wrapped, val_loader, ctx))
         metrics.update(epoch=epoch, epoch_seconds=time.perf_counter() - started, train_resolution=train_loader.resolution)
+        if restored:  # told once, with the first epoch after a restore, for the run's record
+            metrics.update(restored)
+            restored = {}
+        metrics.update(placement)  # where this worker group runs: the controller tags the run with it
+        placement = {}
         _report(model, optimizer, scaler, epoch, (epoch + 1) * steps_per_epoch, spec, metrics, meta_base)
+
+
+def worker_placement() -> dict:
+    """This worker's rank, host and Ray node, reported once per worker group (the controller
+    sees every rank's report, so no collective is needed to gather them)."""
+    return {"worker_rank": dist.rank(), "worker_hostname": socket.gethostname(),
+            "worker_node_id": ray.get_runtime_context().get_node_id()}
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -119,15 +138,44 @@ def _loaders(spec: JobSpec, info, device: torch.device):
     return train, val
 
 
-def _restore(config: dict, model, optimizer, scaler) -> int:
-    """Load the latest checkpoint (Ray's after a failure, else one to resume from); next epoch."""
+def _restore(config: dict, model, optimizer, scaler) -> tuple[int, dict]:
+    """Load the latest good checkpoint: Ray's after a worker failure, else the one to resume from.
+
+    Returns the next epoch and, when something was restored, {"restored_from": location} plus
+    "restore_warning" when the latest checkpoint was damaged and an earlier one was used.
+    """
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as path:
-            return _load_into(path, model, optimizer, scaler)
-    if config.get("resume_from"):
-        return _load_into(config["resume_from"], model, optimizer, scaler)
-    return 0
+        location, fs = checkpoint.path, checkpoint.filesystem
+    elif config.get("resume_from"):
+        location, fs = config["resume_from"], None
+    else:
+        return 0, {}
+    location, warning = good_checkpoint(location, fs)
+    with ray.train.Checkpoint(location, filesystem=fs).as_directory() as path:
+        epoch = _load_into(path, model, optimizer, scaler)
+    restored = {"restored_from": location}
+    if warning:
+        restored["restore_warning"] = warning
+    return epoch, restored
+
+
+def good_checkpoint(location: str, fs=None) -> tuple[str, str | None]:
+    """`location` if it verifies, else the newest earlier checkpoint beside it that does (with a
+    warning). Never silently starts from scratch: no good checkpoint at all is an error."""
+    try:
+        verify(location, fs)
+        return location, None
+    except DamagedCheckpoint as exc:
+        problem = str(exc)
+    parent = location.rstrip("/").rsplit("/", 1)[0]
+    epoch = epoch_of(location)
+    fallback, _ = latest_good(parent, fs, below=epoch) if epoch is not None else (None, [])
+    if fallback is None:
+        raise RuntimeError(f"checkpoint {location} is damaged ({problem}) and no earlier checkpoint verifies")
+    warning = f"checkpoint {location} is damaged ({problem}); continuing from {fallback}"
+    logger.warning(warning)
+    return fallback, warning
 
 
 def _load_into(path, model, optimizer, scaler) -> int:

@@ -1,0 +1,269 @@
+"""Finding a run from what a user types, and what its lifecycle commands read and change.
+
+RUN is an MLflow run id or a unique run name. A run's checkpoint folder is its
+orch.checkpoint_dir tag; a local run's driver (the `orch submit` or `orch resume` process) is
+the orch.driver_pid / orch.driver_host tags; a remote run's job is reached through the target
+its orch.target tag names (a Ray job: orch.ray_address and orch.ray_job_id).
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import tempfile
+import time
+
+import psutil
+from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from orchestrator.errors import OrchError, SpecError
+from orchestrator.spec.load import set_dotted, parse_override, spec_from_dict
+from orchestrator.train.checkpoint import describe, list_checkpoints, load_meta
+
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+ACTIVE = "RUNNING"
+
+
+def store_exists(uri: str) -> bool:
+    """False for a sqlite file not written yet: reading it would create an empty store."""
+    if uri.startswith("sqlite:///"):
+        return os.path.exists(uri[len("sqlite:///"):])
+    return True
+
+
+def find_run(uri: str, ref: str):
+    """The run with id `ref`, else the one run named `ref`; OrchError if none or several."""
+    if not store_exists(uri):
+        raise OrchError(f"unknown run {ref!r}: no MLflow store at {uri} (set MLFLOW_TRACKING_URI)")
+    client = MlflowClient(uri)
+    if _RUN_ID.fullmatch(ref):
+        try:
+            return client.get_run(ref)
+        except MlflowException:
+            pass
+    name = ref.replace("'", "\\'")
+    runs = _search(client, f"attributes.run_name = '{name}'")
+    if not runs:
+        raise OrchError(f"unknown run {ref!r}: no run has this id or name in {uri} (see `orch runs`)")
+    if len(runs) > 1:
+        ids = ", ".join(r.info.run_id for r in runs)
+        raise OrchError(f"run name {ref!r} is ambiguous ({len(runs)} runs: {ids}); pass a run id")
+    return runs[0]
+
+
+def list_runs(uri: str) -> list:
+    """orch's runs (those with a checkpoint folder), newest first."""
+    if not store_exists(uri):
+        return []
+    return [r for r in _search(MlflowClient(uri), "") if "orch.checkpoint_dir" in r.data.tags]
+
+
+def summary(run, uri: str) -> dict:
+    """One run as `orch runs` and `orch status` show it."""
+    tags, metrics = run.data.tags, run.data.metrics
+    epochs = tags.get("orch.epochs") or run.data.params.get("training.epochs")  # raised on resume
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "experiment_id": run.info.experiment_id,
+        "status": run.info.status,
+        "epoch": int(tags["orch.epoch"]) if "orch.epoch" in tags else None,
+        "epochs": int(epochs) if epochs and epochs.isdigit() else None,
+        "best_val_top1_error": metrics.get("best_val_top1_error", _best(uri, run, "val_top1_error")),
+        "best_val_top5_error": metrics.get("best_val_top5_error", _best(uri, run, "val_top5_error")),
+        "target": tags.get("orch.target"),
+        "where": _where(tags),
+        "ray_job_id": tags.get("orch.ray_job_id"),
+        "workers": json.loads(tags["workers"]) if "workers" in tags else None,
+        "restarts": int(tags.get("orch.restarts", 0)),
+        "last_restart_cause": tags.get("orch.last_restart_cause"),
+        "checkpoint_dir": tags.get("orch.checkpoint_dir"),
+        "latest_checkpoint": tags.get("orch.latest_checkpoint"),
+        "error": tags.get("orch.error"),
+    }
+
+
+def checkpoints(run) -> list[dict]:
+    """Each kept checkpoint of the run, oldest first: path, epoch, metrics, size, checksum, status."""
+    root = run.data.tags.get("orch.checkpoint_dir")
+    if not root:
+        raise OrchError(f"run {run.info.run_id} has no orch.checkpoint_dir tag: not started by orch")
+    return [describe(location) for location in list_checkpoints(root)]
+
+
+def driver_alive(run) -> bool | None:
+    """Whether the run's driver process still runs: None when it runs on another host."""
+    tags = run.data.tags
+    pid = tags.get("orch.driver_pid")
+    if not pid or not pid.isdigit():
+        return False
+    if tags.get("orch.driver_host", socket.gethostname()) != socket.gethostname():
+        return None
+    try:
+        started = psutil.Process(int(pid)).create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+    recorded = tags.get("orch.driver_started")
+    return recorded is None or abs(float(recorded) - started) < 1.0
+
+
+def stop(uri: str, ref: str, wait_s: float = 120.0) -> dict:
+    """End a run's job and mark the run KILLED if its driver does not; checkpoints are kept.
+
+    A local run's driver (the `orch submit` or `orch resume` process) gets SIGINT, which aborts
+    Ray Train; a Ray job or a RayJob is stopped through its cluster, which signals its entrypoint.
+    """
+    run = find_run(uri, ref)
+    run_id = run.info.run_id
+    if run.info.status != ACTIVE:
+        raise OrchError(f"run {run_id} is {run.info.status}, not running: nothing to stop")
+    backend = job_backend(run)
+    if backend is not None:
+        asked = backend.stop_job(run)
+        how, wait = asked["how"], asked.get("running", True)
+    else:
+        how, wait = _signal_driver(run)
+    client = MlflowClient(uri)
+    if wait:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            current = client.get_run(run_id).info.status
+            if current != ACTIVE:
+                return {"run_id": run_id, "status": current, "how": how}
+            time.sleep(1)
+        how += f"; the run had not ended after {wait_s:.0f} s, marked KILLED"
+    client.set_tag(run_id, "orch.error", "stopped by `orch stop`")
+    client.set_terminated(run_id, status="KILLED")
+    return {"run_id": run_id, "status": "KILLED", "how": how}
+
+
+def _signal_driver(run) -> tuple[str, bool]:
+    """SIGINT to a local run's driver: (what was done, whether to wait for it to end the run)."""
+    alive = driver_alive(run)
+    if alive is None:
+        raise OrchError(f"run {run.info.run_id} is driven from host {run.data.tags['orch.driver_host']}: "
+                        "run `orch stop` there")
+    if not alive:
+        gone = "orch.driver_pid" in run.data.tags
+        return ("its driver was gone; marked KILLED" if gone else "no driver pid recorded; marked KILLED"), False
+    pid = int(run.data.tags["orch.driver_pid"])
+    os.kill(pid, signal.SIGINT)
+    return f"sent SIGINT to driver pid {pid}", True
+
+
+def job_backend(run):
+    """The module that reaches the cluster job a remote run was submitted as (job_status,
+    job_logs, stop_job): targets.ray_jobs for orch.target=ray, targets.kuberay for k8s; None
+    for a local run."""
+    target = run.data.tags.get("orch.target")
+    if target == "ray":
+        from orchestrator.targets import ray_jobs
+
+        return ray_jobs
+    if target == "k8s":
+        from orchestrator.targets import kuberay
+
+        return kuberay
+    return None
+
+
+def status(uri: str, ref: str) -> dict:
+    """summary() plus, for a remote run, its cluster job's state (a Ray job's ray_job_status and
+    ray_job_message; a RayJob's jobStatus, jobDeploymentStatus, ...), or job_error saying why it
+    could not be read."""
+    run = find_run(uri, ref)
+    info = summary(run, uri)
+    backend = job_backend(run)
+    if backend is not None:
+        try:
+            info.update(backend.job_status(run))
+        except Exception as exc:  # an unreachable cluster must not hide what MLflow knows
+            info["job_error"] = _last_line(str(exc)) or type(exc).__name__
+    return info
+
+
+def job_log_chunks(uri: str, run, follow: bool, interval: float = 2.0):
+    """A remote run's job output: all of it, or with `follow` as it comes until the job ends."""
+    backend = job_backend(run)
+    if not follow:
+        yield backend.job_logs(run)
+    elif hasattr(backend, "follow_logs"):
+        yield from backend.follow_logs(run)
+    else:  # poll, printing what is new
+        seen = ""
+        while True:
+            text = backend.job_logs(run)
+            yield text[len(seen):] if text.startswith(seen) else text
+            seen = text
+            if MlflowClient(uri).get_run(run.info.run_id).info.status != ACTIVE:
+                return
+            time.sleep(interval)
+
+
+def run_spec(uri: str, run, overrides=()):
+    """The run's spec (its spec.json artifact, else the latest checkpoint's meta.json) with
+    `--set` overrides applied, and the original for comparison."""
+    original = _spec_artifact(uri, run.info.run_id)
+    if original is None:
+        locations = list_checkpoints(run.data.tags.get("orch.checkpoint_dir", ""))
+        if not locations:
+            raise OrchError(f"run {run.info.run_id}: neither a spec.json artifact nor a checkpoint to read its spec from")
+        original = load_meta(locations[-1])["spec"]
+    raw = json.loads(json.dumps(original))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    return spec_from_dict(raw, source=f"run {run.info.run_id} spec"), original
+
+
+def check_resumable(original: dict, new) -> None:
+    """Changes that would not load into the checkpoint's model (or move its folder) are errors."""
+    before, after = original, new.model_dump(mode="json")
+    for section, field in (("model", "arch"), ("model", "num_classes"), ("model", "options"),
+                           ("checkpoint", "storage")):
+        old, now = before.get(section, {}).get(field), after[section][field]
+        if old != now:
+            raise SpecError(f"{section}.{field}: cannot change on resume ({old!r} -> {now!r}); "
+                            "submit a new job instead")
+
+
+def _spec_artifact(uri: str, run_id: str) -> dict | None:
+    with tempfile.TemporaryDirectory(prefix="orch-spec-") as tmp:
+        try:
+            path = MlflowClient(uri).download_artifacts(run_id, "spec.json", dst_path=tmp)
+            return json.loads(open(path).read())
+        except (MlflowException, OSError, ValueError):
+            return None
+
+
+def _search(client: MlflowClient, filter_string: str) -> list:
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    if not experiments:
+        return []
+    return client.search_runs(experiments, filter_string, order_by=["attributes.start_time DESC"], max_results=1000)
+
+
+def _best(uri: str, run, key: str):
+    """While a run goes on it has no best_ metric yet (that is logged at its end)."""
+    if key not in run.data.metrics:
+        return None
+    return min(m.value for m in MlflowClient(uri).get_metric_history(run.info.run_id, key))
+
+
+def _where(tags: dict) -> str:
+    target = tags.get("orch.target", "?")
+    if tags.get("orch.ray_job_id"):
+        return f"{target} ({tags.get('orch.ray_address')}, job {tags['orch.ray_job_id']})"
+    host = tags.get("orch.driver_host")
+    pid = tags.get("orch.driver_pid")
+    return f"{target} ({host}, pid {pid})" if host else target
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,194 @@
+"""Checkpoint files, checksums, fallback past damaged checkpoints, and the restart record:
+unit tests on real files and a real sqlite MLflow store, no Ray job."""
+
+import json
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from orchestrator import runs
+from orchestrator.errors import OrchError
+from orchestrator.resume import set_aside
+from orchestrator.train.checkpoint import (
+    CHECKSUMS_FILE, DamagedCheckpoint, describe, latest_good, list_checkpoints, save_checkpoint, verify,
+)
+from orchestrator.train.loop import good_checkpoint
+from orchestrator.tracking import EpochLogger
+
+
+def write_run_dir(root, errors=(30.0, 20.0, 25.0)):
+    for epoch, err in enumerate(errors):
+        save_checkpoint(root / f"epoch_{epoch:04d}", {"w": torch.full((4,), float(epoch))},
+                        {"epoch": epoch, "optimizer": {}}, {"epoch": epoch, "metrics": {"val_top1_error": err}})
+    return root
+
+
+def test_checksums_cover_every_file_and_verify(tmp_path):
+    ckpt = write_run_dir(tmp_path)
+    listed = json.loads((ckpt / "epoch_0000" / CHECKSUMS_FILE).read_text())["files"]
+    assert set(listed) == {"model.pt", "train_state.pt", "meta.json"}
+    assert verify(str(ckpt / "epoch_0000")) == listed
+    assert not list((ckpt / "epoch_0000").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "missing_checksums", "missing_file"])
+def test_damaged_latest_falls_back_to_the_previous_good_one(tmp_path, damage):
+    root = write_run_dir(tmp_path)
+    latest = root / "epoch_0002"
+    if damage == "truncate":
+        with open(latest / "model.pt", "r+b") as f:
+            f.truncate(100)
+    elif damage == "missing_checksums":
+        (latest / CHECKSUMS_FILE).unlink()
+    else:
+        (latest / "train_state.pt").unlink()
+    with pytest.raises(DamagedCheckpoint):
+        verify(str(latest))
+    good, damaged = latest_good(str(root))
+    assert good == str(root / "epoch_0001") and [d for d, _ in damaged] == [str(latest)]
+    location, warning = good_checkpoint(str(latest))
+    assert location == str(root / "epoch_0001") and "damaged" in warning
+    assert describe(str(latest))["status"] == "damaged"
+
+
+def test_no_good_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    root = write_run_dir(tmp_path, errors=(30.0,))
+    (root / "epoch_0000" / CHECKSUMS_FILE).unlink()
+    with pytest.raises(RuntimeError, match="no earlier checkpoint"):
+        good_checkpoint(str(root / "epoch_0000"))
+
+
+def test_describe_lists_path_epoch_metrics_size_checksum(tmp_path):
+    root = write_run_dir(tmp_path)
+    rows = [describe(c) for c in list_checkpoints(str(root))]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[1]["metrics"] == {"val_top1_error": 20.0}
+    assert all(r["status"] == "ok" and len(r["sha256"]) == 64 and r["size_bytes"] > 0 for r in rows)
+
+
+def test_damaged_checkpoints_leave_rays_snapshot(tmp_path):
+    root = write_run_dir(tmp_path)
+    result = lambda e: {"checkpoint_dir_name": f"epoch_{e:04d}", "metrics": {"epoch": e}}  # noqa: E731
+    snapshot = {"checkpoint_results": [result(1), result(2), result(0)], "checkpoint_report_indices": [1, 2, 0],
+                "latest_checkpoint_result": result(2), "pending_training_results": [],
+                "pending_validation_specs": [], "current_report_index": 3}
+    (root / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    set_aside(str(root), [str(root / "epoch_0002")])
+    after = json.loads((root / "checkpoint_manager_snapshot.json").read_text())
+    assert [r["checkpoint_dir_name"] for r in after["checkpoint_results"]] == ["epoch_0001", "epoch_0000"]
+    assert after["checkpoint_report_indices"] == [1, 0]
+    assert after["latest_checkpoint_result"]["checkpoint_dir_name"] == "epoch_0001"
+    assert (root / "epoch_0002.damaged").is_dir() and not (root / "epoch_0002").exists()
+    assert [c.rsplit("/", 1)[-1] for c in list_checkpoints(str(root))] == ["epoch_0000", "epoch_0001"]
+
+
+class _Ctx:
+    run_id = "ray-run"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One sqlite store for the module: creating one costs seconds on these machines."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def mlflow_uri(store, monkeypatch, request) -> str:
+    """The shared store, with this test's runs in an experiment of their own."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", request.node.name)
+    MlflowClient(store).create_experiment(request.node.name)
+    return store
+
+
+def _fake_run(uri, tmp_path, **tags):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    run = client.create_run(experiment.experiment_id, run_name=f"fake-{experiment.experiment_id}",
+                            tags={"orch.checkpoint_dir": str(tmp_path / "none"), "orch.target": "local", **tags})
+    return client, run.info.run_id
+
+
+def test_restarts_are_counted_within_the_failure_budget(mlflow_uri, tmp_path):
+    client, run_id = _fake_run(mlflow_uri, tmp_path)
+    logger = EpochLogger(mlflow_uri, run_id, max_failures=1)
+    error = RuntimeError("A worker health check failed.\nWorker info: rank 1")
+    logger.after_exception(_Ctx(), {1: error})
+    tags = client.get_run(run_id).data.tags
+    assert tags["orch.restarts"] == "1" and tags["orch.last_restart_cause"].startswith("rank 1: A worker health")
+    logger.after_exception(_Ctx(), {0: error})  # over budget: Ray gives up, no restart
+    assert client.get_run(run_id).data.tags["orch.restarts"] == "1"
+
+
+def test_an_epoch_reported_again_is_logged_once(mlflow_uri, tmp_path):
+    client, run_id = _fake_run(mlflow_uri, tmp_path)
+    logger = EpochLogger(mlflow_uri, run_id)
+    for epoch in (0, 1, 1, 2):
+        logger.after_report(_Ctx(), [{"epoch": epoch, "val_top1_error": 10.0 + epoch}], None)
+    assert [m.step for m in client.get_metric_history(run_id, "val_top1_error")] == [0, 1, 2]
+
+
+def test_run_lookup_by_id_or_unique_name(mlflow_uri, tmp_path):
+    client, first = _fake_run(mlflow_uri, tmp_path)
+    assert runs.find_run(mlflow_uri, first).info.run_id == first
+    run = client.get_run(first)
+    assert runs.find_run(mlflow_uri, run.info.run_name).info.run_id == first
+    second = client.create_run(run.info.experiment_id, run_name=run.info.run_name).info.run_id
+    with pytest.raises(OrchError, match=f"ambiguous.*({first}|{second})"):
+        runs.find_run(mlflow_uri, run.info.run_name)
+    with pytest.raises(OrchError, match="unknown run"):
+        runs.find_run(mlflow_uri, "nope")
+
+
+def test_stop_signals_the_driver_and_waits_for_it(mlflow_uri, tmp_path):
+    """A stand-in driver that ends its run KILLED on SIGINT, as `orch submit` does."""
+    _, run_id = _fake_run(mlflow_uri, tmp_path)
+    driver = subprocess.Popen([sys.executable, "-c", f"""
+import signal, sys, time
+from mlflow.tracking import MlflowClient
+def stop(*_):
+    MlflowClient({mlflow_uri!r}).set_terminated({run_id!r}, status="KILLED"); sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+print("ready", flush=True)
+time.sleep(120)
+"""], stdout=subprocess.PIPE, text=True)
+    assert driver.stdout.readline().strip() == "ready"
+    MlflowClient(mlflow_uri).set_tag(run_id, "orch.driver_pid", str(driver.pid))
+    outcome = runs.stop(mlflow_uri, run_id, wait_s=30)
+    assert driver.wait(timeout=30) == 130
+    assert outcome["status"] == "KILLED" and "SIGINT" in outcome["how"]
+
+
+def test_stop_marks_a_run_whose_driver_is_gone_killed(mlflow_uri, tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    client, run_id = _fake_run(mlflow_uri, tmp_path, **{"orch.driver_pid": str(gone.pid)})
+    outcome = runs.stop(mlflow_uri, run_id, wait_s=1)
+    assert outcome["status"] == "KILLED" and client.get_run(run_id).info.status == "KILLED"
+    with pytest.raises(OrchError, match="not running"):
+        runs.stop(mlflow_uri, run_id)
+
+
+def test_a_reused_pid_is_not_taken_for_the_driver(mlflow_uri, tmp_path):
+    """A stale RUNNING run whose pid now belongs to another process: never signal that process."""
+    client, run_id = _fake_run(mlflow_uri, tmp_path, **{"orch.driver_pid": str(os.getpid()),
+                                                        "orch.driver_started": "12345.00"})
+    assert runs.driver_alive(client.get_run(run_id)) is False
+    client.set_tag(run_id, "orch.driver_started", f"{psutil.Process().create_time():.2f}")
+    assert runs.driver_alive(client.get_run(run_id)) is True
+
+
+def test_checkpoints_on_a_uri_storage_are_listed_and_verified(tmp_path):
+    """Storage given as a URI (here file://, as s3:// would be) goes through pyarrow's filesystems."""
+    root = write_run_dir(tmp_path)
+    with open(root / "epoch_0002" / "model.pt", "r+b") as f:
+        f.truncate(10)
+    uri = f"file://{root}"
+    assert list_checkpoints(uri) == [f"{uri}/epoch_{e:04d}" for e in range(3)]
+    assert latest_good(uri)[0] == f"{uri}/epoch_0001"
+    assert describe(f"{uri}/epoch_0001")["status"] == "ok"

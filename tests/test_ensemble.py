@@ -1,0 +1,256 @@
+"""`orch ensemble` on three real Fashion-MNIST runs (different seeds), checked against an
+independent computation from the raw IDX test files; mixed architectures; bad input.
+
+The three members are trained once for the module (cifar_resnet8, 2,000 images, 1 epoch).
+"""
+
+import gzip
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from eval_fixtures import all_runs, fake_run, make_checkpoint, run_orch, write_dataset
+from job_fixtures import DEMO, FASHION, ROOT, raw_fashion_mnist_test
+from mlflow.tracking import MlflowClient
+
+from orchestrator.evaluation import ensemble, evaluate
+from orchestrator.evaluation.scoring import combine, parse_weights
+from orchestrator.models import build_model
+from orchestrator.spec import load_spec
+from orchestrator.targets.local import run_local
+from orchestrator.train.checkpoint import load_meta, load_model_state
+
+SEEDS = (0, 1, 2)
+SUBSET = 2000
+FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+         "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+pytestmark = pytest.mark.slow
+
+
+def train_overrides(data: Path, storage: Path, seed: int) -> list[str]:
+    return [
+        f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}", "training.epochs=1", "training.batch_size=100", "schedule.warmup_epochs=0", "optimizer.lr=0.5",
+        f"training.seed={seed}", f"tracking.run_name=member-seed{seed}", "tracking.system_metrics=false",
+        "model.arch=cifar_resnet8", f"checkpoint.storage={storage}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def small_fashion(tmp_path_factory) -> Path:
+    """Fashion-MNIST's first 2,000 training and first 2,000 test images, written by `orch data
+    prepare`'s own writer: members train and validate quickly on it."""
+    from data_pipeline import write_fashion_mnist
+
+    source = tmp_path_factory.mktemp("idx")
+    for split, (images, labels) in FILES.items():
+        for name, header in ((images, 16), (labels, 8)):
+            with gzip.open(FASHION / name) as f:
+                data = bytearray(f.read())
+            data[4:8] = SUBSET.to_bytes(4, "big")
+            size = 28 * 28 if name == images else 1
+            with gzip.open(source / name, "wb") as f:
+                f.write(bytes(data[:header + SUBSET * size]))
+    out = tmp_path_factory.mktemp("fashion-small") / "data"
+    write_fashion_mnist(source, out, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def members(ray_cluster, small_fashion, store, tmp_path_factory) -> list[dict]:
+    storage = tmp_path_factory.mktemp("checkpoints")
+    trained = []
+    for seed in SEEDS:
+        outcome = run_local(load_spec(DEMO, train_overrides(small_fashion, storage, seed)), str(DEMO))
+        assert outcome["status"] == "FINISHED"
+        trained.append({"run_id": outcome["run_id"], "checkpoint": Path(outcome["best_checkpoint"])})
+    return trained
+
+
+@pytest.fixture(scope="module")
+def raw_logits(members) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each member's logits on the raw test set, computed here without orch's evaluation code."""
+    x, y = raw_fashion_mnist_test()
+    outputs = []
+    for member in members:
+        meta = load_meta(member["checkpoint"])
+        model = build_model(meta["arch"], meta["num_classes"], **meta["spec"]["model"]["options"])
+        model.load_state_dict(load_model_state(member["checkpoint"]))
+        model.eval()
+        mean = torch.tensor(meta["preprocess"]["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(meta["preprocess"]["std"]).view(1, 3, 1, 1)
+        with torch.no_grad():
+            outputs.append(torch.cat([model((x[i:i + 1000] - mean) / std) for i in range(0, len(y), 1000)]))
+    return outputs, y
+
+
+def error(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (1 - (predictions == labels).float().mean().item())
+
+
+def test_softmax_ensemble_of_three_seeds_matches_an_independent_average(members, raw_logits, store, fashion_mnist):
+    ids = [m["run_id"] for m in members]
+    code, out, err = run_orch("ensemble", "--runs", ",".join(ids), "--data", fashion_mnist / "val.beton",
+                              "--workers", "2", "--output", "json")
+    assert code == 0, err
+    outcome = json.loads(out)  # stdout is exactly one JSON object
+    assert set(outcome) == {"run_id", "members", "ensemble"}
+    assert [m["run_id"] for m in outcome["members"]] == ids
+
+    logits, y = raw_logits
+    mean_probs = torch.stack([F.softmax(z, dim=1) for z in logits]).mean(dim=0)
+    ens = outcome["ensemble"]
+    assert ens["samples"] == 10000 and ens["images_per_second"] > 0
+    assert abs(ens["top1_error"] - error(mean_probs.argmax(1), y)) <= 0.1
+    top5 = mean_probs.topk(5, dim=1).indices
+    assert abs(ens["top5_error"] - 100.0 * (1 - (top5 == y[:, None]).any(1).float().mean().item())) <= 0.1
+    assert ens["loss"] == pytest.approx(F.nll_loss(mean_probs.log(), y).item(), rel=1e-3)
+    for member, z, trained in zip(outcome["members"], logits, members):
+        assert abs(member["top1_error"] - error(z.argmax(1), y)) <= 0.1
+        assert member["sha256"] == hashlib.sha256((trained["checkpoint"] / "model.pt").read_bytes()).hexdigest()
+    best = min(m["top1_error"] for m in outcome["members"])
+    assert ens["gain_top1_error"] == pytest.approx(best - ens["top1_error"])
+
+    client = MlflowClient(store)
+    run = client.get_run(outcome["run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "orch-ensembles"
+    assert run.data.tags["orch.ensemble.members"] == ",".join(ids)
+    for i, (member, trained) in enumerate(zip(outcome["members"], members)):
+        assert run.data.params[f"member{i}.run_id"] == trained["run_id"]
+        assert run.data.params[f"member{i}.checkpoint"] == str(trained["checkpoint"])
+        assert run.data.params[f"member{i}.sha256"] == member["sha256"]
+        assert run.data.metrics[f"member{i}_top1_error"] == pytest.approx(member["top1_error"])
+    assert run.data.metrics["top1_error"] == pytest.approx(ens["top1_error"])
+    assert run.data.metrics["top5_error"] == pytest.approx(ens["top5_error"])
+    recorded = json.loads(Path(client.download_artifacts(run.info.run_id, "ensemble.json")).read_text())
+    assert [m["run_id"] for m in recorded["members"]] == ids
+
+
+def independent_vote(logits: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """Weighted majority of top-1 labels; ties to the higher weighted-mean softmax, then the lower label."""
+    tops = [z.argmax(1).tolist() for z in logits]
+    mean_probs = sum(w * F.softmax(z, dim=1) for w, z in zip(weights, logits)).tolist()
+    winners = []
+    for n in range(len(mean_probs)):
+        votes = defaultdict(float)
+        for w, top in zip(weights, tops):
+            votes[top[n]] += w
+        most = max(votes.values())
+        winners.append(max((c for c, v in votes.items() if v == most), key=lambda c: (mean_probs[n][c], -c)))
+    return torch.tensor(winners)
+
+
+def test_vote_and_logits_with_weights(members, raw_logits):
+    names = ",".join(f"member-seed{seed}" for seed in SEEDS)  # runs by name this time
+    logits, y = [z[:SUBSET] for z in raw_logits[0]], raw_logits[1][:SUBSET]  # the members' own validation set
+    weights = [0.25, 0.25, 0.5]  # the third member ties the other two together: tie-breaks matter
+    voted = ensemble(names, combine="vote", weights="1,1,2")
+    assert voted["ensemble"]["samples"] == SUBSET
+    assert abs(voted["ensemble"]["top1_error"] - error(independent_vote(logits, weights), y)) <= 0.1
+    assert "loss" not in voted["ensemble"] and [m["weight"] for m in voted["members"]] == weights
+    for member, trained in zip(voted["members"], members):
+        # No TTA is the training loop's own validation: the checkpoint's numbers (within one image).
+        meta = load_meta(trained["checkpoint"])
+        assert member["top1_error"] == pytest.approx(meta["metrics"]["val_top1_error"], abs=100 / SUBSET + 1e-9)
+        assert member["top5_error"] == pytest.approx(meta["metrics"]["val_top5_error"], abs=100 / SUBSET + 1e-9)
+
+    averaged = ensemble(names, combine="logits", weights="1,1,2", workers=2)
+    mean_logits = sum(w * z for w, z in zip(weights, logits))
+    assert abs(averaged["ensemble"]["top1_error"] - error(mean_logits.argmax(1), y)) <= 0.1
+
+
+def test_evaluate_a_trained_run_from_the_shell(members, store):
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli.main", "evaluate", "member-seed1", "--tta", "flip",
+         "--workers", "2", "--output", "json"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "MLFLOW_TRACKING_URI": store},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcome = json.loads(proc.stdout)
+    assert outcome["run_id"] == members[1]["run_id"] and outcome["samples"] == SUBSET
+    assert outcome["views"] == 2 and outcome["images_per_second"] > 0
+    logged = MlflowClient(store).get_run(members[1]["run_id"]).data.metrics
+    assert logged["eval_flip_top1_error"] == pytest.approx(outcome["top1_error"])
+
+
+def test_members_of_different_depths_and_archs(ray_cluster, store, tmp_path):
+    val = write_dataset(tmp_path, (40, 80))
+    dirs = [make_checkpoint(tmp_path / arch / "epoch_0000", arch=arch, augment="imagenet", size=32, val=val, seed=i)
+            for i, arch in enumerate(("cifar_resnet8", "cifar_resnet14", "resnet18"))]
+    code, out, err = run_orch("ensemble", "--runs", ",".join(map(str, dirs)), "--tta", "10crop", "--workers", "2",
+                              "--name", "mixed")
+    assert code == 0, err
+    assert "cifar_resnet14" in out and "resnet18" in out and "gain over the best member" in out
+    run = [r for r in all_runs(store) if r.info.run_name == "mixed"][0]
+    assert run.data.params["member2.arch"] == "resnet18" and run.data.params["tta"] == "10crop"
+    assert run.data.params["member1.checkpoint"] == str(dirs[1]) and run.data.params["member1.run_id"] == "(none)"
+    # With one member the ensemble's numbers are that member's.
+    single = evaluate(str(dirs[2]), tta="10crop")
+    assert f"{single['top1_error']:.2f}%" in out.splitlines()[3]
+
+
+def test_bad_input_is_one_line_exit_2_and_records_nothing(members, store, tmp_path, small_fashion):
+    ids = [m["run_id"] for m in members]
+    fake_run(store, "untrained", None)
+    (tmp_path / "no-meta").mkdir()
+    fashion_classes = load_meta(members[0]["checkpoint"])["classes"]
+    four = make_checkpoint(tmp_path / "four" / "epoch_0000", arch="cifar_resnet8", augment="cifar", size=28,
+                           val=small_fashion / "val.beton", classes=("a", "b", "c", "d"))
+    elsewhere = shutil.copytree(members[2]["checkpoint"], tmp_path / "elsewhere" / "epoch_0000")
+    meta = load_meta(elsewhere)
+    meta["spec"]["data"]["val"] = str(tmp_path / "other" / "val.beton")
+    (elsewhere / "meta.json").write_text(json.dumps(meta))
+    (elsewhere / "checksums.json").unlink()  # else the edit is (rightly) refused as damage
+    assert len(fashion_classes) == 10
+    cases = [
+        ([f"{ids[0]},0123456789abcdef0123456789abcdef"], "unknown run '0123456789abcdef0123456789abcdef'"),
+        ([f"{ids[0]},no-such-run"], "unknown run 'no-such-run'"),
+        ([ids[0]], "an ensemble needs at least two runs"),
+        ([f"{ids[0]},{ids[1]},{ids[0]}"], f"{ids[0]} is listed twice"),
+        ([f"{ids[0]},member-seed0"], f"are the same run {ids[0]}"),
+        ([f"{ids[0]},{ids[1]}", "--weights", "1,2,3"], "3 weights for 2 runs"),
+        ([f"{ids[0]},{ids[1]}", "--weights", "1,-1"], "every weight must be a positive number"),
+        ([f"{ids[0]},untrained"], "has no checkpoint"),
+        ([f"{ids[0]},{tmp_path / 'no-meta'}"], "no-meta: not a checkpoint directory (no meta.json)"),
+        ([f"{ids[0]},{four}"], f"checkpoint {four} has 4 classes but run {ids[0]} has 10"),
+        ([f"{ids[1]},{elsewhere}"], f"checkpoint {elsewhere} was validated on {tmp_path / 'other' / 'val.beton'}"),
+    ]
+    before = len(all_runs(store))
+    for runs, fragment in cases:
+        code, out, err = run_orch("ensemble", "--runs", *runs)
+        lines = [line for line in err.splitlines() if line.startswith("orch: error:")]
+        assert code == 2 and len(lines) == 1 and fragment in lines[0], (runs, err)
+        assert out == ""
+    assert len(all_runs(store)) == before  # no ensemble run was created
+
+
+def test_combining_rules():
+    a = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    b = torch.log(torch.tensor([[0.1, 0.5, 0.4]]))
+    c = torch.log(torch.tensor([[0.2, 0.2, 0.6]]))
+    softmax = combine([a, b], [0.5, 0.5], "softmax").exp()
+    assert torch.allclose(softmax, torch.tensor([[0.35, 0.4, 0.25]]))
+    logits = combine([a, b], [0.5, 0.5], "logits")
+    assert torch.allclose(logits, F.log_softmax((a + b) / 2, dim=1))
+    # One vote each for classes 0, 1, 2: the highest mean softmax (class 2: 0.367) wins, then 1 (0.333).
+    assert combine([a, b, c], [1 / 3] * 3, "vote").argsort(dim=1, descending=True).tolist() == [[2, 1, 0]]
+    # Class 1 gets two votes of three and wins despite class 0's softmax.
+    assert combine([b, b, a], [1 / 3] * 3, "vote").argmax(1).item() == 1
+    assert parse_weights("1,1,2", 3) == [0.25, 0.25, 0.5] and parse_weights(None, 4) == [0.25] * 4

@@ -1,0 +1,112 @@
+"""Retention, `orch resume` and the run lifecycle commands on the real local Ray and MLflow."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from job_fixtures import DEMO, small_job
+
+from orchestrator.cli.main import main
+from orchestrator.resume import resume_run
+from orchestrator.spec import load_spec
+from orchestrator.targets.local import run_local
+from orchestrator.tracking import start_run, set_tags
+from orchestrator.train.checkpoint import list_checkpoints, load_meta, verify
+
+pytestmark = pytest.mark.slow
+
+
+def orch(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args],
+                          capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def steps(uri, run_id, key="val_top1_error") -> list[int]:
+    return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def test_retention_resume_and_fallback_past_a_truncated_checkpoint(ray_cluster, fashion_mnist, mlflow_uri, tmp_path,
+                                                                   capsys):
+    sets = small_job(fashion_mnist, tmp_path, workers=1, epochs=3) + ["data.max_train_samples=600"]
+    spec = load_spec(DEMO, sets + ["checkpoint.num_to_keep=2"])
+    outcome = run_local(spec, str(DEMO))
+    run_id, client = outcome["run_id"], MlflowClient(mlflow_uri)
+    run_dir = client.get_run(run_id).data.tags["orch.checkpoint_dir"]
+
+    # num_to_keep=2: the 2 best by val_top1_error, and always the latest.
+    errors = {m.step: m.value for m in client.get_metric_history(run_id, "val_top1_error")}
+    kept = {load_meta(c)["epoch"] for c in list_checkpoints(run_dir)}
+    assert kept == set(sorted(errors, key=lambda e: (errors[e], -e))[:2]) | {2}
+
+    # One more epoch in the same run, through the CLI.
+    proc = orch("resume", run_id, "--set", "training.epochs=4", "--output", "json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["run_id"] == run_id and "epoch   4/4" in proc.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["orch.resumes"] == "1"
+    assert steps(mlflow_uri, run_id) == [0, 1, 2, 3]
+    assert run.data.tags["orch.resumed_from"].endswith("epoch_0002")
+
+    # A truncated model.pt in the latest checkpoint: resume goes back to the one before it
+    # and trains the lost epoch again (its metrics, logged before, stay logged once).
+    latest = Path(list_checkpoints(run_dir)[-1])
+    assert latest.name == "epoch_0003"
+    previous = list_checkpoints(run_dir)[-2]
+    with open(latest / "model.pt", "r+b") as f:
+        f.truncate(1000)
+    resume_run(run_id)
+    captured = capsys.readouterr()
+    assert "damaged" in captured.err and previous in captured.err
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["orch.resumed_from"] == previous
+    assert run.data.tags["orch.resumes"] == "2"
+    for key in ("val_top1_error", "train_loss"):
+        assert steps(mlflow_uri, run_id, key) == [0, 1, 2, 3], key
+    verify(list_checkpoints(run_dir)[-1])
+    assert (latest.parent / "epoch_0003.damaged").is_dir()
+    assert len(list_checkpoints(run_dir)) <= 3
+
+    # The lifecycle commands read it all back.
+    listed = json.loads(cli(capsys, "checkpoints", run_id, "--output", "json"))["checkpoints"]
+    assert [c["epoch"] for c in listed] == [load_meta(c)["epoch"] for c in list_checkpoints(run_dir)]
+    assert all(c["status"] == "ok" and len(c["sha256"]) == 64 and c["size_bytes"] > 0
+               and "val_top1_error" in c["metrics"] for c in listed)
+    status = json.loads(cli(capsys, "status", spec.name, "--output", "json"))
+    assert status["run_id"] == run_id and status["status"] == "FINISHED" and status["epoch"] == 3
+    logs = cli(capsys, "logs", run_id).splitlines()
+    assert [line.split()[1] for line in logs[:-1]] == ["1/4", "2/4", "3/4", "4/4"]
+    assert logs[-1] == f"run {run_id}: FINISHED"
+    table = cli(capsys, "runs")
+    assert run_id in table and "FINISHED" in table and "4/4" in table
+
+
+def cli(capsys, *argv) -> str:
+    main(list(argv))
+    return capsys.readouterr().out
+
+
+def _error_of(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("orch: error: "), err
+    return lines[0]
+
+
+def test_resume_refuses_bad_input_and_leaves_the_run_alone(fashion_mnist, mlflow_uri, tmp_path, capsys):
+    spec = load_spec(DEMO, small_job(fashion_mnist, tmp_path, workers=1))
+    assert "unknown run" in _error_of(capsys, "resume", "no-such-run")
+
+    run_id = start_run(spec, str(DEMO), mlflow_uri)
+    set_tags(mlflow_uri, run_id, {"orch.checkpoint_dir": str(tmp_path / "ckpt" / "x"), "orch.target": "local"})
+    MlflowClient(mlflow_uri).set_terminated(run_id, "FAILED")
+    assert "no checkpoint" in _error_of(capsys, "resume", run_id)
+    assert "model.arch" in _error_of(capsys, "resume", run_id, "--set", "model.arch=cifar_resnet20")
+    assert "model.num_classes" in _error_of(capsys, "resume", run_id, "--set", "model.num_classes=20")
+    assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FAILED"
+    assert "ambiguous" not in _error_of(capsys, "status", "nope")
