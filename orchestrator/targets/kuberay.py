@@ -1,0 +1,265 @@
+"""Run a job on Kubernetes as a KubeRay RayJob, and follow, read and stop it.
+
+`orch submit --target k8s` creates the MLflow run here, then a RayJob whose head runs
+`python -m orchestrator.targets.entrypoint`, which attaches to that run. Status comes from the
+RayJob (`jobStatus`, `jobDeploymentStatus`), never from pod exit codes. Every function takes
+`api` (a kubernetes ApiClient) so tests can point it at a local HTTP server.
+"""
+
+import json
+import re
+import sys
+import time
+
+import click
+import yaml
+
+from orchestrator.errors import JobFailed, OrchError, SpecError
+from orchestrator.spec.schema import JobSpec
+from orchestrator.targets import kuberay_manifest as manifest
+
+GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+TERMINAL = ("Complete", "Failed", "ValidationFailed")  # jobDeploymentStatus values KubeRay never leaves
+_RUN_STATUS = {"SUCCEEDED": "FINISHED", "STOPPED": "KILLED"}  # any other end is FAILED
+
+
+def submit_k8s(spec: JobSpec, spec_path: str | None, *, namespace: str | None = None, image: str | None = None,
+               dry_run: bool = False, detach: bool = False, output: str = "text", api=None,
+               poll_s: float = 5.0) -> dict | None:
+    """Validate, then print the RayJob (dry run: nothing is created, not even an MLflow run) or
+    create the run and the RayJob and, unless detached, follow it to its end."""
+    from orchestrator import preflight, tracking
+
+    namespace = _namespace(namespace or spec.cluster.kubernetes.namespace)
+    pods = manifest.pod_spec(spec)
+    preflight.check_model(pods, pods.model.num_classes or 10)
+    uri = tracking.tracking_uri(spec)
+    pod_uri = manifest.pod_tracking_uri(spec.cluster.kubernetes, uri)
+    pods.tracking.tracking_uri = pod_uri
+    image = image or spec.cluster.kubernetes.image
+    if dry_run:
+        print_manifest(pods, image, pod_uri, namespace, output)
+        return None
+    if not image:
+        raise SpecError("cluster.kubernetes.image: no training image; pass --image or set it "
+                        "(build one from the Dockerfile)")
+    if preflight.is_local_store(uri):
+        raise SpecError(f"tracking.tracking_uri: {uri} is a local store the pods cannot reach; set it (or "
+                        f"$MLFLOW_TRACKING_URI) to the MLflow server of k8s/mlflow.yaml, e.g. after "
+                        f"`kubectl -n {namespace} port-forward svc/mlflow 5000`: http://localhost:5000")
+    api = api or api_client()
+    run_id, name = launch(pods, spec_path, uri=uri, pod_uri=pod_uri, namespace=namespace, image=image, api=api)
+    _say(f"RayJob {namespace}/{name} created for run {run_id} "
+         f"(orch status/logs/stop {run_id}; kubectl -n {namespace} get rayjob {name})")
+    if detach:
+        return _outcome(uri, run_id, "RUNNING")
+    return follow(api, namespace, name, uri=uri, run_id=run_id, poll_s=poll_s)
+
+
+def print_manifest(pods: JobSpec, image: str | None, pod_uri: str, namespace: str, output: str) -> None:
+    """The dry run's RayJob, with placeholders for what only a real submission knows."""
+    if not image:
+        _say("orch: warning: cluster.kubernetes.image: no training image; the manifest says "
+             f"{manifest.PLACEHOLDER_IMAGE} (pass --image)")
+    body = manifest.rayjob_manifest(pods, run_id=manifest.PLACEHOLDER_RUN_ID,
+                                    image=image or manifest.PLACEHOLDER_IMAGE,
+                                    tracking_uri=pod_uri, namespace=namespace)
+    if output == "json":
+        click.echo(json.dumps(body))
+        return
+    click.echo(f"# dry run: nothing created; {manifest.PLACEHOLDER_RUN_ID} stands for the MLflow run id")
+    click.echo(yaml.safe_dump(body, sort_keys=False, width=1_000_000).rstrip())
+
+
+def launch(pods: JobSpec, spec_path: str | None, *, uri: str, pod_uri: str, namespace: str, image: str,
+           api) -> tuple[str, str]:
+    """Create the MLflow run, then the RayJob; a RayJob the API refuses ends the run FAILED."""
+    from orchestrator import tracking
+    from orchestrator.targets.local import checkpoint_dir
+
+    run_id = tracking.start_run(pods, spec_path, uri)
+    name = manifest.rayjob_name(pods.name, run_id)
+    tracking.set_tags(uri, run_id, {"orch.target": "k8s", "orch.k8s_namespace": namespace, "orch.rayjob": name,
+                                    "orch.checkpoint_dir": checkpoint_dir(pods, run_id)})
+    body = manifest.rayjob_manifest(pods, run_id=run_id, image=image, tracking_uri=pod_uri, namespace=namespace)
+    try:
+        _custom(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    except Exception as exc:
+        error = _api_error(exc, f"creating RayJob {namespace}/{name}")
+        tracking.end_run(uri, run_id, "FAILED", str(error))
+        raise error from None
+    return run_id, name
+
+
+def follow(api, namespace: str, name: str, *, uri: str, run_id: str, poll_s: float = 5.0) -> dict:
+    """Print each change of the RayJob's status until it ends, then settle the MLflow run.
+    Ctrl-C stops following only: the job runs on."""
+    try:
+        state = wait(api, namespace, name, poll_s=poll_s)
+    except KeyboardInterrupt:
+        _say(f"orch: stopped following; RayJob {namespace}/{name} runs on (orch stop {run_id} ends it)")
+        return _outcome(uri, run_id, "RUNNING")
+    return finish(uri, run_id, state)
+
+
+def wait(api, namespace: str, name: str, *, poll_s: float = 5.0) -> dict:
+    """Poll the RayJob until jobDeploymentStatus is terminal or the RayJob is gone."""
+    last = None
+    while True:
+        state = read_state(api, namespace, name)
+        seen = (state["jobDeploymentStatus"], state["jobStatus"])
+        if seen != last:
+            _say(f"RayJob {name}: {state['jobDeploymentStatus'] or 'New'}, job {state['jobStatus'] or '-'}"
+                 + (f" ({state['message']})" if state["message"] else ""))
+            last = seen
+        if not state["found"] or state["jobDeploymentStatus"] in TERMINAL:
+            return state
+        time.sleep(poll_s)
+
+
+def finish(uri: str, run_id: str, state: dict) -> dict:
+    """End the MLflow run if the entrypoint could not (its pod never started, or crashed before
+    it could), then report the run as MLflow has it. A failed run raises JobFailed."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import tracking
+
+    run = MlflowClient(uri).get_run(run_id)
+    if run.info.status == "RUNNING":
+        status = _RUN_STATUS.get(state["jobStatus"], "FAILED") if state["found"] else "KILLED"
+        cause = state["message"] or f"RayJob {state['rayjob']} ended {state['jobDeploymentStatus']}"
+        tracking.end_run(uri, run_id, status, None if status == "FINISHED" else cause)
+        run = MlflowClient(uri).get_run(run_id)
+    if run.info.status == "FAILED":
+        cause = run.data.tags.get("orch.error") or state["message"] or "see orch logs"
+        raise JobFailed(f"run {run_id} FAILED: {cause.strip().splitlines()[0]}")
+    return _outcome(uri, run_id, run.info.status)
+
+
+def read_state(api, namespace: str, name: str) -> dict:
+    """The RayJob's status fields; found=False once it is deleted (orch stop, or its TTL)."""
+    state = {"rayjob": name, "namespace": namespace, "found": True}
+    try:
+        body = _custom(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        status = body.get("status") or {}
+    except Exception as exc:
+        if getattr(exc, "status", None) != 404:
+            raise _api_error(exc, f"reading RayJob {namespace}/{name}") from None
+        state["found"], status = False, {"message": "the RayJob no longer exists"}
+    for key in ("jobStatus", "jobDeploymentStatus", "message", "rayClusterName", "dashboardURL"):
+        state[key] = status.get(key, "")
+    return state
+
+
+def job_status(run, *, api=None) -> dict:
+    """{rayjob, namespace, jobStatus, jobDeploymentStatus, message, ...} of a run's RayJob."""
+    namespace, name = _job_ref(run)
+    return read_state(api or api_client(), namespace, name)
+
+
+def job_logs(run, *, tail_lines: int | None = None, api=None) -> str:
+    """The Ray job driver's output, which the head pod's job-logs sidecar prints."""
+    namespace, name = _job_ref(run)
+    api = api or api_client()
+    state = read_state(api, namespace, name)
+    if not state["found"] or not state["rayClusterName"]:
+        raise OrchError(f"RayJob {namespace}/{name}: no Ray cluster to read logs from "
+                        f"({state['message'] or state['jobDeploymentStatus'] or 'not started yet'}); "
+                        f"the run's metrics are in MLflow")
+    core = _core(api)
+    selector = f"ray.io/cluster={state['rayClusterName']},ray.io/node-type=head"
+    try:
+        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+        if not pods:
+            raise OrchError(f"RayJob {namespace}/{name}: its head pod is not there yet "
+                            f"({state['jobDeploymentStatus'] or 'New'})")
+        pod = pods[0]
+        names = [c.name for c in pod.spec.containers]
+        container = manifest.LOG_CONTAINER if manifest.LOG_CONTAINER in names else names[0]
+        return core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container,
+                                            tail_lines=tail_lines)
+    except OrchError:
+        raise
+    except Exception as exc:
+        raise _api_error(exc, f"reading the logs of RayJob {namespace}/{name}") from None
+
+
+def stop_job(run, *, api=None) -> dict:
+    """Delete the RayJob: KubeRay stops the Ray job, then removes its cluster and pods."""
+    namespace, name = _job_ref(run)
+    try:
+        _custom(api or api_client()).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except Exception as exc:
+        if getattr(exc, "status", None) == 404:
+            return {"how": f"RayJob {namespace}/{name} was already gone"}
+        raise _api_error(exc, f"deleting RayJob {namespace}/{name}") from None
+    return {"how": f"deleted RayJob {namespace}/{name}; KubeRay stops the job and removes its cluster"}
+
+
+def api_client():
+    """A kubernetes ApiClient from the kubeconfig, else from the pod's service account."""
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config()
+    except Exception:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            raise OrchError("no Kubernetes configuration: set KUBECONFIG or run in a pod") from None
+    return client.ApiClient()
+
+
+def _custom(api):
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api)
+
+
+def _core(api):
+    from kubernetes import client
+
+    return client.CoreV1Api(api)
+
+
+def _api_error(exc: Exception, doing: str) -> OrchError:
+    """One line from an API failure: the server's own message, and the fix when it is ours."""
+    status = getattr(exc, "status", None)
+    if status is None:  # no answer at all: DNS, refused connection, TLS
+        return OrchError(f"{doing}: the Kubernetes API did not answer ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})")
+    try:
+        detail = json.loads(exc.body).get("message") or exc.reason
+    except (TypeError, ValueError, AttributeError):
+        detail = getattr(exc, "reason", "") or ""
+    hint = {403: "; the Role in k8s/rbac.yaml grants what orch needs",
+            404: "; is the KubeRay operator installed (k8s/README.md)?"}.get(status, "")
+    return OrchError(f"{doing}: {status} {getattr(exc, 'reason', '')}: {detail}{hint}")
+
+
+def _job_ref(run) -> tuple[str, str]:
+    tags = run.data.tags
+    if "orch.rayjob" not in tags:
+        raise OrchError(f"run {run.info.run_id} was not submitted to Kubernetes (no orch.rayjob tag)")
+    return tags.get("orch.k8s_namespace", "default"), tags["orch.rayjob"]
+
+
+def _namespace(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+        raise SpecError(f"--namespace: {value!r} is not a Kubernetes namespace name "
+                        "(lowercase letters, digits, '-')")
+    return value
+
+
+def _outcome(uri: str, run_id: str, status: str) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(uri).get_run(run_id)
+    metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("system/")}
+    return {"run_id": run_id, "status": status, "metrics": metrics,
+            "best_checkpoint": run.data.tags.get("orch.best_checkpoint"), "tracking_uri": uri}
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+    sys.stderr.flush()
