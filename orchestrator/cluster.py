@@ -32,20 +32,29 @@ def worker_resources(scaling: ScalingSpec) -> dict:
     return resources
 
 
-def check_resources(scaling: ScalingSpec) -> None:
-    """Fail fast, saying what is missing, instead of waiting forever for a placement group."""
+def check_resources(scaling: ScalingSpec, nodes: list[dict] | None = None, where: str = "the Ray cluster") -> None:
+    """Fail fast, saying what is missing, instead of waiting forever for a placement group.
+
+    `nodes` holds each alive node's total resources ({"CPU": 4, "GPU": 1, ...}); by default
+    those of the Ray this process is connected to. A remote cluster's come from its dashboard.
+    """
     per_worker = worker_resources(scaling)
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if nodes is None:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     for name, amount in per_worker.items():
         need = amount * scaling.num_workers
         have = sum(node.get(name, 0) for node in nodes)
         if have < need:
             raise ResourceError(
                 f"scaling: {scaling.num_workers} workers x {amount:g} {name} = {need:g} {name}, "
-                f"but the Ray cluster has {have:g}; lower scaling.num_workers or "
-                f"scaling.{'gpus' if name == 'GPU' else 'cpus'}_per_worker"
+                f"but {where} has {have:g} {name} ({len(nodes)} node{'s' if len(nodes) != 1 else ''}); "
+                f"lower scaling.num_workers or scaling.{'gpus' if name == 'GPU' else 'cpus'}_per_worker"
                 + (", or set scaling.use_gpu=false" if name == "GPU" else "")
             )
     fits = [n for n in nodes if all(n.get(k, 0) >= v for k, v in per_worker.items())]
     if not fits:
-        raise ResourceError(f"scaling: no single Ray node has {per_worker} for one worker")
+        largest = max(nodes, key=lambda n: tuple(n.get(k, 0) for k in per_worker), default={})
+        have = ", ".join(f"{largest.get(k, 0):g} {k}" for k in per_worker)
+        want = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
+        raise ResourceError(f"scaling: one worker needs {want} on one node, but the largest node of {where} "
+                            f"has {have}; lower scaling.cpus_per_worker or scaling.gpus_per_worker")

@@ -81,3 +81,25 @@ def _resources_text(spec: JobSpec) -> str:
         text += f", {s.gpus_per_worker:g} GPU"
     return f"{text} each, placement {s.placement}"
 
+
+def check_multi_node(spec: JobSpec, uri: str, nodes: int) -> None:
+    """On a cluster of several nodes the Ray Train controller and the workers may run on any of
+    them: MLflow and the checkpoints must be where every node reaches, not on one node's disk."""
+    if nodes < 2:
+        return
+    if is_local_store(uri):
+        raise SpecError(
+            f"tracking.tracking_uri: {uri} is a file on one machine, but the Ray cluster has {nodes} nodes "
+            "that log to MLflow from wherever they run; start `mlflow server --host 0.0.0.0 ...` and give "
+            "its http:// URL, which every node can reach (tracking.tracking_uri or $MLFLOW_TRACKING_URI)")
+    storage = spec.checkpoint.storage
+    if not spec.checkpoint.shared and ("://" not in storage or storage.startswith("file://")):
+        raise SpecError(
+            f"checkpoint.storage: {storage} is a path on one node's disk, but the Ray cluster has {nodes} "
+            "nodes that each write and read checkpoints; use a URI every node reaches (s3://..., gs://...) "
+            "or, on a filesystem every node mounts (NFS, a PVC), set checkpoint.shared=true")
+
+
+def is_local_store(uri: str) -> bool:
+    """An MLflow store that is a file on the machine that opens it (sqlite, a folder)."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri

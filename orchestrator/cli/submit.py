@@ -1,6 +1,12 @@
-"""`orch submit SPEC`: validate a job spec and train it."""
+"""`orch submit SPEC`: validate a job spec and train it where the user asks.
+
+Targets: `local` (the Ray this machine runs, embedded when none is running), `ray` (a Ray
+cluster through its Jobs API: --address, $RAY_ADDRESS as http(s)://..., or cluster.address),
+`k8s` (a KubeRay RayJob created with the kubernetes client).
+"""
 
 import json
+import os
 
 import click
 import yaml
@@ -12,22 +18,58 @@ from orchestrator.spec import load_spec
 @click.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @set_option
-@click.option("--dry-run", is_flag=True, help="Print the resolved spec and what follows from it; start nothing.")
+@click.option("--target", type=click.Choice(["local", "ray", "k8s"]), default=None,
+              help="Where to run: local (default), ray (a Ray cluster's Jobs API; implied by an "
+                   "http(s) address), k8s (a KubeRay RayJob).")
+@click.option("--address", metavar="URL", default=None,
+              help="Ray Jobs API of a cluster, http://HEAD:8265 (default: $RAY_ADDRESS when it is "
+                   "http(s)://..., else the spec's cluster.address).")
+@click.option("--namespace", default=None, help="k8s: namespace (default: cluster.kubernetes.namespace).")
+@click.option("--image", default=None, help="k8s: training image (default: cluster.kubernetes.image).")
+@click.option("--detach", is_flag=True, help="ray/k8s: submit, print the run id and return.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved spec and what follows from it "
+                                              "(with --target k8s, the RayJob manifest); start nothing.")
 @output_option
-def submit(spec_path, overrides, dry_run, output):
+def submit(spec_path, overrides, target, address, namespace, image, detach, dry_run, output):
     """Train the job described by the YAML file SPEC on Ray (embedded when none is running)."""
     spec = load_spec(spec_path, overrides)
-    if dry_run:
+    address = address or _http_address(os.environ.get("RAY_ADDRESS")) or spec.cluster.address
+    target = target or ("ray" if address else "local")
+    progress_to_stderr = output == "json"
+    if target == "k8s":
+        from orchestrator.targets.kuberay import submit_k8s
+
+        outcome = submit_k8s(spec, spec_path, namespace=namespace, image=image, dry_run=dry_run,
+                             detach=detach, output=output)
+    elif dry_run:
         from orchestrator.preflight import plan
 
         _print_dry_run(spec, plan(spec, require_data=False), output)
         return
-    from orchestrator.progress import format_summary
-    from orchestrator.targets.local import run_local
+    elif target == "ray":
+        from orchestrator.targets.remote import submit_remote
 
-    outcome = run_local(spec, spec_path, progress_to_stderr=output == "json")
+        outcome = submit_remote(spec, spec_path, address=address, detach=detach,
+                                progress_to_stderr=progress_to_stderr)
+    else:
+        from orchestrator.targets.local import run_local
+
+        outcome = run_local(spec, spec_path, progress_to_stderr=progress_to_stderr)
+    if outcome is not None:
+        _print_outcome(outcome, output)
+
+
+def _http_address(value: str | None) -> str | None:
+    """$RAY_ADDRESS names a Jobs API only as http(s)://...; host:port is a GCS address that
+    the local target joins with ray.init."""
+    return value if value and value.startswith(("http://", "https://")) else None
+
+
+def _print_outcome(outcome: dict, output: str) -> None:
+    from orchestrator.progress import format_summary
+
     if output == "json":
-        click.echo(json.dumps({k: outcome[k] for k in ("run_id", "status", "metrics", "best_checkpoint")}))
+        click.echo(json.dumps({k: outcome.get(k) for k in ("run_id", "status", "metrics", "best_checkpoint")}))
     else:
         click.echo(format_summary(outcome, outcome["tracking_uri"]))
 

@@ -91,6 +91,7 @@ class ScalingSpec(_Section):
 
 class CheckpointSpec(_Section):
     storage: str = "checkpoints"
+    shared: bool = Field(False, description="checkpoint.storage is on a filesystem every node mounts (NFS, a PVC)")
     num_to_keep: Optional[int] = Field(None, ge=1, description="best by metric, plus the latest")
     metric: str = "val_top1_error"
     mode: Literal["min", "max"] = "min"
@@ -100,6 +101,40 @@ class TrackingSpec(_Section):
     tracking_uri: Optional[str] = Field(None, description="default: $MLFLOW_TRACKING_URI, else ./mlruns")
     run_name: Optional[str] = None
     system_metrics: bool = True
+
+
+# Kubernetes quantities ("8", "500m", "64Gi") and DNS-1123 labels, checked when the spec is
+# read so that a typo is a spec error rather than an API server rejection after the MLflow run exists.
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class KubernetesSpec(_Section):
+    """How `orch submit --target k8s` shapes the KubeRay RayJob (see k8s/README.md)."""
+
+    namespace: str = Field("orch", pattern=_DNS_LABEL, description="--namespace overrides; k8s/ uses orch")
+    image: Optional[str] = Field(None, description="the training image (see Dockerfile); --image overrides")
+    service_account: str = Field("orch", pattern=_DNS_LABEL, description="the pods' account (k8s/rbac.yaml)")
+    gpus_per_node: int = Field(8, ge=1, description="GPUs of one worker pod; workers are grouped into pods")
+    worker_memory: str = Field("128Gi", pattern=_QUANTITY, description="one worker pod's, /dev/shm included")
+    head_cpu: str = Field("2", pattern=_QUANTITY)
+    head_memory: str = Field("8Gi", pattern=_QUANTITY)
+    shm_size: str = Field("16Gi", pattern=_QUANTITY, description="/dev/shm of a worker pod (FFCV loaders, NCCL)")
+    data_claim: str = Field("orch-data", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                            description="PersistentVolumeClaim with datasets and checkpoints (k8s/storage.yaml)")
+    data_mount: str = Field("/data", pattern=r"^/",
+                            description="where the claim is mounted; relative spec paths land under it")
+    tracking_uri: Optional[str] = Field(
+        None, description="MLflow as the pods reach it; default: tracking.tracking_uri when that is a server "
+                          "the pods can reach, else http://mlflow:5000 (the Service of k8s/mlflow.yaml)")
+    ttl_seconds_after_finished: int = Field(3600, ge=0, description="how long a finished job's pods stay (logs)")
+
+
+class ClusterSpec(_Section):
+    """Where a job runs when it is not the embedded local Ray."""
+
+    address: Optional[str] = Field(None, description="Ray Jobs API, http://HEAD:8265; --address and $RAY_ADDRESS override")
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
 
 
 class JobSpec(_Section):
@@ -113,3 +148,4 @@ class JobSpec(_Section):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)

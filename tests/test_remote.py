@@ -1,0 +1,150 @@
+"""`orch submit --address` on a real two-node Ray cluster (both nodes on loopback) and a real
+MLflow server: the user's path, run as the `orch` CLI in subprocesses.
+
+Training is one epoch of ResNet-8 on 1,000 Fashion-MNIST images; validation covers the whole
+10,000-image test set.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+from remote_fixtures import MlflowServer, RayNodes
+from test_submit import DEMO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_nodes():
+    nodes = RayNodes(cpus_per_node=1)
+    try:
+        yield nodes.start(nodes=2)
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def orch(*args, uri: str, cwd, timeout=600, **env_vars) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it: no RAY_ADDRESS, no RAY_AUTH_MODE (orch finds the token)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env.update(env_vars, MLFLOW_TRACKING_URI=uri)
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+def job_sets(data, tmp, *extra) -> list[str]:
+    sets = [f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}",
+            "data.max_train_samples=1000", "training.epochs=1", "training.batch_size=100",
+            "schedule.warmup_epochs=0", "model.arch=cifar_resnet8", "scaling.num_workers=2",
+            "scaling.cpus_per_worker=1", "scaling.placement=SPREAD",
+            f"checkpoint.storage={tmp / 'ckpt'}", "checkpoint.shared=true", *extra]
+    return [arg for s in sets for arg in ("--set", s)]
+
+
+def all_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def error_line(proc) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("orch: error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_two_workers_train_on_both_nodes(ray_nodes, mlflow_server, fashion_mnist, tmp_path):
+    uri = mlflow_server.uri
+    proc = orch("submit", str(DEMO), *job_sets(fashion_mnist, tmp_path), "--address", ray_nodes.dashboard,
+                "--output", "json", uri=uri, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-5000:] + ray_nodes.logs()
+    outcome = json.loads(proc.stdout)
+    assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_samples"] == 10000
+    assert "epoch   1/1" in proc.stderr
+
+    run = MlflowClient(uri).get_run(outcome["run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["orch.target"] == "ray" and tags["orch.ray_address"] == ray_nodes.dashboard
+    workers = json.loads(tags["workers"])
+    assert [w["rank"] for w in workers] == [0, 1]
+    assert {w["node_id"] for w in workers} == {n["node_id"] for n in ray_nodes.alive_nodes()}
+    assert outcome["best_checkpoint"].startswith(str(tmp_path / "ckpt"))
+
+    status = json.loads(orch("status", outcome["run_id"], "--output", "json", uri=uri, cwd=tmp_path).stdout)
+    assert status["ray_job_id"] == tags["orch.ray_job_id"] and status["status"] == "FINISHED"
+    assert status["ray_job_status"] == "SUCCEEDED" and len(status["workers"]) == 2
+    logs = orch("logs", outcome["run_id"], uri=uri, cwd=tmp_path)
+    assert logs.returncode == 0 and "epoch   1/1" in logs.stdout, logs.stderr
+    assert logs.stdout.rstrip().endswith(f"run {outcome['run_id']}: FINISHED")
+
+
+def test_orch_stop_ends_a_detached_job_killed(ray_nodes, mlflow_server, fashion_mnist, tmp_path):
+    uri = mlflow_server.uri
+    sets = job_sets(fashion_mnist, tmp_path, "training.epochs=20")
+    proc = orch("submit", str(DEMO), *sets, "--address", ray_nodes.dashboard, "--detach", "--output", "json",
+                uri=uri, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = json.loads(proc.stdout)["run_id"]
+    assert json.loads(proc.stdout)["status"] in ("SUBMITTED", "RUNNING")
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + 240
+    while "orch.driver_pid" not in client.get_run(run_id).data.tags and time.monotonic() < deadline:
+        time.sleep(2)  # the entrypoint is training
+    stopped = orch("stop", run_id, "--output", "json", uri=uri, cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert json.loads(stopped.stdout)["status"] == "KILLED"
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    status = json.loads(orch("status", run_id, "--output", "json", uri=uri, cwd=tmp_path).stdout)
+    assert status["ray_job_status"] == "STOPPED"
+
+
+def test_a_job_that_cannot_start_ends_its_run_failed(ray_nodes, mlflow_server, fashion_mnist, tmp_path):
+    proc = orch("submit", str(DEMO), *job_sets(fashion_mnist, tmp_path), "--address", ray_nodes.dashboard,
+                uri=mlflow_server.uri, cwd=tmp_path, ORCH_RAY_PYTHON="/nonexistent/python")
+    assert proc.returncode == 1
+    assert "FAILED: /bin/sh:" in error_line(proc) and "/nonexistent/python" in error_line(proc)  # the shell's word
+    run_id = error_line(proc).split()[3]
+    run = MlflowClient(mlflow_server.uri).get_run(run_id)
+    assert run.info.status == "FAILED" and "exit code 127" in run.data.tags["orch.error"]
+
+
+def test_more_gpus_than_the_cluster_has_fail_in_seconds(ray_nodes, mlflow_server, fashion_mnist, tmp_path):
+    before = len(all_runs(mlflow_server.uri))
+    started = time.monotonic()
+    proc = orch("submit", str(DEMO), *job_sets(fashion_mnist, tmp_path, "scaling.use_gpu=true"),
+                "--address", ray_nodes.dashboard, uri=mlflow_server.uri, cwd=tmp_path)
+    assert time.monotonic() - started < 20
+    assert proc.returncode == 2
+    assert "2 workers x 1 GPU = 2 GPU, but the Ray cluster at" in error_line(proc)
+    assert "has 0 GPU (2 nodes)" in error_line(proc)
+    assert len(all_runs(mlflow_server.uri)) == before
+
+
+def test_a_file_store_on_two_nodes_is_refused(ray_nodes, fashion_mnist, tmp_path):
+    store = tmp_path / "mlflow.db"
+    proc = orch("submit", str(DEMO), *job_sets(fashion_mnist, tmp_path), "--address", ray_nodes.dashboard,
+                uri=f"sqlite:///{store}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "tracking.tracking_uri" in error_line(proc) and "mlflow server" in error_line(proc)
+    assert not store.exists()
+
+
+def test_node_local_checkpoints_on_two_nodes_are_refused(ray_nodes, mlflow_server, fashion_mnist, tmp_path):
+    proc = orch("submit", str(DEMO), *job_sets(fashion_mnist, tmp_path, "checkpoint.shared=false"),
+                "--address", ray_nodes.dashboard, uri=mlflow_server.uri, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "checkpoint.storage" in error_line(proc) and "checkpoint.shared=true" in error_line(proc)
