@@ -17,7 +17,7 @@ _FIELDS = ("train_loss", "val_top1_error", "val_top5_error", "train_images_per_s
 class EpochPrinter(threading.Thread):
     """Polls the run's metrics and prints each new epoch once."""
 
-    def __init__(self, uri: str, run_id: str, epochs: int, err: bool, interval: float = 5.0, skip=()):
+    def __init__(self, uri: str, run_id: str, epochs: int, err: bool, interval: float = 2.0, skip=()):
         super().__init__(daemon=True)
         self.uri, self.run_id, self.epochs, self.err, self.interval = uri, run_id, epochs, err, interval
         self._halt = threading.Event()

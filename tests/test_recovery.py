@@ -16,7 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_killed_worker_is_replaced_and_every_epoch_logged_once(ray_cluster, fashion_mnist, mlflow_uri, tmp_path):
-    sets = small_job(fashion_mnist, tmp_path, workers=2, epochs=2) + ["training.max_failures=2"]
+    # 6,000 training images: the second epoch lasts long enough (~15 s) to be caught running
+    # after the progress line of the first, which comes from polling MLflow every 2 s.
+    sets = small_job(fashion_mnist, tmp_path, workers=2, epochs=2) + ["training.max_failures=2",
+                                                                      "data.max_train_samples=6000"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli.main", "submit", str(DEMO), "--output", "json",
          *[a for s in sets for a in ("--set", s)]],
