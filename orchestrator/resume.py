@@ -49,7 +49,7 @@ def resume_run(ref: str, overrides=(), *, uri: str | None = None, progress_to_st
         click.echo(f"orch: warning: checkpoint {location} is damaged ({why}); resuming from {good}", err=True)
     set_aside(run_dir, [location for location, _ in damaged])
     _reopen(uri, run, spec, overrides, good)
-    return drive(spec, uri, run_id, plan, run_dir, resume_from=good, progress_to_stderr=progress_to_stderr)
+    return drive(spec, uri, run_id, run_dir, resume_from=good, progress_to_stderr=progress_to_stderr)
 
 
 def set_aside(run_dir: str, damaged: list[str]) -> None:

@@ -74,14 +74,14 @@ def train(spec, uri: str, run) -> dict:
     from orchestrator import cluster, preflight, tracking
     from orchestrator.targets.local import checkpoint_dir, drive, driver_tags
 
-    plan = preflight.plan(spec)
+    preflight.plan(spec)  # the spec and its data, checked where the data is read
     cluster.connect()
     cluster.check_resources(spec.scaling)
     run_id = run.info.run_id
     run_dir = run.data.tags.get("orch.checkpoint_dir") or checkpoint_dir(spec, run_id)
     tracking.set_tags(uri, run_id, {**driver_tags(), "orch.checkpoint_dir": run_dir,
                                     "orch.driver_node_id": ray.get_runtime_context().get_node_id()})
-    return drive(spec, uri, run_id, plan, run_dir)
+    return drive(spec, uri, run_id, run_dir)
 
 
 def _running_run(uri: str, run_id: str):

@@ -25,14 +25,14 @@ def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr
     Every check that can fail on bad input runs before the MLflow run exists; once it does,
     it is ended FINISHED, FAILED or KILLED whatever happens.
     """
-    plan = preflight.plan(spec)
+    preflight.plan(spec)  # every check on the spec and its data, before anything exists
     cluster.connect()
     cluster.check_resources(spec.scaling)
     uri = tracking.tracking_uri(spec)
     run_id = tracking.start_run(spec, spec_path, uri)
     tracking.set_tags(uri, run_id, {"orch.checkpoint_dir": checkpoint_dir(spec, run_id), "orch.target": "local",
                                     **driver_tags()})
-    return drive(spec, uri, run_id, plan, checkpoint_dir(spec, run_id), progress_to_stderr=progress_to_stderr)
+    return drive(spec, uri, run_id, checkpoint_dir(spec, run_id), progress_to_stderr=progress_to_stderr)
 
 
 def driver_tags() -> dict:
@@ -42,7 +42,7 @@ def driver_tags() -> dict:
             "orch.driver_started": f"{psutil.Process().create_time():.2f}"}
 
 
-def drive(spec: JobSpec, uri: str, run_id: str, plan: dict, run_dir: str, *,
+def drive(spec: JobSpec, uri: str, run_id: str, run_dir: str, *,
           resume_from: str | None = None, progress_to_stderr: bool = False) -> dict:
     """Fit the trainer for an existing, RUNNING MLflow run whose checkpoints live in `run_dir`,
     and end the run FINISHED, FAILED or KILLED."""
@@ -54,7 +54,7 @@ def drive(spec: JobSpec, uri: str, run_id: str, plan: dict, run_dir: str, *,
     with _system_metrics(spec, uri, run_id, resume=bool(done)), quiet_stdout:
         printer.start()
         try:
-            result = fit(build_trainer(spec, uri, run_id, plan, resume_from, run_dir=run_dir))
+            result = fit(build_trainer(spec, uri, run_id, resume_from, run_dir=run_dir))
             status = "FINISHED"
         except (KeyboardInterrupt, SystemExit):
             # Ray Train's own SIGINT handler aborts the run and exits via SystemExit.
@@ -90,7 +90,7 @@ def checkpoint_dir(spec: JobSpec, run_id: str) -> str:
     return f"{spec.checkpoint.storage.rstrip('/')}/{ray_run_name(spec, run_id)}"
 
 
-def build_trainer(spec: JobSpec, uri: str, run_id: str, plan: dict, resume_from: str | None = None,
+def build_trainer(spec: JobSpec, uri: str, run_id: str, resume_from: str | None = None,
                   run_dir: str | None = None) -> TorchTrainer:
     scaling = spec.scaling
     # Ray Train's folder for the run is storage_path/name; a resumed run reuses it, so Ray's
