@@ -9,6 +9,18 @@ from orchestrator.errors import ResourceError
 from orchestrator.spec.schema import ScalingSpec
 
 
+# The Ray orch starts on this machine leaves out what only an operator watching Ray itself
+# reads: the Ray dashboard and its agents' work, metric export, Ray Train's metrics and its
+# preemption watcher (nodes are drained only under an autoscaler). Each Ray process wakes every
+# 10 ms; on 2 cores these cost training several percent (bench/overhead.py).
+# ORCH_RAY_DASHBOARD=1 starts the full Ray instead, dashboard on 127.0.0.1:8265.
+LEAN_RAY_ENV = {
+    "RAY_enable_metrics_collection": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
 def connect(address: str | None = None) -> None:
     """Join the Ray at `address` or $RAY_ADDRESS or one started on this machine; else start one."""
     if ray.is_initialized():
@@ -16,9 +28,13 @@ def connect(address: str | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Says that token auth (Ray's default) is on: news to Ray's operators, noise to a researcher.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    full = os.environ.get("ORCH_RAY_DASHBOARD", "0") == "1"
+    if not full and address is None and not os.environ.get("RAY_ADDRESS"):
+        for name, value in LEAN_RAY_ENV.items():
+            os.environ.setdefault(name, value)  # inherited by the Ray processes this process starts
     ray.init(
         address=address,
-        include_dashboard=True,  # without it Ray Train floods the log with PlacementGroupCleaner errors
+        include_dashboard=full,
         dashboard_host="127.0.0.1",
         log_to_driver=False,  # orch prints its own progress; worker logs stay in Ray's log files
         logging_level=logging.WARNING,

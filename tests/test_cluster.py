@@ -1,0 +1,87 @@
+"""The Ray orch starts on this machine: lean by default (no dashboard, no metric export, no
+Ray Train preemption watcher), the full Ray with ORCH_RAY_DASHBOARD=1, and a job trains on it.
+
+Each test starts its own Ray in a fresh Python process, as `orch submit` does; no module-scoped
+cluster is running here, so nothing is joined instead.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator import cluster
+
+from job_fixtures import DEMO, ROOT, small_job
+
+PROBE = """
+import json, os, sys, urllib.request
+import ray
+from orchestrator import cluster
+cluster.connect()
+context = ray.init(ignore_reinit_error=True)
+
+@ray.remote(num_cpus=0)
+def ray_worker_env():
+    return {name: os.environ.get(name) for name in cluster.LEAN_RAY_ENV}
+
+report = {"dashboard_url": context.dashboard_url, "worker_env": ray.get(ray_worker_env.remote()),
+          "driver_env": {name: os.environ.get(name) for name in cluster.LEAN_RAY_ENV}}
+if len(sys.argv) > 1:  # then train a small job on this Ray
+    from orchestrator.spec import load_spec
+    from orchestrator.targets.local import run_local
+    outcome = run_local(load_spec(sys.argv[1], sys.argv[2:]), progress_to_stderr=True)
+    report.update(status=outcome["status"], val_samples=outcome["metrics"]["val_samples"])
+if context.dashboard_url:  # any HTTP answer will do: Ray's token auth answers 401 without a token
+    try:
+        report["dashboard_status"] = urllib.request.urlopen(f"http://{context.dashboard_url}/api/version", timeout=10).status
+    except urllib.error.HTTPError as exc:
+        report["dashboard_status"] = exc.code
+print(json.dumps(report))
+"""
+
+
+def _probe(tmp_path, *job_args, **env) -> dict:
+    environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *cluster.LEAN_RAY_ENV)}
+    environment.update(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                       PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", PROBE, *job_args], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env=environment)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_orch_starts_a_lean_ray_and_a_job_trains_on_it(fashion_mnist, tmp_path):
+    report = _probe(tmp_path, str(DEMO), *small_job(fashion_mnist, tmp_path, workers=1, epochs=1))
+    assert not report["dashboard_url"]
+    assert report["worker_env"]["RAY_enable_metrics_collection"] == "0"  # the raylet's workers inherit it
+    assert report["driver_env"] == cluster.LEAN_RAY_ENV  # Ray Train passes its flags on to the controller
+    assert report["status"] == "FINISHED" and report["val_samples"] == 10000
+
+
+@pytest.mark.slow
+def test_orch_ray_dashboard_starts_the_full_ray(tmp_path):
+    report = _probe(tmp_path, ORCH_RAY_DASHBOARD="1")
+    assert report["dashboard_url"] and report["dashboard_status"] in (200, 401)
+    assert set(report["worker_env"].values()) == {None}
+    assert set(report["driver_env"].values()) == {None}
+
+
+def test_an_address_is_joined_as_it_is(monkeypatch):
+    """A cluster orch joins keeps its own settings: connect() sets nothing for it."""
+    calls = []
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: calls.append(kwargs))
+    for name in cluster.LEAN_RAY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    cluster.connect()
+    monkeypatch.delenv("RAY_ADDRESS")
+    cluster.connect("127.0.0.1:6379")
+    assert [c["address"] for c in calls] == [None, "127.0.0.1:6379"]
+    assert not any(name in os.environ for name in cluster.LEAN_RAY_ENV)
+
