@@ -31,7 +31,11 @@ from orchestrator.spec import load_spec
                                               "(with --target k8s, the RayJob manifest); start nothing.")
 @output_option
 def submit(spec_path, overrides, target, address, namespace, image, detach, dry_run, output):
-    """Train the job described by the YAML file SPEC on Ray (embedded when none is running)."""
+    """Train the job described by the YAML file SPEC on Ray (embedded when none is running).
+
+    The embedded Ray runs without its dashboard; ORCH_RAY_DASHBOARD=1 starts it with one on
+    127.0.0.1:8265.
+    """
     spec = load_spec(spec_path, overrides)
     address = address or _http_address(os.environ.get("RAY_ADDRESS")) or spec.cluster.address
     target = target or ("ray" if address else "local")
