@@ -7,7 +7,7 @@ ORCH := $(VENV)/bin/orch
 APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
 DEMO_DATA := data/fashion-mnist
 
-.PHONY: setup system-deps test demo clean
+.PHONY: setup system-deps lint test demo clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -29,8 +29,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-test: setup
-	$(PY) -m pytest -q
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
+	$(PY) -m pytest -q --durations=15
 
 demo: setup
 	@test -f $(DEMO_DATA)/val.beton || $(ORCH) data prepare fashion-mnist --out $(DEMO_DATA)

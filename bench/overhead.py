@@ -59,7 +59,7 @@ def through_orch(spec) -> list[float]:
     from orchestrator.targets.local import run_local
 
     outcome = run_local(spec, progress_to_stderr=True)
-    history = tracking.epoch_history(tracking.tracking_uri(spec), outcome["run_id"], "train_images_per_second")
+    history = tracking.epoch_history(tracking.tracking_uri(spec), outcome.run_id, "train_images_per_second")
     return [history[epoch] for epoch in sorted(history)]
 
 

@@ -61,7 +61,6 @@ class TrainLoader(_Batches):
         self._schedule = schedule
         self.resolution: int = resolution
         self.batch_size: int = loader.batch_size
-        self.samples_per_epoch: int = len(loader) * loader.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         """Select epoch's shuffle (a resumed run sees the same order) and, imagenet style, its resolution."""

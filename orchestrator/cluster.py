@@ -5,7 +5,8 @@ import os
 
 import ray
 
-from orchestrator.errors import ResourceError
+from orchestrator import ray_internals
+from orchestrator.errors import OrchError, ResourceError
 from orchestrator.spec.schema import ScalingSpec
 
 
@@ -27,9 +28,15 @@ def connect(address: str | None = None) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Says that token auth (Ray's default) is on: news to Ray's operators, noise to a researcher.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    logging.getLogger(ray_internals.TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
     full = os.environ.get("ORCH_RAY_DASHBOARD", "0") == "1"
-    if not full and address is None and not os.environ.get("RAY_ADDRESS"):
+    joining = address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    if joining:  # Ray 2.60's clusters check a token, which its driver sends only in token mode
+        try:
+            ray_internals.use_cluster_token()
+        except ray_internals.RayInternalChanged as exc:
+            raise OrchError(str(exc)) from None
+    elif not full:
         for name, value in LEAN_RAY_ENV.items():
             os.environ.setdefault(name, value)  # inherited by the Ray processes this process starts
     ray.init(

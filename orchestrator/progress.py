@@ -72,13 +72,13 @@ def format_epoch(epoch: int, epochs: int, m: dict) -> str:
     )
 
 
-def format_summary(outcome: dict, uri: str) -> str:
-    metrics = outcome["metrics"]
+def format_summary(outcome) -> str:
+    """What `orch submit` and `orch resume` print at the end (a JobOutcome)."""
     lines = [
-        f"run {outcome['run_id']}: {outcome['status']}",
-        *(f"  {k:<24} {_number(v)}" for k, v in sorted(metrics.items())),
-        f"  {'best checkpoint':<24} {outcome['best_checkpoint'] or '(none)'}",
-        f"  {'dashboard':<24} mlflow ui --backend-store-uri {uri}",
+        f"run {outcome.run_id}: {outcome.status}",
+        *(f"  {k:<24} {_number(v)}" for k, v in sorted(outcome.metrics.items())),
+        f"  {'best checkpoint':<24} {outcome.best_checkpoint or '(none)'}",
+        f"  {'dashboard':<24} mlflow ui --backend-store-uri {outcome.tracking_uri}",
     ]
     return "\n".join(lines)
 

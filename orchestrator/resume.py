@@ -4,31 +4,34 @@ the run carry on). It is also how a run whose driver or head node was lost goes 
 """
 
 import json
+import tempfile
 
 import click
 import pyarrow.fs as pafs
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cluster, preflight, runs, tracking
+from orchestrator import cluster, preflight, ray_internals, tracking
 from orchestrator.errors import OrchError, SpecError
-from orchestrator.targets.local import drive, driver_tags
-from orchestrator.train.checkpoint import latest_good, load_meta
+from orchestrator.lifecycle import ACTIVE, driver_alive, driver_tags
+from orchestrator.outcome import JobOutcome
+from orchestrator.run_lookup import find_run
+from orchestrator.spec.load import parse_override, set_dotted, spec_from_dict
+from orchestrator.targets.local import drive
+from orchestrator.train.checkpoint import latest_good, list_checkpoints, load_meta
 
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
-
-
-def resume_run(ref: str, overrides=(), *, uri: str | None = None, progress_to_stderr: bool = False) -> dict:
+def resume_run(ref: str, overrides=(), *, uri: str | None = None, progress_to_stderr: bool = False) -> JobOutcome:
     """Continue run `ref` to the (possibly raised) training.epochs. Every check runs before the
     run is touched, so bad input leaves it as it was."""
     uri = tracking.tracking_uri(explicit=uri)
     tracking.quiet_mlflow()
-    run = runs.find_run(uri, ref)
+    run = find_run(uri, ref)
     run_id = run.info.run_id
-    if run.info.status == runs.ACTIVE and runs.driver_alive(run) is not False:
+    if run.info.status == ACTIVE and driver_alive(run) is not False:
         raise OrchError(f"run {run_id} is still running (driver pid {run.data.tags.get('orch.driver_pid')}); "
                         f"`orch stop {run_id}` first")
-    spec, original = runs.run_spec(uri, run, overrides)
-    runs.check_resumable(original, spec)
+    spec, original = run_spec(uri, run, overrides)
+    check_resumable(original, spec)
     run_dir = run.data.tags.get("orch.checkpoint_dir")
     good, damaged = latest_good(run_dir) if run_dir else (None, [])
     if good is None:
@@ -53,46 +56,70 @@ def resume_run(ref: str, overrides=(), *, uri: str | None = None, progress_to_st
 
 
 def set_aside(run_dir: str, damaged: list[str]) -> None:
-    """Rename damaged checkpoints to NAME.damaged and drop them from Ray Train's snapshot, so
-    Ray neither hands them to the workers nor later deletes a good checkpoint of the same name."""
+    """Rename damaged checkpoints to NAME.damaged and drop them from Ray Train's checkpoint
+    record, so Ray neither hands them to the workers nor later deletes a good checkpoint of
+    the same name."""
     if not damaged:
         return
     fs, root = _fs(run_dir)
     names = {location.rstrip("/").rsplit("/", 1)[-1] for location in damaged}
     for name in names:
         fs.move(f"{root}/{name}", f"{root}/{name}.damaged")
-    snapshot_path = f"{root}/{RAY_SNAPSHOT}"
+    record_path = f"{root}/{ray_internals.CHECKPOINT_RECORD}"
     try:
-        with fs.open_input_stream(snapshot_path) as f:
-            snapshot = json.loads(f.read().decode())
+        with fs.open_input_stream(record_path) as f:
+            record = json.loads(f.read().decode())
     except (OSError, ValueError):
-        return
-    _drop_from_snapshot(snapshot, names)
-    with fs.open_output_stream(snapshot_path) as f:
-        f.write(json.dumps(snapshot).encode())
+        return  # no record yet: Ray wrote none before the first checkpoint
+    try:
+        record = ray_internals.drop_from_checkpoint_record(record, names)
+    except ray_internals.RayInternalChanged as exc:
+        raise OrchError(str(exc)) from None
+    with fs.open_output_stream(record_path) as f:
+        f.write(json.dumps(record).encode())
 
 
-def _drop_from_snapshot(snapshot: dict, names: set[str]) -> None:
-    kept = [(r, i) for r, i in zip(snapshot["checkpoint_results"], snapshot["checkpoint_report_indices"])
-            if r["checkpoint_dir_name"] not in names]
-    snapshot["checkpoint_results"] = [r for r, _ in kept]
-    snapshot["checkpoint_report_indices"] = [i for _, i in kept]
-    pending = [(r, v) for r, v in zip(snapshot.get("pending_training_results", []),
-                                     snapshot.get("pending_validation_specs", []))
-               if r["checkpoint_dir_name"] not in names]
-    snapshot["pending_training_results"] = [r for r, _ in pending]
-    snapshot["pending_validation_specs"] = [v for _, v in pending]
-    latest = snapshot.get("latest_checkpoint_result")
-    if latest and latest["checkpoint_dir_name"] in names:
-        # The newest surviving report (by index) becomes the latest one Ray hands to workers.
-        snapshot["latest_checkpoint_result"] = max(kept, key=lambda p: p[1])[0] if kept else None
+def run_spec(uri: str, run, overrides=()):
+    """The run's spec (its spec.json artifact, else the latest checkpoint's meta.json) with
+    `--set` overrides applied, and the original for comparison."""
+    original = _spec_artifact(uri, run.info.run_id)
+    if original is None:
+        locations = list_checkpoints(run.data.tags.get("orch.checkpoint_dir", ""))
+        if not locations:
+            raise OrchError(f"run {run.info.run_id}: neither a spec.json artifact nor a checkpoint to read its spec from")
+        original = load_meta(locations[-1])["spec"]
+    raw = json.loads(json.dumps(original))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    return spec_from_dict(raw, source=f"run {run.info.run_id} spec"), original
+
+
+def check_resumable(original: dict, new) -> None:
+    """Changes that would not load into the checkpoint's model (or move its folder) are errors."""
+    before, after = original, new.model_dump(mode="json")
+    for section, field in (("model", "arch"), ("model", "num_classes"), ("model", "options"),
+                           ("checkpoint", "storage")):
+        old, now = before.get(section, {}).get(field), after[section][field]
+        if old != now:
+            raise SpecError(f"{section}.{field}: cannot change on resume ({old!r} -> {now!r}); "
+                            "submit a new job instead")
+
+
+def _spec_artifact(uri: str, run_id: str) -> dict | None:
+    with tempfile.TemporaryDirectory(prefix="orch-spec-") as tmp:
+        try:
+            path = MlflowClient(uri).download_artifacts(run_id, "spec.json", dst_path=tmp)
+            return json.loads(open(path).read())
+        except (MlflowException, OSError, ValueError):
+            return None
 
 
 def _reopen(uri: str, run, spec, overrides, good: str) -> None:
     client = MlflowClient(uri)
     run_id = run.info.run_id
     resumes = int(run.data.tags.get("orch.resumes", "0")) + 1
-    client.update_run(run_id, status=runs.ACTIVE)
+    client.update_run(run_id, status=ACTIVE)
     client.log_dict(run_id, spec.model_dump(mode="json"), "spec.json")
     client.log_dict(run_id, {"overrides": list(overrides), "from": good}, f"resumes/resume_{resumes}.json")
     if "orch.error" in run.data.tags:  # the last attempt's; this one records its own

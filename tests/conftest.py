@@ -1,51 +1,111 @@
-"""Shared fixtures: real Fashion-MNIST in FFCV files, a real local Ray, a real MLflow store.
+"""Shared fixtures: real Fashion-MNIST in FFCV files, one real local Ray for the whole session,
+a real MLflow store, and a run trained once and shared by the tests that only read it.
 
-The Ray cluster is started once per test module (starting Ray costs ~10 s on 2 cores) and
-Fashion-MNIST is written once per session.
+Fixed costs dominate this suite on 2 cores (starting Ray ~10 s, a trainer ~20 s, an MLflow store
+~2 s, importing torch/ray/mlflow in a subprocess ~5 s), so each is paid once where tests allow:
+one Ray per test process, MLflow stores copied from one made empty once, training only
+where a test needs what training writes, and validation on 1,000 images except in the one
+exactness test (test_submit.py), which checks every one of the 10,000.
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+from job_fixtures import DEMO, FASHION, SMALL_TRAIN, SMALL_VAL, small_job, write_fashion_subset
+from mlflow.tracking import MlflowClient
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
 @pytest.fixture(scope="session")
 def fashion_mnist(tmp_path_factory) -> Path:
     """Fashion-MNIST as train.beton (60,000) and val.beton (10,000), written once."""
-    if not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+    if not (FASHION / "t10k-images-idx3-ubyte.gz").exists():
         pytest.fail("Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (make setup does)")
     from data_pipeline import write_fashion_mnist
 
     out = tmp_path_factory.mktemp("fashion-mnist")
-    write_fashion_mnist(FASHION_MNIST, out)
+    write_fashion_mnist(FASHION, out)
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def small_fashion(tmp_path_factory) -> Path:
+    """Fashion-MNIST's first 2,000 training and first 1,000 test images, written by `orch data
+    prepare`'s own writer: jobs train and validate on it in seconds."""
+    return write_fashion_subset(tmp_path_factory.mktemp("fashion-small"), SMALL_TRAIN, SMALL_VAL)
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
-    """A local Ray with 2 CPUs and its dashboard, shared by the tests of one module."""
+    """The Ray orch itself starts (lean: no dashboard), once for every test in this process.
+    In-process `orch` commands and run_local() join it; a test that needs its own Ray starts it
+    in a subprocess."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-             logging_level="WARNING")
+    from orchestrator import cluster
+
+    cluster.connect()
     yield ray
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def ray_address(ray_cluster) -> str:
+    """The session Ray's address, for `orch` subprocesses that should join it (RAY_ADDRESS)."""
+    return ray_cluster.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store with its tables made: creating them costs seconds on these
+    machines, copying the file nothing."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def fresh_store(empty_store: Path, folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(empty_store, folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def mlflow_uri(empty_store, tmp_path, monkeypatch) -> str:
+    """A store of this test's own, as $MLFLOW_TRACKING_URI."""
+    uri = fresh_store(empty_store, tmp_path / "mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def session_store(empty_store, tmp_path_factory) -> str:
+    """A store shared by the session's read-only users of `trained_run`."""
+    return fresh_store(empty_store, tmp_path_factory.mktemp("session-mlflow"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(ray_cluster, small_fashion, session_store, tmp_path_factory) -> dict:
+    """One real run, trained once (1 worker, 2 epochs of 2,000 images): {run_id, checkpoint
+    (its best), run_dir}. Tests only read it."""
+    from orchestrator.spec import load_spec
+    from orchestrator.targets.local import run_local
+
+    storage = tmp_path_factory.mktemp("trained")
+    sets = small_job(small_fashion, storage, workers=1) + [
+        "experiment=orch-trained", "tracking.run_name=member-seed0", f"tracking.tracking_uri={session_store}",
+    ]
+    outcome = run_local(load_spec(DEMO, sets), str(DEMO))
+    assert outcome.status == "FINISHED"
+    run = MlflowClient(session_store).get_run(outcome.run_id)
+    return {"run_id": outcome.run_id, "checkpoint": Path(outcome.best_checkpoint),
+            "run_dir": run.data.tags["orch.checkpoint_dir"]}
 
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")

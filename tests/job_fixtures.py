@@ -1,20 +1,27 @@
-"""Helpers shared by the tests that train through orch: a small Fashion-MNIST job, the raw
-test set read without orch's code, and the Ray Train workers a test itself started."""
+"""Helpers shared by the tests that train through orch: small Fashion-MNIST jobs and data, the raw
+test set read without orch's code, `orch` in a subprocess, and the training loop's fault hook."""
 
 import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "jobs" / "demo_fashion_mnist.yaml"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+SMALL_TRAIN, SMALL_VAL = 2000, 1000  # the small_fashion fixture's images
+_IDX = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
 
 def small_job(data: Path, tmp: Path, workers: int, epochs: int = 2) -> list[str]:
-    """Overrides for the demo job: a 2,000-image training subset, the full 10,000-image test set."""
+    """Overrides for the demo job: ResNet-8, at most 2,000 training images, all of data's val.beton."""
     return [
         f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}",
         "data.max_train_samples=2000", f"training.epochs={epochs}", "training.batch_size=100",
@@ -24,24 +31,73 @@ def small_job(data: Path, tmp: Path, workers: int, epochs: int = 2) -> list[str]
     ]
 
 
-def raw_fashion_mnist_test() -> tuple[torch.Tensor, torch.Tensor]:
-    """The test set straight from Debian's IDX files: no FFCV, no orch data code."""
-    with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(FASHION / "t10k-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+def as_set_args(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def write_fashion_subset(out: Path, train: int, val: int) -> Path:
+    """The first `train` training and `val` test images of Fashion-MNIST, through orch's writer."""
+    from data_pipeline import write_fashion_mnist
+
+    source = out / "idx"
+    source.mkdir()
+    for split, count in (("train", train), ("val", val)):
+        for name, header, size in zip(_IDX[split], (16, 8), (28 * 28, 1)):
+            with gzip.open(FASHION / name) as f:
+                data = bytearray(f.read())
+            data[4:8] = count.to_bytes(4, "big")
+            with gzip.open(source / name, "wb") as f:
+                f.write(bytes(data[:header + count * size]))
+    write_fashion_mnist(source, out / "data", workers=1)
+    return out / "data"
+
+
+def raw_fashion_mnist_test(count: int = 10000) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` test images straight from Debian's IDX files: no FFCV, no orch data code."""
+    with gzip.open(FASHION / _IDX["val"][0]) as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count]
+    with gzip.open(FASHION / _IDX["val"][1]) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:count]
     x = torch.from_numpy(images.copy()).float().unsqueeze(1).repeat(1, 3, 1, 1)
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-def train_workers(root_pid: int) -> list[psutil.Process]:
-    """Ray Train workers started under `root_pid` (the test's own Ray), never another
-    process's Ray on the machine."""
-    found = []
-    for proc in psutil.Process(root_pid).children(recursive=True):
-        try:
-            if "ray::RayTrainWorker" in " ".join(proc.cmdline()):
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
+def orch_process(*args, cwd, uri: str, ray_address: str | None = None, fault: str | None = None,
+                 **popen) -> subprocess.Popen:
+    """`orch ARGS` as a user runs it, in its own process; with `ray_address` it joins that Ray
+    (the session's) instead of starting one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ORCH_TEST_FAULT")}
+    env["MLFLOW_TRACKING_URI"] = uri
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    if fault:
+        env["ORCH_TEST_FAULT"] = fault
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli.main", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def fault(action: str, epoch: int, step: int, rank: int | None = None, notify: Path | None = None) -> str:
+    """$ORCH_TEST_FAULT for orchestrator/train/faults.py: act before `step` of `epoch`."""
+    spec = {"action": action, "epoch": epoch, "step": step}
+    if rank is not None:
+        spec["rank"] = rank
+    if notify is not None:
+        spec["notify"] = str(notify)
+    return json.dumps(spec)
+
+
+class Notice:
+    """A FIFO the fault hook writes one line to just before it acts. `wait()` blocks until then:
+    opening a FIFO for reading waits for its writer, so nothing is timed or polled."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "fault.fifo"
+        os.mkfifo(self.path)
+
+    def wait(self, timeout_s: float = 300) -> str:
+        said = []
+        reader = threading.Thread(target=lambda: said.append(self.path.open().readline()), daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        assert said, f"the fault hook did not act within {timeout_s:.0f} s"
+        return said[0]

@@ -11,14 +11,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator import runs
+from orchestrator import lifecycle, run_lookup
+from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import OrchError
 from orchestrator.resume import set_aside
 from orchestrator.train.checkpoint import (
     CHECKSUMS_FILE, DamagedCheckpoint, describe, latest_good, list_checkpoints, save_checkpoint, verify,
 )
 from orchestrator.train.loop import good_checkpoint
-from orchestrator.tracking import EpochLogger
 
 
 def write_run_dir(root, errors=(30.0, 20.0, 25.0)):
@@ -91,25 +91,10 @@ class _Ctx:
     run_id = "ray-run"
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """One sqlite store for the module: creating one costs seconds on these machines."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture
-def mlflow_uri(store, monkeypatch, request) -> str:
-    """The shared store, with this test's runs in an experiment of their own."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", request.node.name)
-    MlflowClient(store).create_experiment(request.node.name)
-    return store
-
-
 def _fake_run(uri, tmp_path, **tags):
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
-    run = client.create_run(experiment.experiment_id, run_name=f"fake-{experiment.experiment_id}",
+    experiment = client.get_experiment_by_name("orch-test") or client.get_experiment(client.create_experiment("orch-test"))
+    run = client.create_run(experiment.experiment_id, run_name="fake",
                             tags={"orch.checkpoint_dir": str(tmp_path / "none"), "orch.target": "local", **tags})
     return client, run.info.run_id
 
@@ -135,14 +120,14 @@ def test_an_epoch_reported_again_is_logged_once(mlflow_uri, tmp_path):
 
 def test_run_lookup_by_id_or_unique_name(mlflow_uri, tmp_path):
     client, first = _fake_run(mlflow_uri, tmp_path)
-    assert runs.find_run(mlflow_uri, first).info.run_id == first
+    assert run_lookup.find_run(mlflow_uri, first).info.run_id == first
     run = client.get_run(first)
-    assert runs.find_run(mlflow_uri, run.info.run_name).info.run_id == first
+    assert run_lookup.find_run(mlflow_uri, run.info.run_name).info.run_id == first
     second = client.create_run(run.info.experiment_id, run_name=run.info.run_name).info.run_id
     with pytest.raises(OrchError, match=f"ambiguous.*({first}|{second})"):
-        runs.find_run(mlflow_uri, run.info.run_name)
+        run_lookup.find_run(mlflow_uri, run.info.run_name)
     with pytest.raises(OrchError, match="unknown run"):
-        runs.find_run(mlflow_uri, "nope")
+        run_lookup.find_run(mlflow_uri, "nope")
 
 
 def test_stop_signals_the_driver_and_waits_for_it(mlflow_uri, tmp_path):
@@ -159,7 +144,7 @@ time.sleep(120)
 """], stdout=subprocess.PIPE, text=True)
     assert driver.stdout.readline().strip() == "ready"
     MlflowClient(mlflow_uri).set_tag(run_id, "orch.driver_pid", str(driver.pid))
-    outcome = runs.stop(mlflow_uri, run_id, wait_s=30)
+    outcome = lifecycle.stop(mlflow_uri, run_id, wait_s=30)
     assert driver.wait(timeout=30) == 130
     assert outcome["status"] == "KILLED" and "SIGINT" in outcome["how"]
 
@@ -168,19 +153,19 @@ def test_stop_marks_a_run_whose_driver_is_gone_killed(mlflow_uri, tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     client, run_id = _fake_run(mlflow_uri, tmp_path, **{"orch.driver_pid": str(gone.pid)})
-    outcome = runs.stop(mlflow_uri, run_id, wait_s=1)
+    outcome = lifecycle.stop(mlflow_uri, run_id, wait_s=1)
     assert outcome["status"] == "KILLED" and client.get_run(run_id).info.status == "KILLED"
     with pytest.raises(OrchError, match="not running"):
-        runs.stop(mlflow_uri, run_id)
+        lifecycle.stop(mlflow_uri, run_id)
 
 
 def test_a_reused_pid_is_not_taken_for_the_driver(mlflow_uri, tmp_path):
     """A stale RUNNING run whose pid now belongs to another process: never signal that process."""
     client, run_id = _fake_run(mlflow_uri, tmp_path, **{"orch.driver_pid": str(os.getpid()),
                                                         "orch.driver_started": "12345.00"})
-    assert runs.driver_alive(client.get_run(run_id)) is False
+    assert lifecycle.driver_alive(client.get_run(run_id)) is False
     client.set_tag(run_id, "orch.driver_started", f"{psutil.Process().create_time():.2f}")
-    assert runs.driver_alive(client.get_run(run_id)) is True
+    assert lifecycle.driver_alive(client.get_run(run_id)) is True
 
 
 def test_checkpoints_on_a_uri_storage_are_listed_and_verified(tmp_path):

@@ -1,8 +1,9 @@
 """The Ray orch starts on this machine: lean by default (no dashboard, no metric export, no
-Ray Train preemption watcher), the full Ray with ORCH_RAY_DASHBOARD=1, and a job trains on it.
+Ray Train preemption watcher), the full Ray with ORCH_RAY_DASHBOARD=1. (A job training on the
+lean Ray: test_submit.py's CLI test, whose `orch submit` starts its own.)
 
-Each test starts its own Ray in a fresh Python process, as `orch submit` does; no module-scoped
-cluster is running here, so nothing is joined instead.
+Each test starts its own Ray in a fresh Python process, as `orch submit` does; the session's Ray
+of the test process is not joined (ray.init() joins only what $RAY_ADDRESS or `ray start` names).
 """
 
 import json
@@ -14,7 +15,7 @@ import pytest
 
 from orchestrator import cluster
 
-from job_fixtures import DEMO, ROOT, small_job
+from job_fixtures import ROOT
 
 PROBE = """
 import json, os, sys, urllib.request
@@ -29,11 +30,6 @@ def ray_worker_env():
 
 report = {"dashboard_url": context.dashboard_url, "worker_env": ray.get(ray_worker_env.remote()),
           "driver_env": {name: os.environ.get(name) for name in cluster.LEAN_RAY_ENV}}
-if len(sys.argv) > 1:  # then train a small job on this Ray
-    from orchestrator.spec import load_spec
-    from orchestrator.targets.local import run_local
-    outcome = run_local(load_spec(sys.argv[1], sys.argv[2:]), progress_to_stderr=True)
-    report.update(status=outcome["status"], val_samples=outcome["metrics"]["val_samples"])
 if context.dashboard_url:  # any HTTP answer will do: Ray's token auth answers 401 without a token
     try:
         report["dashboard_status"] = urllib.request.urlopen(f"http://{context.dashboard_url}/api/version", timeout=10).status
@@ -43,11 +39,11 @@ print(json.dumps(report))
 """
 
 
-def _probe(tmp_path, *job_args, **env) -> dict:
+def _probe(tmp_path, **env) -> dict:
     environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *cluster.LEAN_RAY_ENV)}
     environment.update(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
                        PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", PROBE, *job_args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
                           timeout=600, cwd=tmp_path, env=environment)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -55,12 +51,11 @@ def _probe(tmp_path, *job_args, **env) -> dict:
 
 
 @pytest.mark.slow
-def test_orch_starts_a_lean_ray_and_a_job_trains_on_it(fashion_mnist, tmp_path):
-    report = _probe(tmp_path, str(DEMO), *small_job(fashion_mnist, tmp_path, workers=1, epochs=1))
+def test_orch_starts_a_lean_ray(tmp_path):
+    report = _probe(tmp_path)
     assert not report["dashboard_url"]
     assert report["worker_env"]["RAY_enable_metrics_collection"] == "0"  # the raylet's workers inherit it
     assert report["driver_env"] == cluster.LEAN_RAY_ENV  # Ray Train passes its flags on to the controller
-    assert report["status"] == "FINISHED" and report["val_samples"] == 10000
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ def test_validation_imagenet_center_crop(index_beton):
 
 
 def test_train_batches(cifar_train):
-    assert len(cifar_train) == N // 64 and cifar_train.samples_per_epoch == (N // 64) * 64
+    assert len(cifar_train) == N // 64 and cifar_train.batch_size == 64
     assert cifar_train.resolution == 16
     cifar_train.set_epoch(0)
     count = 0
@@ -98,7 +98,7 @@ def test_normalization(imagenet_train):
 
 
 def test_progressive_resolution_and_max_samples(imagenet_train):
-    assert len(imagenet_train) == 10 and imagenet_train.samples_per_epoch == 500
+    assert len(imagenet_train) == 10 and imagenet_train.batch_size == 50
     for epoch, res in [(0, 16), (2, 32), (3, 48), (0, 16)]:
         imagenet_train.set_epoch(epoch)
         assert imagenet_train.resolution == res

@@ -1,10 +1,11 @@
-"""`orch ensemble` on three real Fashion-MNIST runs (different seeds), checked against an
-independent computation from the raw IDX test files; mixed architectures; bad input.
+"""`orch ensemble` on three Fashion-MNIST runs, checked against an independent computation from
+the raw IDX test files; mixed architectures; bad input.
 
-The three members are trained once for the module (cifar_resnet8, 2,000 images, 1 epoch).
+One member is the session's trained run (tests/conftest.py: cifar_resnet8, 2,000 images); the
+other two are runs whose checkpoints are made by hand, which the arithmetic checked here needs
+no more than trained ones.
 """
 
-import gzip
 import hashlib
 import json
 import shutil
@@ -17,75 +18,45 @@ import pytest
 import torch
 import torch.nn.functional as F
 from eval_fixtures import all_runs, fake_run, make_checkpoint, run_orch, write_dataset
-from job_fixtures import DEMO, FASHION, ROOT, raw_fashion_mnist_test
+from job_fixtures import ROOT, SMALL_VAL, raw_fashion_mnist_test
 from mlflow.tracking import MlflowClient
 
 from orchestrator.evaluation import ensemble, evaluate
 from orchestrator.evaluation.scoring import combine, parse_weights
 from orchestrator.models import build_model
-from orchestrator.spec import load_spec
-from orchestrator.targets.local import run_local
 from orchestrator.train.checkpoint import load_meta, load_model_state
 
 SEEDS = (0, 1, 2)
-SUBSET = 2000
-FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
 pytestmark = pytest.mark.slow
 
 
-def train_overrides(data: Path, storage: Path, seed: int) -> list[str]:
-    return [
-        f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}", "training.epochs=1", "training.batch_size=100", "schedule.warmup_epochs=0", "optimizer.lr=0.5",
-        f"training.seed={seed}", f"tracking.run_name=member-seed{seed}", "tracking.system_metrics=false",
-        "model.arch=cifar_resnet8", f"checkpoint.storage={storage}",
-    ]
-
-
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def store(session_store):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        yield uri
+        patch.setenv("MLFLOW_TRACKING_URI", session_store)
+        yield session_store
 
 
 @pytest.fixture(scope="module")
-def small_fashion(tmp_path_factory) -> Path:
-    """Fashion-MNIST's first 2,000 training and first 2,000 test images, written by `orch data
-    prepare`'s own writer: members train and validate quickly on it."""
-    from data_pipeline import write_fashion_mnist
-
-    source = tmp_path_factory.mktemp("idx")
-    for split, (images, labels) in FILES.items():
-        for name, header in ((images, 16), (labels, 8)):
-            with gzip.open(FASHION / name) as f:
-                data = bytearray(f.read())
-            data[4:8] = SUBSET.to_bytes(4, "big")
-            size = 28 * 28 if name == images else 1
-            with gzip.open(source / name, "wb") as f:
-                f.write(bytes(data[:header + SUBSET * size]))
-    out = tmp_path_factory.mktemp("fashion-small") / "data"
-    write_fashion_mnist(source, out, workers=1)
-    return out
-
-
-@pytest.fixture(scope="module")
-def members(ray_cluster, small_fashion, store, tmp_path_factory) -> list[dict]:
-    storage = tmp_path_factory.mktemp("checkpoints")
-    trained = []
-    for seed in SEEDS:
-        outcome = run_local(load_spec(DEMO, train_overrides(small_fashion, storage, seed)), str(DEMO))
-        assert outcome["status"] == "FINISHED"
-        trained.append({"run_id": outcome["run_id"], "checkpoint": Path(outcome["best_checkpoint"])})
+def members(trained_run, small_fashion, store, tmp_path_factory) -> list[dict]:
+    """Three runs: the session's trained run (seed 0) and two whose checkpoints are made by hand
+    (random weights, the same classes and normalization), each an MLflow run named member-seedN."""
+    meta = load_meta(trained_run["checkpoint"])
+    trained = [{"run_id": trained_run["run_id"], "checkpoint": trained_run["checkpoint"]}]
+    for seed in SEEDS[1:]:
+        root = tmp_path_factory.mktemp(f"member{seed}")
+        checkpoint = make_checkpoint(root / "epoch_0000", arch="cifar_resnet8", augment="cifar", size=28,
+                                     val=small_fashion / "val.beton", seed=seed, classes=meta["classes"],
+                                     mean=meta["preprocess"]["mean"], std=meta["preprocess"]["std"])
+        trained.append({"run_id": fake_run(store, f"member-seed{seed}", root), "checkpoint": checkpoint})
     return trained
 
 
 @pytest.fixture(scope="module")
 def raw_logits(members) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each member's logits on the raw test set, computed here without orch's evaluation code."""
-    x, y = raw_fashion_mnist_test()
+    """Each member's logits on the raw test images, computed here without orch's evaluation code."""
+    x, y = raw_fashion_mnist_test(SMALL_VAL)
     outputs = []
     for member in members:
         meta = load_meta(member["checkpoint"])
@@ -95,7 +66,7 @@ def raw_logits(members) -> tuple[list[torch.Tensor], torch.Tensor]:
         mean = torch.tensor(meta["preprocess"]["mean"]).view(1, 3, 1, 1)
         std = torch.tensor(meta["preprocess"]["std"]).view(1, 3, 1, 1)
         with torch.no_grad():
-            outputs.append(torch.cat([model((x[i:i + 1000] - mean) / std) for i in range(0, len(y), 1000)]))
+            outputs.append(model((x - mean) / std))
     return outputs, y
 
 
@@ -103,9 +74,9 @@ def error(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (1 - (predictions == labels).float().mean().item())
 
 
-def test_softmax_ensemble_of_three_seeds_matches_an_independent_average(members, raw_logits, store, fashion_mnist):
+def test_softmax_ensemble_of_three_seeds_matches_an_independent_average(members, raw_logits, store, small_fashion):
     ids = [m["run_id"] for m in members]
-    code, out, err = run_orch("ensemble", "--runs", ",".join(ids), "--data", fashion_mnist / "val.beton",
+    code, out, err = run_orch("ensemble", "--runs", ",".join(ids), "--data", small_fashion / "val.beton",
                               "--workers", "2", "--output", "json")
     assert code == 0, err
     outcome = json.loads(out)  # stdout is exactly one JSON object
@@ -115,7 +86,7 @@ def test_softmax_ensemble_of_three_seeds_matches_an_independent_average(members,
     logits, y = raw_logits
     mean_probs = torch.stack([F.softmax(z, dim=1) for z in logits]).mean(dim=0)
     ens = outcome["ensemble"]
-    assert ens["samples"] == 10000 and ens["images_per_second"] > 0
+    assert ens["samples"] == SMALL_VAL and ens["images_per_second"] > 0
     assert abs(ens["top1_error"] - error(mean_probs.argmax(1), y)) <= 0.1
     top5 = mean_probs.topk(5, dim=1).indices
     assert abs(ens["top5_error"] - 100.0 * (1 - (top5 == y[:, None]).any(1).float().mean().item())) <= 0.1
@@ -158,35 +129,36 @@ def independent_vote(logits: list[torch.Tensor], weights: list[float]) -> torch.
 
 def test_vote_and_logits_with_weights(members, raw_logits):
     names = ",".join(f"member-seed{seed}" for seed in SEEDS)  # runs by name this time
-    logits, y = [z[:SUBSET] for z in raw_logits[0]], raw_logits[1][:SUBSET]  # the members' own validation set
+    logits, y = raw_logits  # the members' own validation set
     weights = [0.25, 0.25, 0.5]  # the third member ties the other two together: tie-breaks matter
     voted = ensemble(names, combine="vote", weights="1,1,2")
-    assert voted["ensemble"]["samples"] == SUBSET
+    assert voted["ensemble"]["samples"] == SMALL_VAL
     assert abs(voted["ensemble"]["top1_error"] - error(independent_vote(logits, weights), y)) <= 0.1
     assert "loss" not in voted["ensemble"] and [m["weight"] for m in voted["members"]] == weights
-    for member, trained in zip(voted["members"], members):
-        # No TTA is the training loop's own validation: the checkpoint's numbers (within one image).
-        meta = load_meta(trained["checkpoint"])
-        assert member["top1_error"] == pytest.approx(meta["metrics"]["val_top1_error"], abs=100 / SUBSET + 1e-9)
-        assert member["top5_error"] == pytest.approx(meta["metrics"]["val_top5_error"], abs=100 / SUBSET + 1e-9)
+    # No TTA is the training loop's own validation: the trained member's checkpoint has the same
+    # numbers (within one image).
+    member, meta = voted["members"][0], load_meta(members[0]["checkpoint"])
+    assert member["top1_error"] == pytest.approx(meta["metrics"]["val_top1_error"], abs=100 / SMALL_VAL + 1e-9)
+    assert member["top5_error"] == pytest.approx(meta["metrics"]["val_top5_error"], abs=100 / SMALL_VAL + 1e-9)
 
     averaged = ensemble(names, combine="logits", weights="1,1,2", workers=2)
     mean_logits = sum(w * z for w, z in zip(weights, logits))
     assert abs(averaged["ensemble"]["top1_error"] - error(mean_logits.argmax(1), y)) <= 0.1
 
 
-def test_evaluate_a_trained_run_from_the_shell(members, store):
+def test_evaluate_a_trained_run_from_the_shell(members, store, ray_address):
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli.main", "evaluate", "member-seed1", "--tta", "flip",
+        [sys.executable, "-m", "orchestrator.cli.main", "evaluate", "member-seed0", "--tta", "flip",
          "--workers", "2", "--output", "json"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "MLFLOW_TRACKING_URI": store},
+        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "MLFLOW_TRACKING_URI": store,
+             "RAY_ADDRESS": ray_address},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     outcome = json.loads(proc.stdout)
-    assert outcome["run_id"] == members[1]["run_id"] and outcome["samples"] == SUBSET
+    assert outcome["run_id"] == members[0]["run_id"] and outcome["samples"] == SMALL_VAL
     assert outcome["views"] == 2 and outcome["images_per_second"] > 0
-    logged = MlflowClient(store).get_run(members[1]["run_id"]).data.metrics
+    logged = MlflowClient(store).get_run(members[0]["run_id"]).data.metrics
     assert logged["eval_flip_top1_error"] == pytest.approx(outcome["top1_error"])
 
 

@@ -172,8 +172,8 @@ def test_follow_prints_each_change_and_reports_the_run(kube, store, pods, capsys
                (200, rayjob("job-ok", jobDeploymentStatus="Running", jobStatus="RUNNING")),
                (200, rayjob("job-ok", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")))
     outcome = kuberay.follow(kube.api(), "orch", "job-ok", uri=store, run_id=run_id, poll_s=0.01)
-    assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_top1_error"] == 0.25
-    assert outcome["best_checkpoint"] == "/data/checkpoints/x/epoch_0000"
+    assert outcome.status == "FINISHED" and outcome.metrics["val_top1_error"] == 0.25
+    assert outcome.best_checkpoint == "/data/checkpoints/x/epoch_0000"
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["RayJob job-ok: Initializing, job -", "RayJob job-ok: Running, job RUNNING",
                      "RayJob job-ok: Complete, job SUCCEEDED"]
@@ -193,7 +193,7 @@ def test_a_job_that_never_ran_ends_its_run_failed(kube, store, pods):
 def test_a_deleted_rayjob_leaves_its_run_killed(kube, store, pods):
     run_id = k8s_run(store, pods, "job-gone").info.run_id
     outcome = kuberay.follow(kube.api(), "orch", "job-gone", uri=store, run_id=run_id, poll_s=0.01)
-    assert outcome["status"] == "KILLED" == MlflowClient(store).get_run(run_id).info.status
+    assert outcome.status == "KILLED" == MlflowClient(store).get_run(run_id).info.status
 
 
 # --- status, logs, stop ------------------------------------------------------------------------

@@ -1,16 +1,13 @@
 """Retention, `orch resume` and the run lifecycle commands on the real local Ray and MLflow."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from job_fixtures import DEMO, small_job
+from job_fixtures import DEMO, orch_process, small_job
 
 from orchestrator.cli.main import main
-from orchestrator.resume import resume_run
 from orchestrator.spec import load_spec
 from orchestrator.targets.local import run_local
 from orchestrator.tracking import start_run, set_tags
@@ -19,21 +16,18 @@ from orchestrator.train.checkpoint import list_checkpoints, load_meta, verify
 pytestmark = pytest.mark.slow
 
 
-def orch(*args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args],
-                          capture_output=True, text=True, timeout=600, cwd=cwd)
-
-
 def steps(uri, run_id, key="val_top1_error") -> list[int]:
     return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
-def test_retention_resume_and_fallback_past_a_truncated_checkpoint(ray_cluster, fashion_mnist, mlflow_uri, tmp_path,
-                                                                   capsys):
-    sets = small_job(fashion_mnist, tmp_path, workers=1, epochs=3) + ["data.max_train_samples=600"]
-    spec = load_spec(DEMO, sets + ["checkpoint.num_to_keep=2"])
+def test_retention_then_resume_past_a_truncated_checkpoint(ray_address, small_fashion, mlflow_uri, tmp_path,
+                                                           capsys):
+    sets = small_job(small_fashion, tmp_path, workers=1, epochs=3) + ["data.max_train_samples=600",
+                                                                      "checkpoint.num_to_keep=2"]
+    spec = load_spec(DEMO, sets)
     outcome = run_local(spec, str(DEMO))
-    run_id, client = outcome["run_id"], MlflowClient(mlflow_uri)
+    capsys.readouterr()  # its epoch lines
+    run_id, client = outcome.run_id, MlflowClient(mlflow_uri)
     run_dir = client.get_run(run_id).data.tags["orch.checkpoint_dir"]
 
     # num_to_keep=2: the 2 best by val_top1_error, and always the latest.
@@ -41,32 +35,27 @@ def test_retention_resume_and_fallback_past_a_truncated_checkpoint(ray_cluster, 
     kept = {load_meta(c)["epoch"] for c in list_checkpoints(run_dir)}
     assert kept == set(sorted(errors, key=lambda e: (errors[e], -e))[:2]) | {2}
 
-    # One more epoch in the same run, through the CLI.
-    proc = orch("resume", run_id, "--set", "training.epochs=4", "--output", "json", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout)["run_id"] == run_id and "epoch   4/4" in proc.stderr
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["orch.resumes"] == "1"
-    assert steps(mlflow_uri, run_id) == [0, 1, 2, 3]
-    assert run.data.tags["orch.resumed_from"].endswith("epoch_0002")
-
-    # A truncated model.pt in the latest checkpoint: resume goes back to the one before it
-    # and trains the lost epoch again (its metrics, logged before, stay logged once).
+    # A truncated model.pt in the latest checkpoint: `orch resume` (the real CLI, in its own
+    # process) goes back to the one before it, sets the damaged one aside, trains the lost
+    # epoch again and one more; every epoch's metrics stay logged once.
     latest = Path(list_checkpoints(run_dir)[-1])
-    assert latest.name == "epoch_0003"
+    assert latest.name == "epoch_0002"
     previous = list_checkpoints(run_dir)[-2]
     with open(latest / "model.pt", "r+b") as f:
         f.truncate(1000)
-    resume_run(run_id)
-    captured = capsys.readouterr()
-    assert "damaged" in captured.err and previous in captured.err
+    proc = orch_process("resume", run_id, "--set", "training.epochs=4", "--output", "json", cwd=tmp_path,
+                        uri=mlflow_uri, ray_address=ray_address)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out)["run_id"] == run_id and "epoch   4/4" in err
+    assert "damaged" in err and previous in err
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["orch.resumed_from"] == previous
-    assert run.data.tags["orch.resumes"] == "2"
+    assert run.info.status == "FINISHED" and run.data.tags["orch.resumes"] == "1"
+    assert run.data.tags["orch.resumed_from"] == previous
     for key in ("val_top1_error", "train_loss"):
         assert steps(mlflow_uri, run_id, key) == [0, 1, 2, 3], key
     verify(list_checkpoints(run_dir)[-1])
-    assert (latest.parent / "epoch_0003.damaged").is_dir()
+    assert (latest.parent / "epoch_0002.damaged").is_dir()
     assert len(list_checkpoints(run_dir)) <= 3
 
     # The lifecycle commands read it all back.
@@ -98,8 +87,8 @@ def _error_of(capsys, *argv) -> str:
     return lines[0]
 
 
-def test_resume_refuses_bad_input_and_leaves_the_run_alone(fashion_mnist, mlflow_uri, tmp_path, capsys):
-    spec = load_spec(DEMO, small_job(fashion_mnist, tmp_path, workers=1))
+def test_resume_refuses_bad_input_and_leaves_the_run_alone(small_fashion, mlflow_uri, tmp_path, capsys):
+    spec = load_spec(DEMO, small_job(small_fashion, tmp_path, workers=1))
     assert "unknown run" in _error_of(capsys, "resume", "no-such-run")
 
     run_id = start_run(spec, str(DEMO), mlflow_uri)

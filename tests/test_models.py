@@ -8,11 +8,11 @@ import torchvision
 
 from orchestrator.errors import SpecError
 from orchestrator.models import (
+    arch_info,
     build_model,
     count_macs,
     count_parameters,
     default_input_size,
-    is_cifar_arch,
     list_archs,
 )
 from orchestrator.models.blocks import BasicBlock, Bottleneck, ZeroPadShortcut
@@ -147,7 +147,7 @@ SHAPE_CASES = [
 @pytest.mark.parametrize("arch, options", SHAPE_CASES)
 def test_output_shapes(arch, options):
     model = build_model(arch, 7, **options).eval()
-    x = torch.randn(2, 3, 32, 32) if is_cifar_arch(arch) else torch.randn(1, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32) if arch_info(arch).family == "cifar" else torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         y = model(x)
     assert y.shape == (x.shape[0], 7) and torch.isfinite(y).all()
@@ -282,8 +282,8 @@ def test_list_archs():
 
 
 def test_families_and_input_sizes():
-    assert is_cifar_arch("cifar_resnet20") and is_cifar_arch("cifar_plain8") and is_cifar_arch("cifar_resnet164")
-    assert not is_cifar_arch("resnet50") and not is_cifar_arch("plain18")
+    assert {arch_info(a).family for a in ("cifar_resnet20", "cifar_plain8", "cifar_resnet164")} == {"cifar"}
+    assert {arch_info(a).family for a in ("resnet50", "plain18")} == {"imagenet"}
     assert default_input_size("resnet152") == 224 and default_input_size("cifar_plain56") == 32
     assert count_parameters(on_meta("cifar_resnet164", 10)) > TABLE6_PARAMS["cifar_resnet110"]  # any 6n+2
 
@@ -309,7 +309,7 @@ def test_cifar_depth_must_be_6n_plus_2(arch):
         build_model(arch, 10)
     assert "20, 32, 44, 56, 110" in str(err.value)
     with pytest.raises(SpecError):
-        is_cifar_arch(arch)
+        arch_info(arch)
 
 
 @pytest.mark.parametrize("arch, options, fragments", [

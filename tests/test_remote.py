@@ -1,8 +1,7 @@
 """`orch submit --address` on a real two-node Ray cluster (both nodes on loopback) and a real
 MLflow server: the user's path, run as the `orch` CLI in subprocesses.
 
-Training is one epoch of ResNet-8 on 1,000 Fashion-MNIST images; validation covers the whole
-10,000-image test set.
+Training is one epoch of ResNet-8 on 1,000 Fashion-MNIST images, validated on 1,000.
 """
 
 import json
@@ -14,7 +13,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 from remote_fixtures import MlflowServer, RayNodes
-from test_submit import DEMO
+from job_fixtures import DEMO, SMALL_VAL, Notice, fault
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +38,7 @@ def mlflow_server(tmp_path_factory):
 
 def orch(*args, uri: str, cwd, timeout=600, **env_vars) -> subprocess.CompletedProcess:
     """The CLI as a user runs it: no RAY_ADDRESS, no RAY_AUTH_MODE (orch finds the token)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "ORCH_TEST_FAULT")}
     env.update(env_vars, MLFLOW_TRACKING_URI=uri)
     return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args],
                           capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
@@ -65,13 +64,13 @@ def error_line(proc) -> str:
     return lines[0]
 
 
-def test_two_workers_train_on_both_nodes(ray_nodes, mlflow_server, fashion_mnist, tmp_path):
+def test_two_workers_train_on_both_nodes(ray_nodes, mlflow_server, small_fashion, tmp_path):
     uri = mlflow_server.uri
-    proc = orch("submit", str(DEMO), *job_sets(fashion_mnist, tmp_path), "--address", ray_nodes.dashboard,
+    proc = orch("submit", str(DEMO), *job_sets(small_fashion, tmp_path), "--address", ray_nodes.dashboard,
                 "--output", "json", uri=uri, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-5000:] + ray_nodes.logs()
     outcome = json.loads(proc.stdout)
-    assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_samples"] == 10000
+    assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_samples"] == SMALL_VAL
     assert "epoch   1/1" in proc.stderr
 
     run = MlflowClient(uri).get_run(outcome["run_id"])
@@ -91,18 +90,18 @@ def test_two_workers_train_on_both_nodes(ray_nodes, mlflow_server, fashion_mnist
     assert logs.stdout.rstrip().endswith(f"run {outcome['run_id']}: FINISHED")
 
 
-def test_orch_stop_ends_a_detached_job_killed(ray_nodes, mlflow_server, fashion_mnist, tmp_path):
+def test_orch_stop_ends_a_detached_job_killed(ray_nodes, mlflow_server, small_fashion, tmp_path):
+    """The job holds at a known step (the fault hook) while `orch stop` ends it."""
     uri = mlflow_server.uri
-    sets = job_sets(fashion_mnist, tmp_path, "training.epochs=20")
+    notice = Notice(tmp_path)
+    sets = job_sets(small_fashion, tmp_path, "training.epochs=20")
     proc = orch("submit", str(DEMO), *sets, "--address", ray_nodes.dashboard, "--detach", "--output", "json",
-                uri=uri, cwd=tmp_path)
+                uri=uri, cwd=tmp_path, ORCH_TEST_FAULT=fault("hold", epoch=0, step=1, rank=0, notify=notice.path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = json.loads(proc.stdout)["run_id"]
     assert json.loads(proc.stdout)["status"] in ("SUBMITTED", "RUNNING")
+    assert notice.wait().startswith("hold epoch 0 step 1 rank 0")
     client = MlflowClient(uri)
-    deadline = time.monotonic() + 240
-    while "orch.driver_pid" not in client.get_run(run_id).data.tags and time.monotonic() < deadline:
-        time.sleep(2)  # the entrypoint is training
     stopped = orch("stop", run_id, "--output", "json", uri=uri, cwd=tmp_path)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert json.loads(stopped.stdout)["status"] == "KILLED"
@@ -112,8 +111,8 @@ def test_orch_stop_ends_a_detached_job_killed(ray_nodes, mlflow_server, fashion_
     assert status["ray_job_status"] == "STOPPED"
 
 
-def test_a_job_that_cannot_start_ends_its_run_failed(ray_nodes, mlflow_server, fashion_mnist, tmp_path):
-    proc = orch("submit", str(DEMO), *job_sets(fashion_mnist, tmp_path), "--address", ray_nodes.dashboard,
+def test_a_job_that_cannot_start_ends_its_run_failed(ray_nodes, mlflow_server, small_fashion, tmp_path):
+    proc = orch("submit", str(DEMO), *job_sets(small_fashion, tmp_path), "--address", ray_nodes.dashboard,
                 uri=mlflow_server.uri, cwd=tmp_path, ORCH_RAY_PYTHON="/nonexistent/python")
     assert proc.returncode == 1
     assert "FAILED: /bin/sh:" in error_line(proc) and "/nonexistent/python" in error_line(proc)  # the shell's word
@@ -122,10 +121,10 @@ def test_a_job_that_cannot_start_ends_its_run_failed(ray_nodes, mlflow_server, f
     assert run.info.status == "FAILED" and "exit code 127" in run.data.tags["orch.error"]
 
 
-def test_more_gpus_than_the_cluster_has_fail_in_seconds(ray_nodes, mlflow_server, fashion_mnist, tmp_path):
+def test_more_gpus_than_the_cluster_has_fail_in_seconds(ray_nodes, mlflow_server, small_fashion, tmp_path):
     before = len(all_runs(mlflow_server.uri))
     started = time.monotonic()
-    proc = orch("submit", str(DEMO), *job_sets(fashion_mnist, tmp_path, "scaling.use_gpu=true"),
+    proc = orch("submit", str(DEMO), *job_sets(small_fashion, tmp_path, "scaling.use_gpu=true"),
                 "--address", ray_nodes.dashboard, uri=mlflow_server.uri, cwd=tmp_path)
     assert time.monotonic() - started < 20
     assert proc.returncode == 2
@@ -134,17 +133,17 @@ def test_more_gpus_than_the_cluster_has_fail_in_seconds(ray_nodes, mlflow_server
     assert len(all_runs(mlflow_server.uri)) == before
 
 
-def test_a_file_store_on_two_nodes_is_refused(ray_nodes, fashion_mnist, tmp_path):
+def test_a_file_store_on_two_nodes_is_refused(ray_nodes, small_fashion, tmp_path):
     store = tmp_path / "mlflow.db"
-    proc = orch("submit", str(DEMO), *job_sets(fashion_mnist, tmp_path), "--address", ray_nodes.dashboard,
+    proc = orch("submit", str(DEMO), *job_sets(small_fashion, tmp_path), "--address", ray_nodes.dashboard,
                 uri=f"sqlite:///{store}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "tracking.tracking_uri" in error_line(proc) and "mlflow server" in error_line(proc)
     assert not store.exists()
 
 
-def test_node_local_checkpoints_on_two_nodes_are_refused(ray_nodes, mlflow_server, fashion_mnist, tmp_path):
-    proc = orch("submit", str(DEMO), *job_sets(fashion_mnist, tmp_path, "checkpoint.shared=false"),
+def test_node_local_checkpoints_on_two_nodes_are_refused(ray_nodes, mlflow_server, small_fashion, tmp_path):
+    proc = orch("submit", str(DEMO), *job_sets(small_fashion, tmp_path, "checkpoint.shared=false"),
                 "--address", ray_nodes.dashboard, uri=mlflow_server.uri, cwd=tmp_path)
     assert proc.returncode == 2
     assert "checkpoint.storage" in error_line(proc) and "checkpoint.shared=true" in error_line(proc)

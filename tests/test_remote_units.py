@@ -13,8 +13,9 @@ from orchestrator import cluster, preflight
 from orchestrator.errors import ResourceError, SpecError
 from orchestrator.spec import load_spec
 from orchestrator.spec.schema import ScalingSpec
-from orchestrator.targets import entrypoint, ray_jobs, remote
-from orchestrator.tracking import worker_placement
+from orchestrator.epoch_logger import worker_placement
+from orchestrator.errors import last_line
+from orchestrator.targets import entrypoint, ray_cluster
 from test_submit import DEMO
 
 WHERE = "the Ray cluster at http://head:8265"
@@ -63,17 +64,17 @@ def test_checkpoints_must_be_where_every_node_reaches(spec, storage, shared, ok)
 
 
 def test_the_job_carries_the_source_tree_and_the_spec(spec, monkeypatch):
-    env = remote.runtime_env(spec, "http://mlflow:5000")
-    assert env["working_dir"] == str(remote.project_root())
+    env = ray_cluster.runtime_env(spec, "http://mlflow:5000")
+    assert env["working_dir"] == str(ray_cluster.project_root())
     assert "/data" in env["excludes"] and ".venv" in env["excludes"]
     decoded = json.loads(base64.b64decode(env["env_vars"]["ORCH_SPEC_B64"]))
     assert decoded == spec.model_dump(mode="json")
     assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    command = remote.entrypoint_command("r1", "http://mlflow:5000", "http://10.0.0.5:8265")
+    command = ray_cluster.entrypoint_command("r1", "http://mlflow:5000", "http://10.0.0.5:8265")
     assert command == "python -m orchestrator.targets.entrypoint --run-id r1 --tracking-uri http://mlflow:5000"
-    assert remote.cluster_python("http://127.0.0.1:8265") == sys.executable
+    assert ray_cluster.cluster_python("http://127.0.0.1:8265") == sys.executable
     monkeypatch.setenv("ORCH_RAY_PYTHON", "/opt/conda/bin/python")
-    assert remote.cluster_python("http://10.0.0.5:8265") == "/opt/conda/bin/python"
+    assert ray_cluster.cluster_python("http://10.0.0.5:8265") == "/opt/conda/bin/python"
 
 
 def test_the_entrypoint_reads_the_spec_from_b64_or_a_file(spec, tmp_path):
@@ -132,7 +133,7 @@ def test_an_address_in_ray_address_does_not_replace_the_given_one(monkeypatch):
 
     monkeypatch.setenv("RAY_ADDRESS", "http://elsewhere:8265")
     monkeypatch.setattr("ray.job_submission.JobSubmissionClient", FakeClient)
-    ray_jobs.client("http://head:8265")
+    ray_cluster.client("http://head:8265")
     assert seen == {"address": "http://head:8265", "env": None}
     import os
 
@@ -158,11 +159,9 @@ def test_status_of_a_ray_run_whose_cluster_is_gone(spec, tmp_path, capsys):
 
 
 def test_the_cause_of_a_failed_job_skips_rays_own_lines():
-    from orchestrator.targets.remote_run import _last_line
-
     log = ("Ray job j FAILED: Job entrypoint command failed with exit code 127, last available logs:\n"
            "2026-11-23 21:23:28,550\tINFO job_manager.py:581 -- Runtime env is setting up.\n"
            "/bin/sh: 1: /nonexistent/python: not found\n"
            "Running entrypoint for job j: /nonexistent/python -m orchestrator.targets.entrypoint\n")
-    assert _last_line(log) == "/bin/sh: 1: /nonexistent/python: not found"
-    assert _last_line("") == "no cause recorded"
+    assert last_line(log, "no cause recorded") == "/bin/sh: 1: /nonexistent/python: not found"
+    assert last_line("", "no cause recorded") == "no cause recorded"

@@ -1,26 +1,28 @@
 """`orch submit` end to end on the real parts: local Ray, FFCV files of Fashion-MNIST, MLflow.
 
-Training uses a 2,000-image subset so an epoch takes seconds; validation always covers the
-whole 10,000-image test set, each sample once across ranks.
+The exactness test validates on the whole 10,000-image test set, each sample once across
+ranks, and has a worker killed mid-epoch: Ray Train restarts the worker group from the latest
+checkpoint and the run records every epoch exactly once plus the restart. Failures come from
+the training loop's fault hook at a chosen step (orchestrator/train/faults.py), never from a
+signal timed against the progress output.
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from eval_fixtures import run_orch
+from job_fixtures import (
+    DEMO, Notice, as_set_args, fault, orch_process, raw_fashion_mnist_test, small_job,
+)
 from mlflow.tracking import MlflowClient
 
 from orchestrator.models import build_model
 from orchestrator.spec import load_spec
 from orchestrator.targets.local import run_local
 from orchestrator.train.checkpoint import load_meta, load_model_state
-
-from job_fixtures import DEMO, raw_fashion_mnist_test, small_job, train_workers
 
 METRICS = ("train_loss", "lr", "train_images_per_second", "epoch_seconds",
            "val_loss", "val_top1_error", "val_top5_error", "val_samples")
@@ -44,16 +46,23 @@ def independent_top1_error(checkpoint: Path) -> float:
     return 100.0 * (1 - correct / len(y))
 
 
-def test_two_workers_log_exact_metrics_once_per_epoch(ray_cluster, fashion_mnist, mlflow_uri, tmp_path):
-    spec = load_spec(DEMO, small_job(fashion_mnist, tmp_path, workers=2))
+def only_run(uri):
+    client = MlflowClient(uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_two_workers_survive_a_killed_worker_and_log_exact_metrics_once(ray_cluster, fashion_mnist, mlflow_uri,
+                                                                       tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ORCH_TEST_FAULT", fault("kill", epoch=1, step=3, rank=1))
+    spec = load_spec(DEMO, small_job(fashion_mnist, tmp_path, workers=2) + ["training.max_failures=2"])
     outcome = run_local(spec, str(DEMO))
 
-    assert outcome["status"] == "FINISHED"
+    assert outcome.status == "FINISHED"
+    run = only_run(mlflow_uri)
     client = MlflowClient(mlflow_uri)
-    runs = client.search_runs([client.get_experiment_by_name(spec.experiment).experiment_id])
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.info.status == "FINISHED" and run.info.run_id == outcome["run_id"]
+    assert run.info.status == "FINISHED" and run.info.run_id == outcome.run_id
     for key in METRICS:
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
     assert all(m.value == 10000 for m in client.get_metric_history(run.info.run_id, "val_samples"))
@@ -64,74 +73,58 @@ def test_two_workers_log_exact_metrics_once_per_epoch(ray_cluster, fashion_mnist
     assert run.data.metrics["best_val_top1_error"] == min(
         m.value for m in client.get_metric_history(run.info.run_id, "val_top1_error"))
 
-    best = Path(outcome["best_checkpoint"])
+    # The kill: one restart, counted with its cause, from epoch 0's checkpoint.
+    assert run.data.tags["orch.restarts"] == "1"
+    assert "rank" in run.data.tags["orch.last_restart_cause"]
+    assert run.data.tags["orch.restored_from"].endswith("epoch_0000")
+    err = capsys.readouterr().err
+    assert "workers failed" in err and "continuing from the latest checkpoint" in err, err[-3000:]
+
+    best = Path(outcome.best_checkpoint)
     meta = load_meta(best)
     assert meta["preprocess"]["size"] == 28 and len(meta["preprocess"]["mean"]) == 3
-    assert set(("arch", "num_classes", "epoch", "metrics", "spec", "preprocess")) <= set(meta)
+    assert {"arch", "num_classes", "epoch", "metrics", "spec", "preprocess"} <= set(meta)
     state = torch.load(best / "train_state.pt", weights_only=True)
     assert state["epoch"] == meta["epoch"] and "optimizer" in state
     assert independent_top1_error(best) == pytest.approx(meta["metrics"]["val_top1_error"], abs=0.1)
 
 
-def test_cli_one_worker_prints_one_json_object(ray_cluster, fashion_mnist, mlflow_uri, tmp_path):
-    sets = [arg for s in small_job(fashion_mnist, tmp_path, workers=1, epochs=1) for arg in ("--set", s)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli.main", "submit", str(DEMO), *sets, "--output", "json"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    outcome = json.loads(proc.stdout)
+def test_cli_one_worker_prints_one_json_object(small_fashion, mlflow_uri, tmp_path):
+    """The real `orch submit` in its own process, on the Ray it starts itself."""
+    sets = as_set_args(small_job(small_fashion, tmp_path, workers=1, epochs=1))
+    proc = orch_process("submit", DEMO, *sets, "--output", "json", cwd=tmp_path, uri=mlflow_uri)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    outcome = json.loads(out)
     assert set(outcome) == {"run_id", "status", "metrics", "best_checkpoint"}
-    assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_samples"] == 10000
-    assert "epoch   1/1" in proc.stderr
-    assert MlflowClient(mlflow_uri).get_run(outcome["run_id"]).info.status == "FINISHED"
+    assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_samples"] == 1000
+    assert outcome["metrics"]["epoch"] == 0 and "best_val_top1_error" in outcome["metrics"]
+    assert "epoch   1/1" in err and "Traceback" not in err
+    run = MlflowClient(mlflow_uri).get_run(outcome["run_id"])
+    assert run.info.status == "FINISHED" and int(run.data.tags["orch.driver_pid"]) == proc.pid
 
 
-def _start_cli_job(args, cwd):
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli.main", "submit", str(DEMO), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-    )
-
-
-def _wait_for_first_epoch(proc) -> None:
-    for line in proc.stdout:
-        if line.startswith("epoch   1/"):
-            return
-    raise AssertionError(f"no epoch finished: {proc.stderr.read()[-3000:]}")
-
-
-def _only_run(uri):
-    client = MlflowClient(uri)
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-    assert len(runs) == 1
-    return runs[0]
-
-
-def test_ctrl_c_marks_the_run_killed(ray_cluster, fashion_mnist, mlflow_uri, tmp_path):
-    sets = [arg for s in small_job(fashion_mnist, tmp_path, workers=1, epochs=30) for arg in ("--set", s)]
-    proc = _start_cli_job(sets, tmp_path)
-    _wait_for_first_epoch(proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
+def test_ctrl_c_marks_the_run_killed(ray_address, small_fashion, mlflow_uri, tmp_path):
+    """Ctrl-C (SIGINT to the driver) while epoch 1 trains: the hook sends it, then holds."""
+    notice = Notice(tmp_path)
+    sets = as_set_args(small_job(small_fashion, tmp_path, workers=1, epochs=30))
+    proc = orch_process("submit", DEMO, *sets, cwd=tmp_path, uri=mlflow_uri, ray_address=ray_address,
+                        fault=fault("interrupt", epoch=1, step=2, notify=notice.path))
+    assert notice.wait().startswith("interrupt epoch 1 step 2")
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "marked KILLED" in err and "Traceback" not in err
-    run = _only_run(mlflow_uri)
+    run = only_run(mlflow_uri)
     assert run.info.status == "KILLED"
     assert Path(run.data.tags["orch.checkpoint_dir"], "epoch_0000", "model.pt").exists()
 
 
-def test_a_dead_worker_fails_the_run_with_its_cause(ray_cluster, fashion_mnist, mlflow_uri, tmp_path):
-    sets = [arg for s in small_job(fashion_mnist, tmp_path, workers=1, epochs=30) for arg in ("--set", s)]
-    proc = _start_cli_job(sets + ["--set", "training.max_failures=0"], tmp_path)
-    _wait_for_first_epoch(proc)
-    workers = train_workers(os.getpid())
-    assert workers
-    for worker in workers:
-        worker.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 1, err[-3000:]
+def test_a_dead_worker_fails_the_run_with_its_cause(ray_cluster, small_fashion, mlflow_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("ORCH_TEST_FAULT", fault("kill", epoch=0, step=2))
+    sets = as_set_args(small_job(small_fashion, tmp_path, workers=1, epochs=30) + ["training.max_failures=0"])
+    code, _, err = run_orch("submit", DEMO, *sets)
+    assert code == 1, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("orch: error: run")]
     assert len(lines) == 1 and "FAILED" in lines[0], err[-3000:]
-    run = _only_run(mlflow_uri)
+    run = only_run(mlflow_uri)
     assert run.info.status == "FAILED" and run.data.tags.get("orch.error")

@@ -1,11 +1,13 @@
 """Bad input to `orch submit`: one line naming the problem, exit code 2, no traceback, and no
-MLflow run left behind. Runs the real CLI in a subprocess."""
+MLflow run left behind. The CLI runs in this process (on the session's Ray), and once as a real
+subprocess."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from eval_fixtures import run_orch
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,16 +31,14 @@ def data_sets(data):
     (["--set", "scaling.use_gpu=true"], "GPU"),
     (["--set", "training.batch_size=100000"], "training.batch_size"),
 ])
-def test_bad_input_is_one_line_exit_2(args, fragment, fashion_mnist, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = orch("submit", str(DEMO), *data_sets(fashion_mnist), *args, cwd=tmp_path, env_uri=uri)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("orch: error:")]
-    assert len(lines) == 1 and fragment in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-    if (tmp_path / "mlflow.db").exists():
-        client = MlflowClient(uri)
-        assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+def test_bad_input_is_one_line_exit_2(args, fragment, ray_cluster, small_fashion, mlflow_uri, in_tmp):
+    code, _, err = run_orch("submit", DEMO, *data_sets(small_fashion), *args)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("orch: error:")]
+    assert len(lines) == 1 and fragment in lines[0], err
+    assert "Traceback" not in err
+    client = MlflowClient(mlflow_uri)
+    assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
 def test_not_a_beton(tmp_path):
@@ -64,10 +64,11 @@ def test_every_job_passes_dry_run(job, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
-def test_dry_run_with_data_shows_the_plan(fashion_mnist, tmp_path):
-    proc = orch("submit", str(DEMO), *data_sets(fashion_mnist), "--set", "scaling.num_workers=3",
-                "--set", "scaling.cpus_per_worker=0.5", "--dry-run", cwd=tmp_path, env_uri="sqlite:///u.db")
-    assert proc.returncode == 0, proc.stderr
-    assert "val_shard_sizes: [3334, 3333, 3333]" in proc.stdout
-    assert "steps_per_epoch: 156" in proc.stdout  # 60,000 / 3 workers / 128
-    assert not (tmp_path / "u.db").exists()
+def test_dry_run_with_data_shows_the_plan(fashion_mnist, in_tmp, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///u.db")
+    code, out, err = run_orch("submit", DEMO, *data_sets(fashion_mnist), "--set", "scaling.num_workers=3",
+                              "--set", "scaling.cpus_per_worker=0.5", "--dry-run")
+    assert code == 0, err
+    assert "val_shard_sizes: [3334, 3333, 3333]" in out
+    assert "steps_per_epoch: 156" in out  # 60,000 / 3 workers / 128
+    assert not (in_tmp / "u.db").exists()

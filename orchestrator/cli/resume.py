@@ -23,7 +23,4 @@ def resume(run, overrides, uri, output):
     from orchestrator.resume import resume_run
 
     outcome = resume_run(run, overrides, uri=uri, progress_to_stderr=output == "json")
-    if output == "json":
-        click.echo(json.dumps({k: outcome[k] for k in ("run_id", "status", "metrics", "best_checkpoint")}))
-    else:
-        click.echo(format_summary(outcome, outcome["tracking_uri"]))
+    click.echo(json.dumps(outcome.as_json()) if output == "json" else format_summary(outcome))

@@ -9,7 +9,8 @@ import time
 
 import click
 
-from orchestrator import runs as lifecycle
+from orchestrator import lifecycle
+from orchestrator.run_lookup import find_run, list_runs
 from orchestrator.cli.options import output_option
 
 uri_option = click.option("--tracking-uri", "uri", default=None, metavar="URI",
@@ -40,7 +41,7 @@ def _as_json(output: str, obj) -> bool:
 def runs_command(uri, output):
     """List orch's runs, newest first: id, name, status, epoch, best errors, where it runs."""
     uri = _uri(uri)
-    rows = [lifecycle.summary(run, uri) for run in lifecycle.list_runs(uri)]
+    rows = [lifecycle.summary(run, uri) for run in list_runs(uri)]
     if _as_json(output, {"runs": rows}):
         return
     if not rows:
@@ -87,7 +88,7 @@ def logs(run, follow, interval, uri, output):
     from orchestrator.tracking import epoch_history
 
     uri = _uri(uri)
-    found = lifecycle.find_run(uri, run)
+    found = find_run(uri, run)
     if lifecycle.job_backend(found) is not None:
         _job_logs(uri, found, follow, interval, output)
         return
@@ -153,7 +154,7 @@ def stop(run, wait_s, uri, output):
 @output_option
 def checkpoints(run, uri, output):
     """List a run's kept checkpoints: path, epoch, metrics, size, checksum (damaged ones flagged)."""
-    rows = lifecycle.checkpoints(lifecycle.find_run(_uri(uri), run))
+    rows = lifecycle.checkpoints(find_run(_uri(uri), run))
     if _as_json(output, {"checkpoints": rows}):
         return
     if not rows:

@@ -51,7 +51,7 @@ def submit(spec_path, overrides, target, address, namespace, image, detach, dry_
         _print_dry_run(spec, plan(spec, require_data=False), output)
         return
     elif target == "ray":
-        from orchestrator.targets.remote import submit_remote
+        from orchestrator.targets.ray_cluster import submit_remote
 
         outcome = submit_remote(spec, spec_path, address=address, detach=detach,
                                 progress_to_stderr=progress_to_stderr)
@@ -69,13 +69,10 @@ def _http_address(value: str | None) -> str | None:
     return value if value and value.startswith(("http://", "https://")) else None
 
 
-def _print_outcome(outcome: dict, output: str) -> None:
+def _print_outcome(outcome, output: str) -> None:
     from orchestrator.progress import format_summary
 
-    if output == "json":
-        click.echo(json.dumps({k: outcome.get(k) for k in ("run_id", "status", "metrics", "best_checkpoint")}))
-    else:
-        click.echo(format_summary(outcome, outcome["tracking_uri"]))
+    click.echo(json.dumps(outcome.as_json()) if output == "json" else format_summary(outcome))
 
 
 def _print_dry_run(spec, plan: dict, output: str) -> None:

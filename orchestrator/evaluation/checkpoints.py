@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import OrchError
-from orchestrator.runs import find_run, list_runs, store_exists
+from orchestrator.run_lookup import find_run, list_runs, store_exists
 from orchestrator.train.checkpoint import (
     CHECKSUMS_FILE, META_FILE, MODEL_FILE, DamagedCheckpoint, epoch_of, list_checkpoints, load_meta, sha256_file,
     verify,

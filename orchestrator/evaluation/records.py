@@ -12,10 +12,11 @@ gain_top1_error, images_per_second, and the whole outcome as the artifact ensemb
 """
 
 import json
-import time
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+
+from orchestrator.tracking import now_ms
 
 METRIC_KEYS = ("top1_error", "top5_error", "loss")
 
@@ -27,7 +28,7 @@ def log_evaluation(uri: str, run_id: str, outcome: dict) -> list[str]:
     values = {f"{prefix}{k}": outcome[k] for k in METRIC_KEYS}
     values[f"{prefix}images_per_second"] = outcome["images_per_second"]
     client = MlflowClient(uri)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), _now_ms(), step) for k, v in values.items()])
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now_ms(), step) for k, v in values.items()])
     described = {k: outcome[k] for k in ("checkpoint", "epoch", "sha256", "data", "views", "workers", "samples")}
     if "scales" in outcome:
         described["scales"] = outcome["scales"]
@@ -73,7 +74,7 @@ def _params(members: list[dict], ens: dict) -> list[Param]:
 
 
 def _metrics(members: list[dict], ens: dict) -> list[Metric]:
-    now = _now_ms()
+    now = now_ms()
     values = {f"member{i}_{k}": m[k] for i, m in enumerate(members) for k in METRIC_KEYS}
     values.update({k: ens[k] for k in METRIC_KEYS + ("gain_top1_error", "images_per_second") if k in ens})
     return [Metric(k, float(v), now, 0) for k, v in values.items()]
@@ -81,7 +82,3 @@ def _metrics(members: list[dict], ens: dict) -> list[Metric]:
 
 def _default_name(members: list[dict], ens: dict) -> str:
     return f"ensemble-{len(members)}x-{ens['combine']}-{ens['tta']}"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -6,7 +6,6 @@ from orchestrator.models.registry import (
     arch_info,
     build_model,
     default_input_size,
-    is_cifar_arch,
     list_archs,
 )
 
@@ -17,6 +16,5 @@ __all__ = [
     "count_macs",
     "count_parameters",
     "default_input_size",
-    "is_cifar_arch",
     "list_archs",
 ]

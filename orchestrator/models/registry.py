@@ -74,11 +74,6 @@ def arch_info(arch: str) -> ArchInfo:
     raise SpecError(f"unknown arch {arch!r}{_did_you_mean(name)}; known: {_known_names()}")
 
 
-def is_cifar_arch(arch: str) -> bool:
-    """True for the CIFAR family; SpecError for an unknown name."""
-    return arch_info(arch).family == "cifar"
-
-
 def default_input_size(arch: str) -> int:
     """The side the net was designed for: 224 (ImageNet) or 32 (CIFAR)."""
     return INPUT_SIZES[arch_info(arch).family]

@@ -7,11 +7,8 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.errors import SpecError
-from orchestrator.spec.schema import JobSpec
+from orchestrator.spec.schema import PATH_FIELDS, JobSpec
 
-# Paths a worker opens; made absolute so that Ray workers, whose working directory differs
-# from the driver's, read the same files.
-_PATH_FIELDS = (("data", "train"), ("data", "val"), ("checkpoint", "storage"))
 
 
 def load_spec(path, overrides=()) -> JobSpec:
@@ -95,7 +92,7 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _absolute_paths(spec: JobSpec) -> JobSpec:
-    for section, field in _PATH_FIELDS:
+    for section, field in PATH_FIELDS:
         obj = getattr(spec, section)
         value = getattr(obj, field)
         if "://" not in value:

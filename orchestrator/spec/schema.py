@@ -9,6 +9,11 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+# Paths a worker opens: made absolute when the spec is read (Ray workers run in another
+# directory) and placed on the data volume for Kubernetes pods.
+PATH_FIELDS = (("data", "train"), ("data", "val"), ("checkpoint", "storage"))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -98,7 +103,7 @@ class CheckpointSpec(_Section):
 
 
 class TrackingSpec(_Section):
-    tracking_uri: Optional[str] = Field(None, description="default: $MLFLOW_TRACKING_URI, else ./mlruns")
+    tracking_uri: Optional[str] = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     run_name: Optional[str] = None
     system_metrics: bool = True
 

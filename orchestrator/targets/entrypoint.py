@@ -43,7 +43,7 @@ def entrypoint(run_id, tracking_uri, spec_file, spec_b64):
             stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
             tracking.end_run(tracking_uri, run_id, "KILLED" if stopped else "FAILED", str(exc) or type(exc).__name__)
         raise
-    click.echo(format_summary(outcome, tracking_uri))
+    click.echo(format_summary(outcome))
 
 
 def read_spec(spec_file: str | None, spec_b64: str | None):
@@ -67,12 +67,13 @@ def read_spec(spec_file: str | None, spec_b64: str | None):
     return spec_from_dict(raw, source=source)
 
 
-def train(spec, uri: str, run) -> dict:
+def train(spec, uri: str, run):
     """Check the job against this cluster, record where it is driven from, and train."""
     import ray
 
     from orchestrator import cluster, preflight, tracking
-    from orchestrator.targets.local import checkpoint_dir, drive, driver_tags
+    from orchestrator.lifecycle import driver_tags
+    from orchestrator.targets.local import checkpoint_dir, drive
 
     preflight.plan(spec)  # the spec and its data, checked where the data is read
     cluster.connect()

@@ -25,10 +25,11 @@ _RUN_STATUS = {"SUCCEEDED": "FINISHED", "STOPPED": "KILLED"}  # any other end is
 
 def submit_k8s(spec: JobSpec, spec_path: str | None, *, namespace: str | None = None, image: str | None = None,
                dry_run: bool = False, detach: bool = False, output: str = "text", api=None,
-               poll_s: float = 5.0) -> dict | None:
+               poll_s: float = 5.0):
     """Validate, then print the RayJob (dry run: nothing is created, not even an MLflow run) or
     create the run and the RayJob and, unless detached, follow it to its end."""
     from orchestrator import preflight, tracking
+    from orchestrator.outcome import read_outcome
 
     namespace = _namespace(namespace or spec.cluster.kubernetes.namespace)
     pods = manifest.pod_spec(spec)
@@ -52,7 +53,7 @@ def submit_k8s(spec: JobSpec, spec_path: str | None, *, namespace: str | None = 
     _say(f"RayJob {namespace}/{name} created for run {run_id} "
          f"(orch status/logs/stop {run_id}; kubectl -n {namespace} get rayjob {name})")
     if detach:
-        return _outcome(uri, run_id, "RUNNING")
+        return read_outcome(uri, run_id, status="RUNNING")
     return follow(api, namespace, name, uri=uri, run_id=run_id, poll_s=poll_s)
 
 
@@ -91,14 +92,16 @@ def launch(pods: JobSpec, spec_path: str | None, *, uri: str, pod_uri: str, name
     return run_id, name
 
 
-def follow(api, namespace: str, name: str, *, uri: str, run_id: str, poll_s: float = 5.0) -> dict:
+def follow(api, namespace: str, name: str, *, uri: str, run_id: str, poll_s: float = 5.0):
     """Print each change of the RayJob's status until it ends, then settle the MLflow run.
     Ctrl-C stops following only: the job runs on."""
+    from orchestrator.outcome import read_outcome
+
     try:
         state = wait(api, namespace, name, poll_s=poll_s)
     except KeyboardInterrupt:
         _say(f"orch: stopped following; RayJob {namespace}/{name} runs on (orch stop {run_id} ends it)")
-        return _outcome(uri, run_id, "RUNNING")
+        return read_outcome(uri, run_id, status="RUNNING")
     return finish(uri, run_id, state)
 
 
@@ -117,23 +120,22 @@ def wait(api, namespace: str, name: str, *, poll_s: float = 5.0) -> dict:
         time.sleep(poll_s)
 
 
-def finish(uri: str, run_id: str, state: dict) -> dict:
+def finish(uri: str, run_id: str, state: dict):
     """End the MLflow run if the entrypoint could not (its pod never started, or crashed before
     it could), then report the run as MLflow has it. A failed run raises JobFailed."""
     from mlflow.tracking import MlflowClient
 
     from orchestrator import tracking
+    from orchestrator.outcome import read_outcome
 
+    status = _RUN_STATUS.get(state["jobStatus"], "FAILED") if state["found"] else "KILLED"
+    cause = state["message"] or f"RayJob {state['rayjob']} ended {state['jobDeploymentStatus']}"
+    tracking.end_if_running(uri, run_id, status, None if status == "FINISHED" else cause)
     run = MlflowClient(uri).get_run(run_id)
-    if run.info.status == "RUNNING":
-        status = _RUN_STATUS.get(state["jobStatus"], "FAILED") if state["found"] else "KILLED"
-        cause = state["message"] or f"RayJob {state['rayjob']} ended {state['jobDeploymentStatus']}"
-        tracking.end_run(uri, run_id, status, None if status == "FINISHED" else cause)
-        run = MlflowClient(uri).get_run(run_id)
     if run.info.status == "FAILED":
         cause = run.data.tags.get("orch.error") or state["message"] or "see orch logs"
         raise JobFailed(f"run {run_id} FAILED: {cause.strip().splitlines()[0]}")
-    return _outcome(uri, run_id, run.info.status)
+    return read_outcome(uri, run_id)
 
 
 def read_state(api, namespace: str, name: str) -> dict:
@@ -249,15 +251,6 @@ def _namespace(value: str) -> str:
         raise SpecError(f"--namespace: {value!r} is not a Kubernetes namespace name "
                         "(lowercase letters, digits, '-')")
     return value
-
-
-def _outcome(uri: str, run_id: str, status: str) -> dict:
-    from mlflow.tracking import MlflowClient
-
-    run = MlflowClient(uri).get_run(run_id)
-    metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("system/")}
-    return {"run_id": run_id, "status": status, "metrics": metrics,
-            "best_checkpoint": run.data.tags.get("orch.best_checkpoint"), "tracking_uri": uri}
 
 
 def _say(text: str) -> None:

@@ -15,14 +15,13 @@ from importlib import metadata
 from urllib.parse import urlparse
 
 from orchestrator.errors import SpecError
-from orchestrator.spec.schema import JobSpec, KubernetesSpec, ScalingSpec
+from orchestrator.spec.schema import PATH_FIELDS, JobSpec, KubernetesSpec, ScalingSpec
 
 PLACEHOLDER_RUN_ID = "RUN_ID"
 PLACEHOLDER_IMAGE = "REPLACE_WITH_TRAINING_IMAGE"
 IN_CLUSTER_MLFLOW = "http://mlflow:5000"  # the Service of k8s/mlflow.yaml, same namespace
 LOG_CONTAINER = "job-logs"
 MAX_RAYJOB_NAME = 47  # KubeRay appends "-xxxxx" for the RayCluster, whose name may not exceed 53
-_PATH_FIELDS = (("data", "train"), ("data", "val"), ("checkpoint", "storage"))
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 _SUFFIX = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18, "Ki": 2**10,
            "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "m": 1e-3}
@@ -108,7 +107,7 @@ def pod_spec(spec: JobSpec, cwd: str | None = None) -> JobSpec:
     cwd = os.path.abspath(cwd or os.getcwd())
     mount = spec.cluster.kubernetes.data_mount
     copy = spec.model_copy(deep=True)
-    for section, field in _PATH_FIELDS:
+    for section, field in PATH_FIELDS:
         value = getattr(getattr(spec, section), field)
         setattr(getattr(copy, section), field, _pod_path(value, f"{section}.{field}", mount, cwd))
     if "://" not in copy.checkpoint.storage:

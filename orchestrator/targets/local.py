@@ -1,26 +1,27 @@
 """Run a job on the Ray this process can reach (started embedded when none is running)."""
 
 import contextlib
-import os
 import signal
-import socket
 import sys
 import threading
 
-import psutil
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from orchestrator import cluster, preflight, tracking
+from orchestrator.epoch_logger import EpochLogger
+from orchestrator.lifecycle import driver_tags
+from orchestrator.outcome import JobOutcome, read_outcome
 from orchestrator.errors import JobFailed, JobInterrupted
 from orchestrator.progress import EpochPrinter
 from orchestrator.spec.schema import JobSpec
+from orchestrator.train import faults
 from orchestrator.train.loop import train_worker
 
 
-def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr: bool = False) -> dict:
-    """Train `spec` to the end. Returns {run_id, status, metrics, best_checkpoint}.
+def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr: bool = False) -> JobOutcome:
+    """Train `spec` to the end and return what the run recorded.
 
     Every check that can fail on bad input runs before the MLflow run exists; once it does,
     it is ended FINISHED, FAILED or KILLED whatever happens.
@@ -35,20 +36,13 @@ def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr
     return drive(spec, uri, run_id, checkpoint_dir(spec, run_id), progress_to_stderr=progress_to_stderr)
 
 
-def driver_tags() -> dict:
-    """Who drives the run, so that `orch stop` from another shell can reach it (the start time
-    tells the driver from a later process that got the same pid)."""
-    return {"orch.driver_pid": os.getpid(), "orch.driver_host": socket.gethostname(),
-            "orch.driver_started": f"{psutil.Process().create_time():.2f}"}
-
-
 def drive(spec: JobSpec, uri: str, run_id: str, run_dir: str, *,
-          resume_from: str | None = None, progress_to_stderr: bool = False) -> dict:
+          resume_from: str | None = None, progress_to_stderr: bool = False) -> JobOutcome:
     """Fit the trainer for an existing, RUNNING MLflow run whose checkpoints live in `run_dir`,
     and end the run FINISHED, FAILED or KILLED."""
     done = set(tracking.epoch_history(uri, run_id))
     printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr, skip=done)
-    status, error, result, best = "FAILED", None, None, {}
+    status, error, result = "FAILED", None, None
     # Ray prints worker-death notices to stdout; with --output json stdout holds only the result.
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if progress_to_stderr else contextlib.nullcontext()
     with _system_metrics(spec, uri, run_id, resume=bool(done)), quiet_stdout:
@@ -66,19 +60,13 @@ def drive(spec: JobSpec, uri: str, run_id: str, run_dir: str, *,
         finally:
             try:
                 printer.stop()
-                best = tracking.log_best(uri, run_id, spec.checkpoint.mode)
+                tracking.log_best(uri, run_id, spec.checkpoint.mode)
             finally:
                 tracking.end_run(uri, run_id, status, error)
     best_checkpoint = _best_checkpoint(result, spec)
     if best_checkpoint:
         tracking.set_tags(uri, run_id, {"orch.best_checkpoint": best_checkpoint})
-    return {
-        "run_id": run_id,
-        "status": status,
-        "metrics": {**_final_metrics(result), **best},
-        "best_checkpoint": best_checkpoint,
-        "tracking_uri": uri,
-    }
+    return read_outcome(uri, run_id)
 
 
 def ray_run_name(spec: JobSpec, run_id: str) -> str:
@@ -95,10 +83,12 @@ def build_trainer(spec: JobSpec, uri: str, run_id: str, resume_from: str | None 
     scaling = spec.scaling
     # Ray Train's folder for the run is storage_path/name; a resumed run reuses it, so Ray's
     # own checkpoint bookkeeping (retention, the latest checkpoint after a failure) carries on.
-    storage, name = (run_dir or checkpoint_dir(spec, run_id)).rstrip("/").rsplit("/", 1)
+    run_dir = run_dir or checkpoint_dir(spec, run_id)
+    storage, name = run_dir.rstrip("/").rsplit("/", 1)
     return TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "resume_from": resume_from},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "resume_from": resume_from,
+                           "fault": faults.from_env(run_dir)},
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
@@ -114,7 +104,7 @@ def build_trainer(spec: JobSpec, uri: str, run_id: str, resume_from: str | None 
                 checkpoint_score_order=spec.checkpoint.mode,
             ),
             failure_config=FailureConfig(max_failures=spec.training.max_failures),
-            callbacks=[tracking.EpochLogger(uri, run_id, spec.training.max_failures)],
+            callbacks=[EpochLogger(uri, run_id, spec.training.max_failures)],
         ),
     )
 
@@ -151,13 +141,6 @@ def _system_metrics(spec: JobSpec, uri: str, run_id: str, resume: bool = False):
     finally:
         if monitor is not None:
             monitor.finish()
-
-
-def _final_metrics(result) -> dict:
-    if result is None or not result.metrics:
-        return {}
-    keep = ("epoch",) + tracking.EPOCH_METRICS
-    return {k: result.metrics[k] for k in keep if k in result.metrics}
 
 
 def _best_checkpoint(result, spec: JobSpec) -> str | None:

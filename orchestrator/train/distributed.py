@@ -26,8 +26,3 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def barrier() -> None:
-    if is_initialized():
-        dist.barrier()

@@ -20,6 +20,7 @@ from data_pipeline import ResolutionSchedule, build_train_loader, build_val_load
 from orchestrator.models import build_model
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train import distributed as dist
+from orchestrator.train import faults
 from orchestrator.train.checkpoint import (
     DamagedCheckpoint, epoch_of, latest_good, load_model_state, load_train_state, save_checkpoint, verify,
 )
@@ -54,6 +55,7 @@ def train_worker(config: dict) -> None:
         precision=precision,
         label_smoothing=spec.optimizer.label_smoothing,
         lr_for_step=lambda step: lr_at(step, steps_per_epoch, base_lr, spec.schedule, spec.training.epochs),
+        before_step=faults.step_hook(config.get("fault"), dist.rank(), steps_per_epoch, fresh=not restored),
     )
     meta_base = {
         "arch": spec.model.arch,

@@ -27,9 +27,6 @@ class EvalCounts:
         top1, top5 = topk_correct(logits.detach(), labels)
         self.counts += torch.tensor([top1, top5, labels.numel(), loss_sum], dtype=torch.float64)
 
-    def add(self, other: "EvalCounts") -> None:
-        self.counts += other.counts
-
     def reduce(self, device=None) -> dict:
         """Sum over ranks (a collective: every rank must call it) and return the metrics."""
         total = all_reduce_sum(self.counts.to(device or "cpu")).cpu()

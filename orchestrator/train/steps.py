@@ -20,6 +20,7 @@ class StepContext:
     precision: str  # fp32 | bf16 | fp16
     label_smoothing: float
     lr_for_step: callable  # global step -> learning rate
+    before_step: callable = None  # global step -> None: the tests' fault hook (train/faults.py)
 
 
 def autocast(ctx: StepContext):
@@ -36,6 +37,8 @@ def train_one_epoch(model, loader, optimizer, scaler, ctx: StepContext, first_st
     lr = ctx.lr_for_step(first_step)
     start = time.perf_counter()
     for i, (images, labels) in enumerate(loader):
+        if ctx.before_step is not None:
+            ctx.before_step(first_step + i)
         lr = ctx.lr_for_step(first_step + i)
         set_lr(optimizer, lr)
         with autocast(ctx):

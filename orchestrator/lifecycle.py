@@ -1,64 +1,33 @@
-"""Finding a run from what a user types, and what its lifecycle commands read and change.
+"""The run lifecycle: who drives a run, what `orch runs`/`status`/`logs`/`stop`/`checkpoints`
+read and change.
 
-RUN is an MLflow run id or a unique run name. A run's checkpoint folder is its
-orch.checkpoint_dir tag; a local run's driver (the `orch submit` or `orch resume` process) is
-the orch.driver_pid / orch.driver_host tags; a remote run's job is reached through the target
-its orch.target tag names (a Ray job: orch.ray_address and orch.ray_job_id).
+A run's checkpoint folder is its orch.checkpoint_dir tag; a local run's driver (the `orch submit`
+or `orch resume` process) is the orch.driver_pid / orch.driver_host / orch.driver_started tags;
+a remote run's job is reached through the target its orch.target tag names (targets.ray_cluster
+for a Ray job, targets.kuberay for a RayJob).
 """
 
 import json
 import os
-import re
 import signal
 import socket
-import tempfile
 import time
 
 import psutil
-from mlflow.entities import ViewType
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestrator.errors import OrchError, SpecError
-from orchestrator.spec.load import set_dotted, parse_override, spec_from_dict
-from orchestrator.train.checkpoint import describe, list_checkpoints, load_meta
+from orchestrator.errors import OrchError, last_line
+from orchestrator.run_lookup import find_run
+from orchestrator.train.checkpoint import describe, list_checkpoints
 
-_RUN_ID = re.compile(r"[0-9a-f]{32}")
 ACTIVE = "RUNNING"
 
 
-def store_exists(uri: str) -> bool:
-    """False for a sqlite file not written yet: reading it would create an empty store."""
-    if uri.startswith("sqlite:///"):
-        return os.path.exists(uri[len("sqlite:///"):])
-    return True
-
-
-def find_run(uri: str, ref: str):
-    """The run with id `ref`, else the one run named `ref`; OrchError if none or several."""
-    if not store_exists(uri):
-        raise OrchError(f"unknown run {ref!r}: no MLflow store at {uri} (set MLFLOW_TRACKING_URI)")
-    client = MlflowClient(uri)
-    if _RUN_ID.fullmatch(ref):
-        try:
-            return client.get_run(ref)
-        except MlflowException:
-            pass
-    name = ref.replace("'", "\\'")
-    runs = _search(client, f"attributes.run_name = '{name}'")
-    if not runs:
-        raise OrchError(f"unknown run {ref!r}: no run has this id or name in {uri} (see `orch runs`)")
-    if len(runs) > 1:
-        ids = ", ".join(r.info.run_id for r in runs)
-        raise OrchError(f"run name {ref!r} is ambiguous ({len(runs)} runs: {ids}); pass a run id")
-    return runs[0]
-
-
-def list_runs(uri: str) -> list:
-    """orch's runs (those with a checkpoint folder), newest first."""
-    if not store_exists(uri):
-        return []
-    return [r for r in _search(MlflowClient(uri), "") if "orch.checkpoint_dir" in r.data.tags]
+def driver_tags() -> dict:
+    """Who drives the run, so that `orch stop` from another shell can reach it (the start time
+    tells the driver from a later process that got the same pid)."""
+    return {"orch.driver_pid": os.getpid(), "orch.driver_host": socket.gethostname(),
+            "orch.driver_started": f"{psutil.Process().create_time():.2f}"}
 
 
 def summary(run, uri: str) -> dict:
@@ -158,13 +127,13 @@ def _signal_driver(run) -> tuple[str, bool]:
 
 def job_backend(run):
     """The module that reaches the cluster job a remote run was submitted as (job_status,
-    job_logs, stop_job): targets.ray_jobs for orch.target=ray, targets.kuberay for k8s; None
+    job_logs, stop_job): targets.ray_cluster for orch.target=ray, targets.kuberay for k8s; None
     for a local run."""
     target = run.data.tags.get("orch.target")
     if target == "ray":
-        from orchestrator.targets import ray_jobs
+        from orchestrator.targets import ray_cluster
 
-        return ray_jobs
+        return ray_cluster
     if target == "k8s":
         from orchestrator.targets import kuberay
 
@@ -183,7 +152,7 @@ def status(uri: str, ref: str) -> dict:
         try:
             info.update(backend.job_status(run))
         except Exception as exc:  # an unreachable cluster must not hide what MLflow knows
-            info["job_error"] = _last_line(str(exc)) or type(exc).__name__
+            info["job_error"] = last_line(str(exc), type(exc).__name__)
     return info
 
 
@@ -205,49 +174,6 @@ def job_log_chunks(uri: str, run, follow: bool, interval: float = 2.0):
             time.sleep(interval)
 
 
-def run_spec(uri: str, run, overrides=()):
-    """The run's spec (its spec.json artifact, else the latest checkpoint's meta.json) with
-    `--set` overrides applied, and the original for comparison."""
-    original = _spec_artifact(uri, run.info.run_id)
-    if original is None:
-        locations = list_checkpoints(run.data.tags.get("orch.checkpoint_dir", ""))
-        if not locations:
-            raise OrchError(f"run {run.info.run_id}: neither a spec.json artifact nor a checkpoint to read its spec from")
-        original = load_meta(locations[-1])["spec"]
-    raw = json.loads(json.dumps(original))
-    for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(raw, key, value)
-    return spec_from_dict(raw, source=f"run {run.info.run_id} spec"), original
-
-
-def check_resumable(original: dict, new) -> None:
-    """Changes that would not load into the checkpoint's model (or move its folder) are errors."""
-    before, after = original, new.model_dump(mode="json")
-    for section, field in (("model", "arch"), ("model", "num_classes"), ("model", "options"),
-                           ("checkpoint", "storage")):
-        old, now = before.get(section, {}).get(field), after[section][field]
-        if old != now:
-            raise SpecError(f"{section}.{field}: cannot change on resume ({old!r} -> {now!r}); "
-                            "submit a new job instead")
-
-
-def _spec_artifact(uri: str, run_id: str) -> dict | None:
-    with tempfile.TemporaryDirectory(prefix="orch-spec-") as tmp:
-        try:
-            path = MlflowClient(uri).download_artifacts(run_id, "spec.json", dst_path=tmp)
-            return json.loads(open(path).read())
-        except (MlflowException, OSError, ValueError):
-            return None
-
-
-def _search(client: MlflowClient, filter_string: str) -> list:
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    if not experiments:
-        return []
-    return client.search_runs(experiments, filter_string, order_by=["attributes.start_time DESC"], max_results=1000)
-
-
 def _best(uri: str, run, key: str):
     """While a run goes on it has no best_ metric yet (that is logged at its end)."""
     if key not in run.data.metrics:
@@ -262,8 +188,3 @@ def _where(tags: dict) -> str:
     host = tags.get("orch.driver_host")
     pid = tags.get("orch.driver_pid")
     return f"{target} ({host}, pid {pid})" if host else target
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""

@@ -1,0 +1,37 @@
+"""What a job came to, in one shape for every target (the local Ray, a Ray cluster, Kubernetes):
+read back from the job's MLflow run, so that what `orch submit` and `orch resume` print is what
+the run recorded, wherever it trained."""
+
+from dataclasses import asdict, dataclass
+
+from mlflow.tracking import MlflowClient
+
+from orchestrator.tracking import BEST_METRICS, EPOCH_METRICS
+
+SHOWN_METRICS = ("epoch",) + EPOCH_METRICS + tuple(f"best_{key}" for key in BEST_METRICS)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    run_id: str
+    status: str  # FINISHED, FAILED, KILLED; SUBMITTED or RUNNING for a detached job
+    metrics: dict  # the last epoch's metrics, the best_* ones and `epoch` (counted from 0)
+    best_checkpoint: str | None
+    tracking_uri: str
+
+    def as_json(self) -> dict:
+        """What `--output json` prints."""
+        shown = asdict(self)
+        shown.pop("tracking_uri")
+        return shown
+
+
+def read_outcome(uri: str, run_id: str, status: str | None = None) -> JobOutcome:
+    """The run as MLflow has it; `status` overrides its status (a detached job not started yet)."""
+    run = MlflowClient(uri).get_run(run_id)
+    tags = run.data.tags
+    metrics = {key: value for key, value in run.data.metrics.items() if key in SHOWN_METRICS}
+    if "orch.epoch" in tags:
+        metrics["epoch"] = int(tags["orch.epoch"])
+    return JobOutcome(run_id=run_id, status=status or run.info.status, metrics=metrics,
+                      best_checkpoint=tags.get("orch.best_checkpoint"), tracking_uri=uri)

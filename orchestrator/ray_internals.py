@@ -1,0 +1,98 @@
+"""Every place orch leans on a private part of Ray (written against Ray 2.60), each behind one
+small function. When a Ray release moves or reshapes one of them, the function raises
+RayInternalChanged naming the Ray version and what moved, instead of quietly doing nothing;
+tests/test_ray_internals.py calls each of them against the installed Ray.
+
+- Ray Train V2's test for a worker lost to node preemption (its failure policy charges
+  preemptions to a budget of their own, so orch must not count them as failures).
+- Ray's token authentication, which Ray's own clients use only for a cluster they find locally;
+  orch talks to remote heads that ask for a token.
+- Ray Train's checkpoint record (checkpoint_manager_snapshot.json in a run's folder), from which
+  damaged checkpoints are dropped so that Ray neither restores from them nor later deletes a good
+  checkpoint of the same name.
+"""
+
+import logging
+
+import ray
+
+CHECKPOINT_RECORD = "checkpoint_manager_snapshot.json"
+TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+_RECORD_LISTS = ("checkpoint_results", "checkpoint_report_indices")
+_PENDING_LISTS = ("pending_training_results", "pending_validation_specs")
+
+
+class RayInternalChanged(RuntimeError):
+    """A private part of Ray that orch uses is not where or what it was in Ray 2.60."""
+
+
+def _changed(what: str, exc: BaseException | None = None) -> RayInternalChanged:
+    detail = f" ({type(exc).__name__}: {exc})" if exc else ""
+    return RayInternalChanged(f"Ray {ray.__version__} changed {what}{detail}; orch was written against Ray 2.60 "
+                              "and needs updating (orchestrator/ray_internals.py)")
+
+
+def is_preempted(error: BaseException) -> bool:
+    """Whether a worker group's error is a worker lost to node preemption."""
+    try:
+        from ray.train.v2._internal.execution.worker_group.poll import _is_preempted_actor
+    except ImportError as exc:
+        raise _changed("ray.train.v2._internal.execution.worker_group.poll._is_preempted_actor", exc) from None
+    return bool(_is_preempted_actor(error))
+
+
+def use_cluster_token() -> None:
+    """Send the token at hand ($RAY_AUTH_TOKEN, ~/.ray/auth_token) to a head that checks tokens,
+    unless RAY_AUTH_MODE says otherwise."""
+    logging.getLogger(TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)  # "token auth is on": noise to a researcher
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError as exc:
+        raise _changed(f"{TOKEN_SETUP_LOGGER}.maybe_enable_token_auth_if_token_available", exc) from None
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def auth_headers() -> dict:
+    """The Authorization header Ray's clients send in token mode ({} when auth is off)."""
+    name = "ray._private.authentication.http_token_authentication"
+    try:
+        from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+    except ImportError as exc:
+        raise _changed(f"{name}.get_auth_headers_if_auth_enabled", exc) from None
+    return get_auth_headers_if_auth_enabled({})
+
+
+def check_checkpoint_record(record) -> None:
+    """Raise RayInternalChanged unless `record` has the shape Ray 2.60 writes."""
+    if not isinstance(record, dict):
+        problems = ["not a JSON object"]
+    else:
+        problems = [key for key in _RECORD_LISTS + _PENDING_LISTS if not isinstance(record.get(key), list)]
+    if not problems:
+        results = record["checkpoint_results"] + record["pending_training_results"]
+        if not all(isinstance(r, dict) and "checkpoint_dir_name" in r for r in results):
+            problems = ["results without checkpoint_dir_name"]
+    if problems:
+        written_by = record.get("ray_version", "?") if isinstance(record, dict) else "?"
+        raise _changed(f"the shape of {CHECKPOINT_RECORD} (written by Ray {written_by}: {', '.join(problems)})")
+
+
+def drop_from_checkpoint_record(record: dict, names: set[str]) -> dict:
+    """`record` without the checkpoints whose folder names are in `names`; the newest surviving
+    report becomes the latest one Ray hands to restarted workers."""
+    check_checkpoint_record(record)
+    record = dict(record)
+    kept = [(r, i) for r, i in zip(record["checkpoint_results"], record["checkpoint_report_indices"])
+            if r["checkpoint_dir_name"] not in names]
+    record["checkpoint_results"] = [r for r, _ in kept]
+    record["checkpoint_report_indices"] = [i for _, i in kept]
+    pending = [(r, v) for r, v in zip(record["pending_training_results"], record["pending_validation_specs"])
+               if r["checkpoint_dir_name"] not in names]
+    record["pending_training_results"] = [r for r, _ in pending]
+    record["pending_validation_specs"] = [v for _, v in pending]
+    latest = record.get("latest_checkpoint_result")
+    if latest and latest["checkpoint_dir_name"] in names:
+        record["latest_checkpoint_result"] = max(kept, key=lambda p: p[1])[0] if kept else None
+    return record

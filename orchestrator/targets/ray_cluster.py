@@ -1,0 +1,359 @@
+"""A remote Ray cluster, reached through its Jobs API (the dashboard on its head, http://HEAD:8265):
+`orch submit --address` and the lifecycle of the Ray job a run was submitted as.
+
+The submitter checks what it can before anything exists (the spec, the cluster's resources,
+multi-node storage), then creates the MLflow run and submits a Ray job whose entrypoint
+(orchestrator.targets.entrypoint) runs the same trainer as a local run for that run. The
+project's source tree travels as the job's working_dir and the resolved spec in its env_vars.
+Data paths are read on the cluster: relative ones were made absolute in the directory `orch`
+runs in, so give paths every node sees (a shared filesystem, the same layout on each node).
+
+Every request has a timeout, and the address a user gives is the one used: Ray's
+JobSubmissionClient waits without one and lets $RAY_ADDRESS override its argument, so a wrong
+address would hang or reach another cluster instead of failing in seconds.
+"""
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import click
+import requests
+
+from orchestrator import cluster, preflight, ray_internals
+from orchestrator.errors import JobFailed, JobInterrupted, OrchError, last_line
+from orchestrator.spec.schema import JobSpec
+
+TIMEOUT_S = (3.0, 30.0)  # connect, read
+STOP_WAIT_S = 60  # how long Ray lets the entrypoint end the run KILLED after `ray job stop`
+# Left out of the uploaded working_dir (Ray also skips what .gitignore lists): data, outputs,
+# envs, tests. No trailing slashes: Ray tests each folder itself against these, and "dir/"
+# matches only what is inside, so Ray would still walk every file of a virtualenv.
+EXCLUDES = ["/.git", ".venv", "venv", "__pycache__", "/data", "/checkpoints", "/mlruns", "/mlartifacts",
+            "*.db", "*.beton", "*.egg-info", ".pytest_cache", "/tests", "/bench"]
+_ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+# "Uploading package ...", "Ignoring upload ... .gitignore", "Directory '.venv' is now ignored by
+# default" (orch leaves it out anyway): news to nobody who runs `orch submit`.
+_CHATTY_LOGGERS = {
+    "ray.dashboard.modules.dashboard_sdk": logging.WARNING,
+    "ray.dashboard.modules.job.sdk": logging.WARNING,
+    "ray._private.runtime_env.packaging": logging.WARNING,
+    "ray._private.runtime_env.working_dir": logging.ERROR,
+}
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+
+
+# --- submitting a job ------------------------------------------------------------------------
+
+def submit_remote(spec: JobSpec, spec_path: str | None, *, address: str, detach: bool = False,
+                  progress_to_stderr: bool = False):
+    """Submit `spec` to the Ray cluster whose Jobs API is at `address`; unless `detach`, print its
+    epochs and return its JobOutcome once the job ends.
+
+    MLflow and Ray Train are imported only once the checks pass, so that a job the cluster
+    cannot run is refused in the time it takes to ask the cluster.
+    """
+    preflight.plan(spec, require_data=False)  # the data is read on the cluster
+    address = connect(address)
+    nodes = alive_nodes(address)
+    cluster.check_resources(spec.scaling, nodes, where=f"the Ray cluster at {address}")
+    from orchestrator import tracking
+    from orchestrator.outcome import read_outcome
+    from orchestrator.targets.local import checkpoint_dir
+
+    uri = tracking.tracking_uri(spec)
+    preflight.check_multi_node(spec, uri, len(nodes))
+    jobs = client(address)
+    run_id = tracking.start_run(spec, spec_path, uri)
+    tracking.set_tags(uri, run_id, {"orch.target": "ray", "orch.ray_address": address,
+                                    "orch.checkpoint_dir": checkpoint_dir(spec, run_id)})
+    job_id = _submit(jobs, spec, uri, run_id, address)
+    if detach:
+        state = jobs.get_job_status(job_id)
+        return read_outcome(uri, run_id, status="RUNNING" if str(state) == "RUNNING" else "SUBMITTED")
+    return _follow(jobs, job_id, spec, uri, run_id, progress_to_stderr)
+
+
+def entrypoint_command(run_id: str, uri: str, address: str) -> str:
+    return shlex.join([cluster_python(address), "-m", "orchestrator.targets.entrypoint",
+                       "--run-id", run_id, "--tracking-uri", uri])
+
+
+def cluster_python(address: str) -> str:
+    """$ORCH_RAY_PYTHON, else for a head on this machine (a loopback address) this interpreter,
+    whose environment has orch's dependencies whatever PATH the head was started with, else
+    `python` from the head's PATH (the cluster's image)."""
+    if os.environ.get("ORCH_RAY_PYTHON"):
+        return os.environ["ORCH_RAY_PYTHON"]
+    host = urllib.parse.urlsplit(address).hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    return sys.executable if local else "python"
+
+
+def runtime_env(spec: JobSpec, uri: str) -> dict:
+    """The job's runtime environment: the source tree as working_dir (when orch runs from one;
+    else the cluster's installed orch is used), the spec and the MLflow store as env_vars."""
+    from orchestrator.train.faults import FAULT_VARIABLE
+
+    env_vars = {
+        "ORCH_SPEC_B64": base64.b64encode(json.dumps(spec.model_dump(mode="json")).encode()).decode(),
+        "MLFLOW_TRACKING_URI": uri,
+        "PYTHONUNBUFFERED": "1",  # epoch lines reach the job's log as they are printed
+        "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S),  # Ray's default, 3 s, is too short to end the run
+    }
+    if os.environ.get(FAULT_VARIABLE):  # the tests' fault hook reaches the job's driver
+        env_vars[FAULT_VARIABLE] = os.environ[FAULT_VARIABLE]
+    root = project_root()
+    return {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": env_vars} if root else {"env_vars": env_vars}
+
+
+def project_root() -> Path | None:
+    """The source tree orch runs from (it has pyproject.toml beside the package), if any."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "orchestrator").is_dir() else None
+
+
+def _submit(jobs, spec: JobSpec, uri: str, run_id: str, address: str) -> str:
+    """Submit the job (Ray uploads the working_dir) and tag its id; the run ends FAILED (KILLED on
+    Ctrl-C) if that does not happen."""
+    from orchestrator import tracking
+    from orchestrator.targets.local import ray_run_name
+
+    job_id = ray_run_name(spec, run_id)
+    try:
+        jobs.submit_job(entrypoint=entrypoint_command(run_id, uri, address), submission_id=job_id,
+                        runtime_env=runtime_env(spec, uri), metadata={"orch.run_id": run_id})
+        tracking.set_tags(uri, run_id, {"orch.ray_job_id": job_id})
+    except KeyboardInterrupt:
+        tracking.end_run(uri, run_id, "KILLED", "interrupted while submitting the Ray job")
+        raise JobInterrupted(f"run {run_id} interrupted while submitting: marked KILLED") from None
+    except Exception as exc:
+        tracking.end_run(uri, run_id, "FAILED", f"submitting the Ray job failed: {exc}")
+        raise JobFailed(f"run {run_id} FAILED: the Ray Jobs API at {jobs.get_address()} did not take the job: "
+                        f"{last_line(str(exc), 'no cause recorded')}") from None
+    click.echo(f"run {run_id}: Ray job {job_id} on {jobs.get_address()} (`orch logs {run_id}` shows its output)",
+               err=True)
+    return job_id
+
+
+def _follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to_stderr: bool):
+    """Print each epoch as the run logs it until the job ends; Ctrl-C stops the job. The run ends
+    FINISHED, FAILED or KILLED whatever happened to the job (one that could not start never ends
+    its run itself)."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import tracking
+    from orchestrator.outcome import read_outcome
+    from orchestrator.progress import EpochPrinter
+
+    printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr)
+    printer.start()
+    try:
+        state = wait(jobs, job_id)
+    except KeyboardInterrupt:
+        click.echo(f"stopping Ray job {job_id} ...", err=True)
+        jobs.stop_job(job_id)
+        wait(jobs, job_id, timeout_s=STOP_WAIT_S + 15)
+        tracking.end_if_running(uri, run_id, "KILLED", "stopped by Ctrl-C in `orch submit`")
+        raise JobInterrupted(f"run {run_id} interrupted: Ray job {job_id} stopped, run marked KILLED, "
+                             "checkpoints kept") from None
+    finally:
+        printer.stop()
+    tracking.end_if_running(uri, run_id, "KILLED" if str(state) == "STOPPED" else "FAILED",
+                            lambda: _job_failure(jobs, job_id))
+    result = read_outcome(uri, run_id)
+    if result.status == "KILLED":
+        raise JobInterrupted(f"run {run_id} was stopped (Ray job {job_id} {state}): marked KILLED, checkpoints kept")
+    if result.status != "FINISHED":
+        error = MlflowClient(uri).get_run(run_id).data.tags.get("orch.error", "")
+        raise JobFailed(f"run {run_id} {result.status}: {last_line(error, 'no cause recorded')} "
+                        f"(`orch logs {run_id}` has the job's output)")
+    return result
+
+
+def _job_failure(jobs, job_id: str) -> str:
+    """Why a job ended without ending its run: Ray's message and the end of its log (which Ray's
+    message holds already when the entrypoint failed)."""
+    try:
+        info = jobs.get_job_info(job_id)
+        tail = "\n".join(jobs.get_job_logs(job_id).strip().splitlines()[-20:])
+    except Exception as exc:  # the head went away: say so rather than nothing
+        return f"Ray job {job_id}: its status could not be read ({exc})"
+    message = (info.message or "").strip()
+    if tail and tail.splitlines()[-1] not in message:
+        message = f"{message}\n{tail}"
+    return f"Ray job {job_id} {info.status}: {message}"
+
+
+# --- the Jobs API ----------------------------------------------------------------------------
+
+def connect(address: str) -> str:
+    """Check that the head answers (a public endpoint, so no token is needed yet) and use the
+    cluster's token when it asks for one. Returns the address without a trailing slash."""
+    if not address:
+        raise OrchError("no Ray cluster to submit to: pass --address http://HEAD:8265 (the head's dashboard), "
+                        "or set RAY_ADDRESS or cluster.address")
+    address = address.rstrip("/") if "://" in address else f"http://{address.rstrip('/')}"
+    try:
+        mode = _get(address, "/api/authentication_mode").get("authentication_mode")
+    except _NotFound:  # a Ray from before token authentication: any Ray answers /api/version
+        mode = _get(address, "/api/version") and "disabled"
+    if mode == "token":
+        _internal(ray_internals.use_cluster_token)
+    return address
+
+
+def alive_nodes(address: str) -> list[dict]:
+    """Each alive node's total resources ({"CPU": 8.0, "GPU": 1.0, ...}), from the state API."""
+    reply = _get(address, "/api/v0/nodes", limit=10000)
+    rows = reply.get("data", {}).get("result", {}).get("result", [])
+    return [row.get("resources_total", {}) for row in rows if row.get("state") == "ALIVE"]
+
+
+def client(address: str):
+    """Ray's JobSubmissionClient for `address`, whatever $RAY_ADDRESS says."""
+    from ray.job_submission import JobSubmissionClient
+
+    for name, level in _CHATTY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    with _without_env(_ADDRESS_VARIABLES):
+        try:
+            return JobSubmissionClient(address)
+        except (ConnectionError, RuntimeError) as exc:
+            raise unreachable(address, str(exc)) from None
+
+
+def wait(jobs, job_id: str, poll_s: float = 2.0, timeout_s: float | None = None):
+    """Poll until the job is STOPPED, SUCCEEDED or FAILED (or `timeout_s` passes) and return
+    its last status; a head that stops answering for a minute is an error."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    lost_since = None
+    while True:
+        try:
+            status = jobs.get_job_status(job_id)
+            lost_since = None
+        except (requests.RequestException, ConnectionError) as exc:
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > 60:
+                raise unreachable(jobs.get_address(), f"no answer for a minute ({_reason(exc)})") from None
+            status = None
+        if status is not None and status.is_terminal():
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            return status
+        time.sleep(poll_s)
+
+
+# --- the lifecycle of a run submitted as a Ray job: `orch status/logs/stop` call these for runs
+# tagged orch.target=ray, as they call targets.kuberay's for orch.target=k8s.
+
+def job_status(run) -> dict:
+    jobs, job_id = _job_of(run)
+    info = jobs.get_job_info(job_id)
+    return {"ray_address": jobs.get_address(), "ray_job_id": job_id, "ray_job_status": str(info.status),
+            "ray_job_message": info.message}
+
+
+def job_logs(run) -> str:
+    jobs, job_id = _job_of(run)
+    return jobs.get_job_logs(job_id)
+
+
+def follow_logs(run):
+    """The job's logs as they come (Ray's websocket tail), until the job ends."""
+    jobs, job_id = _job_of(run)
+    loop = asyncio.new_event_loop()
+    chunks = jobs.tail_job_logs(job_id)
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(chunks.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(chunks.aclose())
+        loop.close()
+
+
+def stop_job(run) -> dict:
+    """Ask Ray to stop the job: its entrypoint gets SIGTERM, aborts Ray Train and ends the run KILLED."""
+    jobs, job_id = _job_of(run)
+    if jobs.stop_job(job_id):
+        return {"how": f"asked the Ray Jobs API at {jobs.get_address()} to stop job {job_id}", "running": True}
+    return {"how": f"Ray job {job_id} had already ended ({jobs.get_job_status(job_id)}); marked KILLED",
+            "running": False}
+
+
+class _NotFound(OrchError):
+    """The server answered 404: not a Ray dashboard, or one without that endpoint."""
+
+
+def unreachable(address: str, why: str) -> OrchError:
+    return OrchError(f"cannot reach the Ray Jobs API at {address}: {why}; is the head running? "
+                     "(--address / RAY_ADDRESS)")
+
+
+def _job_of(run):
+    tags = run.data.tags
+    address, job_id = tags.get("orch.ray_address"), tags.get("orch.ray_job_id")
+    if not address or not job_id:
+        raise OrchError(f"run {run.info.run_id} has no Ray job recorded (tags orch.ray_address, "
+                        "orch.ray_job_id): its submission did not get that far")
+    return client(connect(address)), job_id
+
+
+def _get(address: str, path: str, **params) -> dict:
+    try:
+        reply = requests.get(address + path, params=params, headers=_internal(ray_internals.auth_headers),
+                             timeout=TIMEOUT_S)
+    except requests.RequestException as exc:
+        raise unreachable(address, _reason(exc)) from None
+    if reply.status_code in (401, 403):
+        said = f"{reply.status_code}: {reply.text.strip()[:200]}"
+        raise OrchError(f"the Ray cluster at {address} refused orch ({said}); "
+                        "it checks tokens: put its token in $RAY_AUTH_TOKEN or ~/.ray/auth_token")
+    if reply.status_code != 200:
+        error = _NotFound if reply.status_code == 404 else OrchError
+        said = " ".join(filter(None, [f"HTTP {reply.status_code}", reply.text.strip()[:200]]))
+        raise error(unreachable(address, f"{path} answered {said} (not a Ray dashboard?)"))
+    try:
+        return reply.json()
+    except ValueError:
+        raise unreachable(address, f"{path} did not answer JSON: is this a Ray dashboard?") from None
+
+
+def _internal(function):
+    """A Ray internal that moved is one line for the user, not a traceback."""
+    try:
+        return function()
+    except ray_internals.RayInternalChanged as exc:
+        raise OrchError(str(exc)) from None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {TIMEOUT_S[0]:g} s" if isinstance(exc, requests.ConnectTimeout) else "timed out"
+    found = _ERRNO.search(str(exc))
+    return found.group(1).strip() if found else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _without_env(names):
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)

@@ -1,0 +1,88 @@
+"""A test-only hook that makes a training worker fail, or hold, at a chosen step.
+
+Tests that kill, stop or interrupt a job set $ORCH_TEST_FAULT, a JSON object, before the job
+starts, instead of timing a signal against a polling loop:
+
+    {"action": "kill", "epoch": 1, "step": 2, "rank": 1, "notify": "/tmp/x/fifo"}
+
+- action: `kill` (SIGKILL this worker), `interrupt` (SIGINT to the job's driver, as Ctrl-C
+  does, then hold) or `hold` (stop making progress until stopped from outside);
+- epoch, step: when, before that step (counted from 0 within the epoch) is trained;
+- rank: which rank acts (default: every rank);
+- notify: a path (a FIFO the test reads, or a file) that gets one line just before acting.
+
+The driver reads the variable and hands it to the workers with the loop's configuration, so it
+reaches them whichever Ray they run in. It fires only in a worker group that started fresh,
+never in one restored from a checkpoint, so a job recovering from the fault goes on. In an epoch
+after the first it waits until Ray has recorded the previous epoch's checkpoint, so what the
+job restarts from does not depend on how fast Ray's controller took the last report.
+"""
+
+import json
+import os
+import signal
+import time
+
+from orchestrator.ray_internals import CHECKPOINT_RECORD
+
+FAULT_VARIABLE = "ORCH_TEST_FAULT"
+ACTIONS = ("kill", "interrupt", "hold")
+
+
+def from_env(run_dir: str) -> dict | None:
+    """The fault $ORCH_TEST_FAULT asks for, checked, for the job whose checkpoints go to
+    `run_dir`; or None."""
+    text = os.environ.get(FAULT_VARIABLE)
+    if not text:
+        return None
+    try:
+        fault = json.loads(text)
+        assert isinstance(fault, dict) and fault["action"] in ACTIONS
+        fault["epoch"], fault["step"] = int(fault["epoch"]), int(fault["step"])
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise ValueError(f"${FAULT_VARIABLE}: expected JSON like "
+                         '{"action": "kill|interrupt|hold", "epoch": 1, "step": 2}, got ' + repr(text)) from None
+    fault.update(driver_pid=os.getpid(), run_dir=run_dir)
+    return fault
+
+
+def step_hook(fault: dict | None, rank: int, steps_per_epoch: int, fresh: bool):
+    """A function of the global step that acts when the fault is due on this rank, or None."""
+    if not fault or not fresh or fault.get("rank", rank) != rank:
+        return None
+    due = fault["epoch"] * steps_per_epoch + fault["step"]
+
+    def before_step(step: int) -> None:
+        if step == due:
+            act(fault, rank)
+
+    return before_step
+
+
+def act(fault: dict, rank: int) -> None:
+    if fault["epoch"] > 0:
+        _wait_for_checkpoint(fault["run_dir"], fault["epoch"] - 1)
+    if fault.get("notify"):
+        with open(fault["notify"], "a") as f:
+            f.write(f"{fault['action']} epoch {fault['epoch']} step {fault['step']} rank {rank} pid {os.getpid()}\n")
+    if fault["action"] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault["action"] == "interrupt":
+        os.kill(fault["driver_pid"], signal.SIGINT)
+    while True:  # hold until the job is stopped from outside
+        time.sleep(1)
+
+
+def _wait_for_checkpoint(run_dir: str, epoch: int, timeout_s: float = 300) -> None:
+    """Until Ray's checkpoint record in `run_dir` lists epoch's checkpoint (local storage only)."""
+    path, name = os.path.join(run_dir, CHECKPOINT_RECORD), f"epoch_{epoch:04d}"
+    deadline = time.monotonic() + timeout_s
+    while "://" not in run_dir and time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                results = json.load(f).get("checkpoint_results", [])
+        except (OSError, ValueError):
+            results = []
+        if any(r.get("checkpoint_dir_name") == name for r in results):
+            return
+        time.sleep(0.2)
