@@ -1,6 +1,6 @@
 """The Ray orch starts on this machine: lean by default (no dashboard, no metric export, no
-Ray Train preemption watcher), the full Ray with ORCH_RAY_DASHBOARD=1. (A job training on the
-lean Ray: test_submit.py's CLI test, whose `orch submit` starts its own.)
+Ray Train preemption watcher), the full Ray with ORCH_RAY_DASHBOARD=1. (Jobs train on the lean
+Ray throughout the suite: the session's Ray of tests/conftest.py is started by cluster.connect().)
 
 Each test starts its own Ray in a fresh Python process, as `orch submit` does; the session's Ray
 of the test process is not joined (ray.init() joins only what $RAY_ADDRESS or `ray start` names).

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from job_fixtures import DEMO, orch_process, small_job
+from eval_fixtures import run_orch
+from job_fixtures import DEMO, small_job
 
 from orchestrator.cli.main import main
 from orchestrator.spec import load_spec
@@ -20,7 +21,7 @@ def steps(uri, run_id, key="val_top1_error") -> list[int]:
     return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
-def test_retention_then_resume_past_a_truncated_checkpoint(ray_address, small_fashion, mlflow_uri, tmp_path,
+def test_retention_then_resume_past_a_truncated_checkpoint(ray_cluster, small_fashion, mlflow_uri, tmp_path,
                                                            capsys):
     sets = small_job(small_fashion, tmp_path, workers=1, epochs=3) + ["data.max_train_samples=600",
                                                                       "checkpoint.num_to_keep=2"]
@@ -35,19 +36,17 @@ def test_retention_then_resume_past_a_truncated_checkpoint(ray_address, small_fa
     kept = {load_meta(c)["epoch"] for c in list_checkpoints(run_dir)}
     assert kept == set(sorted(errors, key=lambda e: (errors[e], -e))[:2]) | {2}
 
-    # A truncated model.pt in the latest checkpoint: `orch resume` (the real CLI, in its own
-    # process) goes back to the one before it, sets the damaged one aside, trains the lost
-    # epoch again and one more; every epoch's metrics stay logged once.
+    # A truncated model.pt in the latest checkpoint: `orch resume` goes back to the one before
+    # it, sets the damaged one aside, trains the lost epoch again and one more; every epoch's
+    # metrics stay logged once.
     latest = Path(list_checkpoints(run_dir)[-1])
     assert latest.name == "epoch_0002"
     previous = list_checkpoints(run_dir)[-2]
     with open(latest / "model.pt", "r+b") as f:
         f.truncate(1000)
-    proc = orch_process("resume", run_id, "--set", "training.epochs=4", "--output", "json", cwd=tmp_path,
-                        uri=mlflow_uri, ray_address=ray_address)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    assert json.loads(out)["run_id"] == run_id and "epoch   4/4" in err
+    code, out, err = run_orch("resume", run_id, "--set", "training.epochs=4", "--output", "json")
+    assert code == 0, err[-3000:]
+    assert json.loads(out)["run_id"] == run_id and "epoch   4/4" in err  # stdout: one JSON object
     assert "damaged" in err and previous in err
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["orch.resumes"] == "1"

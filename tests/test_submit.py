@@ -89,10 +89,12 @@ def test_two_workers_survive_a_killed_worker_and_log_exact_metrics_once(ray_clus
     assert independent_top1_error(best) == pytest.approx(meta["metrics"]["val_top1_error"], abs=0.1)
 
 
-def test_cli_one_worker_prints_one_json_object(small_fashion, mlflow_uri, tmp_path):
-    """The real `orch submit` in its own process, on the Ray it starts itself."""
+def test_cli_one_worker_prints_one_json_object(ray_address, small_fashion, mlflow_uri, tmp_path):
+    """The real `orch submit` in its own process (joining the session's Ray, itself the lean Ray
+    orch starts: cluster.connect())."""
     sets = as_set_args(small_job(small_fashion, tmp_path, workers=1, epochs=1))
-    proc = orch_process("submit", DEMO, *sets, "--output", "json", cwd=tmp_path, uri=mlflow_uri)
+    proc = orch_process("submit", DEMO, *sets, "--output", "json", cwd=tmp_path, uri=mlflow_uri,
+                        ray_address=ray_address)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     outcome = json.loads(out)
