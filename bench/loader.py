@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=2000, help="JPEGs to generate")
@@ -49,7 +48,9 @@ def _make_jpeg(task) -> int:
 
     rng = np.random.default_rng(seed)
     w, h = (int(v) for v in rng.integers(300, 501, size=2))
-    coarse = Image.fromarray(rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8))
+    coarse = Image.fromarray(
+        rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8)
+    )
     image = np.asarray(coarse.resize((w, h), Image.BICUBIC), dtype=np.int16)
     image = np.clip(image + rng.normal(0, 12, size=image.shape), 0, 255).astype(np.uint8)
     Image.fromarray(image).save(path, quality=90)
@@ -80,8 +81,14 @@ def write_beton_for(root: Path, beton: Path, options) -> None:
         return
     _, samples = scan_split(root, "--images")
     tmp = beton.with_name(f".{beton.name}.partial")
-    write_beton(tmp, ImageFiles(samples, options.max_resolution), options.image_field(), workers=options.workers,
-                desc="writing .beton", page_size=page_size_for(3 * options.max_resolution**2))
+    write_beton(
+        tmp,
+        ImageFiles(samples, options.max_resolution),
+        options.image_field(),
+        workers=options.workers,
+        desc="writing .beton",
+        page_size=page_size_for(3 * options.max_resolution**2),
+    )
     os.replace(tmp, beton)
 
 
@@ -112,33 +119,59 @@ def ffcv_loader(beton: Path, args):
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
-    return Loader(str(beton), batch_size=args.batch_size, num_workers=args.workers, order=OrderOption.RANDOM,
-                  seed=0, drop_last=True, pipelines={
-                      "image": [RandomResizedCropRGBImageDecoder((args.res, args.res)), RandomHorizontalFlip(),
-                                ToTensor(), ToTorchImage()],
-                      "label": [IntDecoder(), ToTensor(), Squeeze(1)],
-                  })
+    return Loader(
+        str(beton),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        order=OrderOption.RANDOM,
+        seed=0,
+        drop_last=True,
+        pipelines={
+            "image": [
+                RandomResizedCropRGBImageDecoder((args.res, args.res)),
+                RandomHorizontalFlip(),
+                ToTensor(),
+                ToTorchImage(),
+            ],
+            "label": [IntDecoder(), ToTensor(), Squeeze(1)],
+        },
+    )
 
 
 def orch_loader(beton: Path, args):
     """The training loop's own loader: the same crop and flip, then normalized float32."""
     from data_pipeline import ResolutionSchedule, build_train_loader
 
-    return build_train_loader(beton, augment="imagenet", batch_size=args.batch_size, num_workers=args.workers,
-                              seed=0, mean=(124.0, 116.0, 104.0), std=(58.0, 57.0, 57.0),
-                              resolution=ResolutionSchedule(args.res, args.res, 0, 0))
+    return build_train_loader(
+        beton,
+        augment="imagenet",
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        seed=0,
+        mean=(124.0, 116.0, 104.0),
+        std=(58.0, 57.0, 57.0),
+        resolution=ResolutionSchedule(args.res, args.res, 0, 0),
+    )
 
 
 def torchvision_loader(root: Path, args):
     import torch
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([
-        transforms.RandomResizedCrop(args.res), transforms.RandomHorizontalFlip(), transforms.PILToTensor(),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(args.res),
+            transforms.RandomHorizontalFlip(),
+            transforms.PILToTensor(),
+        ]
+    )
     return torch.utils.data.DataLoader(
-        datasets.ImageFolder(str(root), transform=transform), batch_size=args.batch_size, shuffle=True,
-        num_workers=args.workers, drop_last=True, persistent_workers=args.workers > 0,
+        datasets.ImageFolder(str(root), transform=transform),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        persistent_workers=args.workers > 0,
     )
 
 
@@ -146,23 +179,35 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from data_pipeline.imagefolder import WriterOptions
 
-    options = WriterOptions(max_resolution=args.max_resolution, write_mode=args.write_mode,
-                            compress_probability=args.compress_probability, jpeg_quality=args.jpeg_quality,
-                            workers=args.workers)
+    options = WriterOptions(
+        max_resolution=args.max_resolution,
+        write_mode=args.write_mode,
+        compress_probability=args.compress_probability,
+        jpeg_quality=args.jpeg_quality,
+        workers=args.workers,
+    )
     with tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp:
         cache = args.cache or Path(tmp)
         root = cache / f"jpegs-{args.images}-{args.classes}"
         jpeg_bytes = generate_images(root, args.images, args.classes, args.workers)
-        beton = cache / (f"bench-{args.images}-{args.classes}-{args.write_mode}-{args.max_resolution}-"
-                         f"{args.compress_probability:g}-q{args.jpeg_quality}.beton")
+        beton = cache / (
+            f"bench-{args.images}-{args.classes}-{args.write_mode}-{args.max_resolution}-"
+            f"{args.compress_probability:g}-q{args.jpeg_quality}.beton"
+        )
         write_beton_for(root, beton, options)
 
-        print(f"images: {args.images} JPEGs of 300-500 px in {args.classes} classes, "
-              f"{jpeg_bytes / 2**20:.1f} MiB; .beton {beton.stat().st_size / 2**20:.1f} MiB")
-        print(f"writer: write_mode={options.write_mode} max_resolution={options.max_resolution} "
-              f"compress_probability={options.compress_probability:g} jpeg_quality={options.jpeg_quality}")
-        print(f"loading: RandomResizedCrop {args.res} + flip, uint8, batch {args.batch_size}, "
-              f"{args.workers} workers, {args.epochs} timed epochs each after 1 warm-up; {os.cpu_count()} CPUs")
+        print(
+            f"images: {args.images} JPEGs of 300-500 px in {args.classes} classes, "
+            f"{jpeg_bytes / 2**20:.1f} MiB; .beton {beton.stat().st_size / 2**20:.1f} MiB"
+        )
+        print(
+            f"writer: write_mode={options.write_mode} max_resolution={options.max_resolution} "
+            f"compress_probability={options.compress_probability:g} jpeg_quality={options.jpeg_quality}"
+        )
+        print(
+            f"loading: RandomResizedCrop {args.res} + flip, uint8, batch {args.batch_size}, "
+            f"{args.workers} workers, {args.epochs} timed epochs each after 1 warm-up; {os.cpu_count()} CPUs"
+        )
         loaders = {"torchvision": torchvision_loader(root, args), "ffcv": ffcv_loader(beton, args)}
         if not args.skip_orch_loader:
             loaders["orch"] = orch_loader(beton, args)

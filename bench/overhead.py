@@ -36,8 +36,13 @@ def bare(spec, epochs: int, label: str) -> list[float]:
     torch.set_num_threads(int(spec.scaling.cpus_per_worker))
     info = read_dataset_info(spec.data.train)
     loader = build_train_loader(
-        spec.data.train, augment=spec.data.augment, batch_size=spec.training.batch_size,
-        num_workers=int(spec.scaling.cpus_per_worker), seed=0, mean=info.mean, std=info.std,
+        spec.data.train,
+        augment=spec.data.augment,
+        batch_size=spec.training.batch_size,
+        num_workers=int(spec.scaling.cpus_per_worker),
+        seed=0,
+        mean=info.mean,
+        std=info.std,
         max_samples=spec.data.max_train_samples,
     )
     model = build_model(spec.model.arch, info.num_classes, **spec.model.options).to(memory_format=torch.channels_last)
@@ -82,14 +87,23 @@ def main():
     if not (data / "train.beton").exists():
         write_fashion_mnist(Path("/usr/share/datasets/fashion-mnist"), data)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-    spec = load_spec(ROOT / "jobs/demo_fashion_mnist.yaml", [
-        f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}",
-        f"data.max_train_samples={args.samples}", f"training.epochs={args.epochs}",
-        f"training.batch_size={args.batch_size}", f"checkpoint.storage={work / 'ckpt'}",
-        "schedule.warmup_epochs=0",
-    ])
-    print(f"model {spec.model.arch}, {args.samples} Fashion-MNIST images x {args.epochs} epochs, "
-          f"batch {args.batch_size}, {spec.scaling.cpus_per_worker:g} CPUs", file=sys.stderr)
+    spec = load_spec(
+        ROOT / "jobs/demo_fashion_mnist.yaml",
+        [
+            f"data.train={data / 'train.beton'}",
+            f"data.val={data / 'val.beton'}",
+            f"data.max_train_samples={args.samples}",
+            f"training.epochs={args.epochs}",
+            f"training.batch_size={args.batch_size}",
+            f"checkpoint.storage={work / 'ckpt'}",
+            "schedule.warmup_epochs=0",
+        ],
+    )
+    print(
+        f"model {spec.model.arch}, {args.samples} Fashion-MNIST images x {args.epochs} epochs, "
+        f"batch {args.batch_size}, {spec.scaling.cpus_per_worker:g} CPUs",
+        file=sys.stderr,
+    )
     started = time.perf_counter()
     before = steady(bare(spec, args.epochs, "bare (before)"))
     orch_rate = steady(through_orch(spec))

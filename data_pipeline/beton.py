@@ -10,15 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.errors import DataError
-
 from data_pipeline.ffcv_compat import import_ffcv
+from orchestrator.errors import DataError
 
 # FFCV 1.0.2's file header (ffcv.types.HeaderType), repeated here so that reading a header
 # does not import ffcv and numba (seconds) in commands that only need the sample count.
 _HEADER = np.dtype(
-    [("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"), ("num_samples", "<u8"),
-     ("alloc_table_ptr", "<u8")],
+    [
+        ("version", "<u2"),
+        ("num_fields", "<u2"),
+        ("page_size", "<u4"),
+        ("num_samples", "<u8"),
+        ("alloc_table_ptr", "<u8"),
+    ],
     align=True,
 )
 _VERSION = 2
@@ -95,8 +99,9 @@ def page_size_for(max_sample_bytes: int) -> int:
     return size
 
 
-def write_beton(path, dataset, image_field, *, workers: int, desc: str, page_size: int | None = None,
-                chunksize: int = 100) -> None:
+def write_beton(
+    path, dataset, image_field, *, workers: int, desc: str, page_size: int | None = None, chunksize: int = 100
+) -> None:
     """Write `dataset` (indexable, items (HxWx3 uint8 array, int)) to `path` with a progress bar.
 
     Every item must be readable: FFCV cannot skip a sample once the count is in the header.
@@ -106,8 +111,10 @@ def write_beton(path, dataset, image_field, *, workers: int, desc: str, page_siz
 
     writer_cls = _checked_writer_class()
     writer = writer_cls(
-        str(path), {"image": image_field, "label": IntField()},
-        page_size=page_size or 4 * MIN_PAGE_SIZE, num_workers=workers,
+        str(path),
+        {"image": image_field, "label": IntField()},
+        page_size=page_size or 4 * MIN_PAGE_SIZE,
+        num_workers=workers,
     )
     writer.desc = desc
     writer.from_indexed_dataset(dataset, chunksize=chunksize)
@@ -146,8 +153,16 @@ def _checked_writer_class():
             allocations: Queue = Queue()
             done = Value(ctypes.c_uint64, 0)
             allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-            args = (work, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
-                    allocations, *extra_worker_args)
+            args = (
+                work,
+                self.metadata_sm,
+                self.metadata_type,
+                self.fields,
+                allocator,
+                done,
+                allocations,
+                *extra_worker_args,
+            )
             processes = [Process(target=work_fn, args=args, daemon=True) for _ in range(self.num_workers)]
             try:
                 for p in processes:

@@ -6,16 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.errors import DataError
-
 from data_pipeline.beton import write_beton
 from data_pipeline.ffcv_compat import import_ffcv
 from data_pipeline.info import CLASSES_FILE, INFO_FILE, ChannelStats, dataset_json
 from data_pipeline.staging import StagedOutput
+from orchestrator.errors import DataError
 
 DEFAULT_SOURCE = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -43,11 +41,13 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}); re-install it: apt-get install --reinstall dataset-fashion-mnist") from None
+        raise DataError(
+            f"{path}: unreadable ({exc}); re-install it: apt-get install --reinstall dataset-fashion-mnist"
+        ) from None
     magic = int.from_bytes(data[:4], "big")
     if len(data) < 4 + 4 * ndim or magic != _IDX_MAGIC[ndim]:
         raise DataError(f"{path}: not an IDX file of {ndim}-D uint8 data (magic {magic:#010x})")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     values = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if values.size != int(np.prod(shape)):
         raise DataError(f"{path}: holds {values.size} values, its header says {shape}; the file is truncated")
@@ -68,8 +68,9 @@ def load_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def write_fashion_mnist(source=DEFAULT_SOURCE, out="data/fashion-mnist", *, limit_train: int | None = None,
-                        workers: int | None = None) -> dict:
+def write_fashion_mnist(
+    source=DEFAULT_SOURCE, out="data/fashion-mnist", *, limit_train: int | None = None, workers: int | None = None
+) -> dict:
     """Write OUT/train.beton, OUT/val.beton, classes.json and dataset.json; returns dataset.json's content.
 
     Images are stored raw (28x28, the gray value in all 3 channels); mean and std are computed
@@ -79,8 +80,10 @@ def write_fashion_mnist(source=DEFAULT_SOURCE, out="data/fashion-mnist", *, limi
         raise DataError(f"--limit-train {limit_train}: must be at least 1")
     source, out = Path(source), Path(out)
     if not source.is_dir():
-        raise DataError(f"--source {source}: no such folder; install Fashion-MNIST "
-                        "(apt-get install dataset-fashion-mnist) or pass the folder of its IDX .gz files")
+        raise DataError(
+            f"--source {source}: no such folder; install Fashion-MNIST "
+            "(apt-get install dataset-fashion-mnist) or pass the folder of its IDX .gz files"
+        )
     splits = {split: load_split(source, split) for split in FILES}
     if limit_train is not None:
         splits["train"] = tuple(a[:limit_train] for a in splits["train"])
@@ -92,14 +95,30 @@ def write_fashion_mnist(source=DEFAULT_SOURCE, out="data/fashion-mnist", *, limi
     stats = ChannelStats()
     stats.add(splits["train"][0][..., None])
     info = dataset_json(
-        "fashion-mnist", CLASSES, stats, 28, len(splits["train"][0]), len(splits["val"][0]),
-        writer={"kind": "fashion-mnist", "source": str(source), "write_mode": "raw",
-                "max_resolution": None, "limit_train": limit_train},
+        "fashion-mnist",
+        CLASSES,
+        stats,
+        28,
+        len(splits["train"][0]),
+        len(splits["val"][0]),
+        writer={
+            "kind": "fashion-mnist",
+            "source": str(source),
+            "write_mode": "raw",
+            "max_resolution": None,
+            "limit_train": limit_train,
+        },
     )
     with StagedOutput(out) as staged:
         for split, (images, labels) in splits.items():
-            write_beton(staged.path(f"{split}.beton"), GrayAsRGB(images, labels), RGBImageField(write_mode="raw"),
-                        workers=workers, desc=f"{split}.beton", chunksize=1000)
+            write_beton(
+                staged.path(f"{split}.beton"),
+                GrayAsRGB(images, labels),
+                RGBImageField(write_mode="raw"),
+                workers=workers,
+                desc=f"{split}.beton",
+                chunksize=1000,
+            )
         staged.write_json(CLASSES_FILE, CLASSES)
         staged.write_json(INFO_FILE, info)
         staged.commit()

@@ -16,12 +16,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from orchestrator.errors import DataError
-
 from data_pipeline.beton import field_metadata, image_and_label_fields, open_reader, page_size_for, write_beton
 from data_pipeline.ffcv_compat import import_ffcv
 from data_pipeline.info import CLASSES_FILE, INFO_FILE, ChannelStats, dataset_json
 from data_pipeline.staging import StagedOutput, check_out_dir
+from orchestrator.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
@@ -48,7 +47,10 @@ class WriterOptions:
             (self.max_resolution >= 8, f"--max-resolution {self.max_resolution}: must be at least 8"),
             (1 <= self.jpeg_quality <= 100, f"--jpeg-quality {self.jpeg_quality}: must be 1-100"),
             (0 <= self.compress_probability <= 1, f"--compress-probability {self.compress_probability}: must be 0-1"),
-            (self.write_mode in WRITE_MODES, f"--write-mode {self.write_mode}: must be one of {', '.join(WRITE_MODES)}"),
+            (
+                self.write_mode in WRITE_MODES,
+                f"--write-mode {self.write_mode}: must be one of {', '.join(WRITE_MODES)}",
+            ),
             (self.workers >= 1, f"--workers {self.workers}: must be at least 1"),
         ]
         for ok, message in checks:
@@ -60,8 +62,11 @@ class WriterOptions:
         from ffcv.fields import RGBImageField
 
         return RGBImageField(
-            write_mode=self.write_mode, max_resolution=self.max_resolution, smart_threshold=self.smart_threshold,
-            jpeg_quality=self.jpeg_quality, compress_probability=self.compress_probability,
+            write_mode=self.write_mode,
+            max_resolution=self.max_resolution,
+            smart_threshold=self.smart_threshold,
+            jpeg_quality=self.jpeg_quality,
+            compress_probability=self.compress_probability,
         )
 
 
@@ -91,14 +96,17 @@ def scan_split(root: Path, flag: str, classes: list[str] | None = None) -> tuple
         classes = found
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise DataError(f"{flag} {root}: class folders {unknown} are not in the training set; "
-                        "use the same class folders for --train and --val")
+        raise DataError(
+            f"{flag} {root}: class folders {unknown} are not in the training set; "
+            "use the same class folders for --train and --val"
+        )
     samples = []
     for name in found:
         files = _image_files(root / name)
         if not files:
-            raise DataError(f"{root / name}: class folder has no {'/'.join(IMAGE_SUFFIXES)} images; "
-                            "add images or remove the folder")
+            raise DataError(
+                f"{root / name}: class folder has no {'/'.join(IMAGE_SUFFIXES)} images; add images or remove the folder"
+            )
         samples += [(f, classes.index(name)) for f in files]
     return classes, samples
 
@@ -134,16 +142,19 @@ def check_images(samples, options: WriterOptions, split: str, strict: bool, stat
     pool = Pool(options.workers) if options.workers > 1 else None
     try:
         results = pool.imap(_check, tasks, chunksize=16) if pool else map(_check, tasks)
-        for sample, (error, sums) in zip(samples, tqdm(results, total=len(tasks), desc=f"checking {split}",
-                                                        unit="img", file=sys.stderr)):
+        for sample, (error, sums) in zip(
+            samples, tqdm(results, total=len(tasks), desc=f"checking {split}", unit="img", file=sys.stderr)
+        ):
             if error is None:
                 ok.append(sample)
                 if sums is not None:
                     stats.merge(*sums)
                 continue
             if strict:
-                raise DataError(f"{sample[0]}: unreadable image ({error}); fix or remove it, "
-                                "or leave out --strict to skip unreadable files")
+                raise DataError(
+                    f"{sample[0]}: unreadable image ({error}); fix or remove it, "
+                    "or leave out --strict to skip unreadable files"
+                )
             skipped.append({"path": str(sample[0]), "error": error})
             tqdm.write(f"orch: warning: skipping unreadable image {sample[0]}: {error}", file=sys.stderr)
     finally:
@@ -191,12 +202,24 @@ def write_imagefolder(train, val, out, options: WriterOptions | None = None, *, 
         paths = {}
         for split, samples in (("train", train_ok), ("val", val_ok)):
             paths[split] = staged.path(f"{split}.beton")
-            write_beton(paths[split], ImageFiles(samples, options.max_resolution), options.image_field(),
-                        workers=options.workers, desc=f"{split}.beton", page_size=page_size)
-        writer = dict(asdict(options), kind="imagefolder", train=str(train), val=str(val),
-                      skipped={"train": len(train_skipped), "val": len(val_skipped)})
-        info = dataset_json(out.name or "imagefolder", classes, stats, _square_size(paths.values()),
-                            len(train_ok), len(val_ok), writer)
+            write_beton(
+                paths[split],
+                ImageFiles(samples, options.max_resolution),
+                options.image_field(),
+                workers=options.workers,
+                desc=f"{split}.beton",
+                page_size=page_size,
+            )
+        writer = dict(
+            asdict(options),
+            kind="imagefolder",
+            train=str(train),
+            val=str(val),
+            skipped={"train": len(train_skipped), "val": len(val_skipped)},
+        )
+        info = dataset_json(
+            out.name or "imagefolder", classes, stats, _square_size(paths.values()), len(train_ok), len(val_ok), writer
+        )
         staged.write_json(CLASSES_FILE, classes)
         staged.write_json(INFO_FILE, info)
         staged.commit()

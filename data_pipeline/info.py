@@ -38,7 +38,7 @@ class ChannelStats:
         """images: uint8 (..., 3) for RGB or (..., 1) for gray (the same value in every channel)."""
         pixels = images.reshape(-1, images.shape[-1])
         for start in range(0, len(pixels), 1 << 22):  # chunks bound the float64 copy to ~100 MB
-            chunk = pixels[start:start + (1 << 22)].astype(np.float64)
+            chunk = pixels[start : start + (1 << 22)].astype(np.float64)
             self.sums += chunk.sum(axis=0)
             self.squares += np.square(chunk).sum(axis=0)
             self.count += len(chunk)

@@ -42,7 +42,8 @@ def format_inspection(report: dict) -> str:
         f"file:        {report['path']}",
         f"samples:     {report['num_samples']:,}",
         f"classes:     {report['num_classes']} (labels {report['label_range'][0]}-{report['label_range'][1]})"
-        if report["label_range"] else "classes:     0",
+        if report["label_range"]
+        else "classes:     0",
         "fields:      " + ", ".join(f"{n} ({t})" for n, t in report["fields"].items()),
     ]
     if h:

@@ -13,11 +13,10 @@ moved first and normalized in torch, since FFCV's GPU NormalizeImage needs cupy.
 import numpy as np
 import torch
 
-from orchestrator.errors import DataError
-
 from data_pipeline.beton import field_metadata, image_and_label_fields, num_samples, open_reader
 from data_pipeline.ffcv_compat import import_ffcv, loader_threads
 from data_pipeline.schedule import ResolutionSchedule, val_shard
+from orchestrator.errors import DataError
 
 AUGMENTS = ("imagenet", "cifar")
 DEFAULT_RESOLUTION = 224
@@ -81,9 +80,21 @@ class ValLoader(_Batches):
         self.resolution: int = resolution
 
 
-def build_train_loader(path, *, augment: str, batch_size: int, num_workers: int, seed: int, mean, std,
-                       resolution: ResolutionSchedule | None = None, distributed: bool = False,
-                       max_samples: int | None = None, device: str = "cpu", channels_last: bool = True) -> TrainLoader:
+def build_train_loader(
+    path,
+    *,
+    augment: str,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    mean,
+    std,
+    resolution: ResolutionSchedule | None = None,
+    distributed: bool = False,
+    max_samples: int | None = None,
+    device: str = "cpu",
+    channels_last: bool = True,
+) -> TrainLoader:
     """imagenet: RandomResizedCrop to resolution.at(epoch) + flip; cifar: 4-pixel padded random crop + flip.
 
     distributed=True shards by torch.distributed's rank and world size (a process group must
@@ -115,18 +126,42 @@ def build_train_loader(path, *, augment: str, batch_size: int, num_workers: int,
         decoder = SimpleRGBImageDecoder()
         image_ops = [decoder, RandomTranslate(padding=CIFAR_PADDING), RandomHorizontalFlip()]
     loader, image_first = _ffcv_loader(
-        path, reader, image_ops, device, mean, std, batch_size=batch_size, num_workers=num_workers,
-        order=OrderOption.RANDOM, distributed=distributed, seed=seed, indices=indices, drop_last=True,
+        path,
+        reader,
+        image_ops,
+        device,
+        mean,
+        std,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        order=OrderOption.RANDOM,
+        distributed=distributed,
+        seed=seed,
+        indices=indices,
+        drop_last=True,
     )
     if len(loader) == 0:
-        raise DataError(f"{path}: {len(loader.indices)} samples give no full batch of {batch_size} on this rank; "
-                        "lower the batch size")
+        raise DataError(
+            f"{path}: {len(loader.indices)} samples give no full batch of {batch_size} on this rank; "
+            "lower the batch size"
+        )
     return TrainLoader(loader, image_first, device, mean, std, channels_last, decoder, schedule, res)
 
 
-def build_val_loader(path, *, augment: str, batch_size: int, num_workers: int, mean, std,
-                     resolution: int | None = None, rank: int = 0, world_size: int = 1, device: str = "cpu",
-                     channels_last: bool = True) -> ValLoader:
+def build_val_loader(
+    path,
+    *,
+    augment: str,
+    batch_size: int,
+    num_workers: int,
+    mean,
+    std,
+    resolution: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str = "cpu",
+    channels_last: bool = True,
+) -> ValLoader:
     """imagenet: resize to resolution/0.875 and center-crop resolution; cifar: the stored image.
 
     Shards with val_shard, not FFCV's distributed ordering, which pads with repeated samples.
@@ -148,8 +183,18 @@ def build_val_loader(path, *, augment: str, batch_size: int, num_workers: int, m
     if shard[0] == shard[1]:  # more ranks than samples
         return ValLoader(None, True, device, mean, std, channels_last, shard, res)
     loader, image_first = _ffcv_loader(
-        path, reader, [decoder], device, mean, std, batch_size=batch_size, num_workers=num_workers,
-        order=OrderOption.SEQUENTIAL, distributed=False, seed=0, indices=np.arange(*shard, dtype=np.uint64),
+        path,
+        reader,
+        [decoder],
+        device,
+        mean,
+        std,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        order=OrderOption.SEQUENTIAL,
+        distributed=False,
+        seed=0,
+        indices=np.arange(*shard, dtype=np.uint64),
         drop_last=False,
     )
     return ValLoader(loader, image_first, device, mean, std, channels_last, shard, res)
@@ -188,8 +233,10 @@ def _one_size(reader, path) -> int:
     meta = field_metadata(reader, image_and_label_fields(reader, path)[0])
     heights, widths = np.unique(meta["height"]), np.unique(meta["width"])
     if len(heights) != 1 or len(widths) != 1:
-        raise DataError(f"{path}: images of several sizes ({heights.min()}-{heights.max()} x {widths.min()}-{widths.max()}); "
-                        "cifar augmentation needs one size: use augment imagenet, or rewrite the data at one size")
+        raise DataError(
+            f"{path}: images of several sizes ({heights.min()}-{heights.max()} x {widths.min()}-{widths.max()}); "
+            "cifar augmentation needs one size: use augment imagenet, or rewrite the data at one size"
+        )
     return int(heights[0])
 
 

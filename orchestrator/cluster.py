@@ -9,7 +9,6 @@ from orchestrator import ray_internals
 from orchestrator.errors import OrchError, ResourceError
 from orchestrator.spec.schema import ScalingSpec
 
-
 # The Ray orch starts on this machine leaves out what only an operator watching Ray itself
 # reads: the Ray dashboard and its agents' work, metric export, Ray Train's metrics and its
 # preemption watcher (nodes are drained only under an autoscaler). Each Ray process wakes every
@@ -79,5 +78,7 @@ def check_resources(scaling: ScalingSpec, nodes: list[dict] | None = None, where
         largest = max(nodes, key=lambda n: tuple(n.get(k, 0) for k in per_worker), default={})
         have = ", ".join(f"{largest.get(k, 0):g} {k}" for k in per_worker)
         want = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
-        raise ResourceError(f"scaling: one worker needs {want} on one node, but the largest node of {where} "
-                            f"has {have}; lower scaling.cpus_per_worker or scaling.gpus_per_worker")
+        raise ResourceError(
+            f"scaling: one worker needs {want} on one node, but the largest node of {where} "
+            f"has {have}; lower scaling.cpus_per_worker or scaling.gpus_per_worker"
+        )

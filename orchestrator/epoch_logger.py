@@ -77,8 +77,10 @@ def worker_placement(reports: list[dict]) -> list[dict] | None:
     report of each worker group), else None."""
     if not reports or not all("worker_node_id" in r for r in reports):
         return None
-    workers = [{"rank": int(r["worker_rank"]), "hostname": r["worker_hostname"], "node_id": r["worker_node_id"]}
-               for r in reports]
+    workers = [
+        {"rank": int(r["worker_rank"]), "hostname": r["worker_hostname"], "node_id": r["worker_node_id"]}
+        for r in reports
+    ]
     return sorted(workers, key=lambda w: w["rank"])
 
 
@@ -91,7 +93,7 @@ def failure_summary(error: BaseException) -> str:
         lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
         detail = next((line for line in lines if "exit detail" in line.lower()), lines[0] if lines else "")
         if "Worker exit detail:" in detail:  # Ray's one-line essay on possible causes: keep the fact
-            detail = detail[detail.index("Worker exit detail:"):].split(". ")[0]
+            detail = detail[detail.index("Worker exit detail:") :].split(". ")[0]
         text += f" ({type(inner).__name__}: {detail})" if detail else f" ({type(inner).__name__})"
     return text
 

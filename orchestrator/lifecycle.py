@@ -26,8 +26,11 @@ ACTIVE = "RUNNING"
 def driver_tags() -> dict:
     """Who drives the run, so that `orch stop` from another shell can reach it (the start time
     tells the driver from a later process that got the same pid)."""
-    return {"orch.driver_pid": os.getpid(), "orch.driver_host": socket.gethostname(),
-            "orch.driver_started": f"{psutil.Process().create_time():.2f}"}
+    return {
+        "orch.driver_pid": os.getpid(),
+        "orch.driver_host": socket.gethostname(),
+        "orch.driver_started": f"{psutil.Process().create_time():.2f}",
+    }
 
 
 def summary(run, uri: str) -> dict:
@@ -115,8 +118,9 @@ def _signal_driver(run) -> tuple[str, bool]:
     """SIGINT to a local run's driver: (what was done, whether to wait for it to end the run)."""
     alive = driver_alive(run)
     if alive is None:
-        raise OrchError(f"run {run.info.run_id} is driven from host {run.data.tags['orch.driver_host']}: "
-                        "run `orch stop` there")
+        raise OrchError(
+            f"run {run.info.run_id} is driven from host {run.data.tags['orch.driver_host']}: run `orch stop` there"
+        )
     if not alive:
         gone = "orch.driver_pid" in run.data.tags
         return ("its driver was gone; marked KILLED" if gone else "no driver pid recorded; marked KILLED"), False
@@ -167,7 +171,7 @@ def job_log_chunks(uri: str, run, follow: bool, interval: float = 2.0):
         seen = ""
         while True:
             text = backend.job_logs(run)
-            yield text[len(seen):] if text.startswith(seen) else text
+            yield text[len(seen) :] if text.startswith(seen) else text
             seen = text
             if MlflowClient(uri).get_run(run.info.run_id).info.status != ACTIVE:
                 return

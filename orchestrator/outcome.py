@@ -33,5 +33,10 @@ def read_outcome(uri: str, run_id: str, status: str | None = None) -> JobOutcome
     metrics = {key: value for key, value in run.data.metrics.items() if key in SHOWN_METRICS}
     if "orch.epoch" in tags:
         metrics["epoch"] = int(tags["orch.epoch"])
-    return JobOutcome(run_id=run_id, status=status or run.info.status, metrics=metrics,
-                      best_checkpoint=tags.get("orch.best_checkpoint"), tracking_uri=uri)
+    return JobOutcome(
+        run_id=run_id,
+        status=status or run.info.status,
+        metrics=metrics,
+        best_checkpoint=tags.get("orch.best_checkpoint"),
+        tracking_uri=uri,
+    )

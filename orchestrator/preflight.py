@@ -29,9 +29,7 @@ def plan(spec: JobSpec, require_data: bool = True) -> dict:
     info = read_dataset_info(spec.data.train)
     num_classes = spec.model.num_classes or info.num_classes
     if num_classes < info.num_classes:
-        raise SpecError(
-            f"model.num_classes: {num_classes} is fewer than the dataset's {info.num_classes} classes"
-        )
+        raise SpecError(f"model.num_classes: {num_classes} is fewer than the dataset's {info.num_classes} classes")
     check_model(spec, num_classes)
     n_train = num_samples(spec.data.train)
     n_val = num_samples(spec.data.val)
@@ -91,13 +89,15 @@ def check_multi_node(spec: JobSpec, uri: str, nodes: int) -> None:
         raise SpecError(
             f"tracking.tracking_uri: {uri} is a file on one machine, but the Ray cluster has {nodes} nodes "
             "that log to MLflow from wherever they run; start `mlflow server --host 0.0.0.0 ...` and give "
-            "its http:// URL, which every node can reach (tracking.tracking_uri or $MLFLOW_TRACKING_URI)")
+            "its http:// URL, which every node can reach (tracking.tracking_uri or $MLFLOW_TRACKING_URI)"
+        )
     storage = spec.checkpoint.storage
     if not spec.checkpoint.shared and ("://" not in storage or storage.startswith("file://")):
         raise SpecError(
             f"checkpoint.storage: {storage} is a path on one node's disk, but the Ray cluster has {nodes} "
             "nodes that each write and read checkpoints; use a URI every node reaches (s3://..., gs://...) "
-            "or, on a filesystem every node mounts (NFS, a PVC), set checkpoint.shared=true")
+            "or, on a filesystem every node mounts (NFS, a PVC), set checkpoint.shared=true"
+        )
 
 
 def is_local_store(uri: str) -> bool:

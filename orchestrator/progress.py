@@ -51,9 +51,10 @@ class EpochPrinter(threading.Thread):
             tags = MlflowClient(self.uri).get_run(self.run_id).data.tags
         except Exception:
             return
-        for key, text in (("orch.restarts", "workers failed ({cause}): restart {value}, "
-                                            "continuing from the latest checkpoint"),
-                          ("orch.restore_warning", "warning: {value}")):
+        for key, text in (
+            ("orch.restarts", "workers failed ({cause}): restart {value}, continuing from the latest checkpoint"),
+            ("orch.restore_warning", "warning: {value}"),
+        ):
             value = tags.get(key)
             if value and self._told.get(key) != value:
                 self._told[key] = value

@@ -28,8 +28,10 @@ class RayInternalChanged(RuntimeError):
 
 def _changed(what: str, exc: BaseException | None = None) -> RayInternalChanged:
     detail = f" ({type(exc).__name__}: {exc})" if exc else ""
-    return RayInternalChanged(f"Ray {ray.__version__} changed {what}{detail}; orch was written against Ray 2.60 "
-                              "and needs updating (orchestrator/ray_internals.py)")
+    return RayInternalChanged(
+        f"Ray {ray.__version__} changed {what}{detail}; orch was written against Ray 2.60 "
+        "and needs updating (orchestrator/ray_internals.py)"
+    )
 
 
 def is_preempted(error: BaseException) -> bool:
@@ -84,12 +86,18 @@ def drop_from_checkpoint_record(record: dict, names: set[str]) -> dict:
     report becomes the latest one Ray hands to restarted workers."""
     check_checkpoint_record(record)
     record = dict(record)
-    kept = [(r, i) for r, i in zip(record["checkpoint_results"], record["checkpoint_report_indices"])
-            if r["checkpoint_dir_name"] not in names]
+    kept = [
+        (r, i)
+        for r, i in zip(record["checkpoint_results"], record["checkpoint_report_indices"])
+        if r["checkpoint_dir_name"] not in names
+    ]
     record["checkpoint_results"] = [r for r, _ in kept]
     record["checkpoint_report_indices"] = [i for _, i in kept]
-    pending = [(r, v) for r, v in zip(record["pending_training_results"], record["pending_validation_specs"])
-               if r["checkpoint_dir_name"] not in names]
+    pending = [
+        (r, v)
+        for r, v in zip(record["pending_training_results"], record["pending_validation_specs"])
+        if r["checkpoint_dir_name"] not in names
+    ]
     record["pending_training_results"] = [r for r, _ in pending]
     record["pending_validation_specs"] = [v for _, v in pending]
     latest = record.get("latest_checkpoint_result")

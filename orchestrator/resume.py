@@ -20,6 +20,7 @@ from orchestrator.spec.load import parse_override, set_dotted, spec_from_dict
 from orchestrator.targets.local import drive
 from orchestrator.train.checkpoint import latest_good, list_checkpoints, load_meta
 
+
 def resume_run(ref: str, overrides=(), *, uri: str | None = None, progress_to_stderr: bool = False) -> JobOutcome:
     """Continue run `ref` to the (possibly raised) training.epochs. Every check runs before the
     run is touched, so bad input leaves it as it was."""
@@ -28,24 +29,32 @@ def resume_run(ref: str, overrides=(), *, uri: str | None = None, progress_to_st
     run = find_run(uri, ref)
     run_id = run.info.run_id
     if run.info.status == ACTIVE and driver_alive(run) is not False:
-        raise OrchError(f"run {run_id} is still running (driver pid {run.data.tags.get('orch.driver_pid')}); "
-                        f"`orch stop {run_id}` first")
+        raise OrchError(
+            f"run {run_id} is still running (driver pid {run.data.tags.get('orch.driver_pid')}); "
+            f"`orch stop {run_id}` first"
+        )
     spec, original = run_spec(uri, run, overrides)
     check_resumable(original, spec)
     run_dir = run.data.tags.get("orch.checkpoint_dir")
     good, damaged = latest_good(run_dir) if run_dir else (None, [])
     if good is None:
-        raise OrchError(f"run {run_id} has no checkpoint to resume from"
-                        + (f" ({len(damaged)} damaged in {run_dir})" if damaged else f" in {run_dir}"))
+        raise OrchError(
+            f"run {run_id} has no checkpoint to resume from"
+            + (f" ({len(damaged)} damaged in {run_dir})" if damaged else f" in {run_dir}")
+        )
     meta = load_meta(good) if "://" not in good else None
     epoch = meta["epoch"] if meta else int(good.rsplit("_", 1)[-1])
     if epoch + 1 >= spec.training.epochs:
-        raise SpecError(f"training.epochs: run {run_id} has trained {epoch + 1} epochs, its spec asks for "
-                        f"{spec.training.epochs}; to train more: --set training.epochs={epoch + 2}")
+        raise SpecError(
+            f"training.epochs: run {run_id} has trained {epoch + 1} epochs, its spec asks for "
+            f"{spec.training.epochs}; to train more: --set training.epochs={epoch + 2}"
+        )
     plan = preflight.plan(spec)
     if meta and plan["num_classes"] != meta["num_classes"]:
-        raise SpecError(f"model.num_classes: the checkpoint has {meta['num_classes']} classes, this spec "
-                        f"{plan['num_classes']}; cannot resume (the data changed?)")
+        raise SpecError(
+            f"model.num_classes: the checkpoint has {meta['num_classes']} classes, this spec "
+            f"{plan['num_classes']}; cannot resume (the data changed?)"
+        )
     cluster.connect()
     cluster.check_resources(spec.scaling)
     for location, why in damaged:
@@ -86,7 +95,9 @@ def run_spec(uri: str, run, overrides=()):
     if original is None:
         locations = list_checkpoints(run.data.tags.get("orch.checkpoint_dir", ""))
         if not locations:
-            raise OrchError(f"run {run.info.run_id}: neither a spec.json artifact nor a checkpoint to read its spec from")
+            raise OrchError(
+                f"run {run.info.run_id}: neither a spec.json artifact nor a checkpoint to read its spec from"
+            )
         original = load_meta(locations[-1])["spec"]
     raw = json.loads(json.dumps(original))
     for item in overrides:
@@ -98,12 +109,17 @@ def run_spec(uri: str, run, overrides=()):
 def check_resumable(original: dict, new) -> None:
     """Changes that would not load into the checkpoint's model (or move its folder) are errors."""
     before, after = original, new.model_dump(mode="json")
-    for section, field in (("model", "arch"), ("model", "num_classes"), ("model", "options"),
-                           ("checkpoint", "storage")):
+    for section, field in (
+        ("model", "arch"),
+        ("model", "num_classes"),
+        ("model", "options"),
+        ("checkpoint", "storage"),
+    ):
         old, now = before.get(section, {}).get(field), after[section][field]
         if old != now:
-            raise SpecError(f"{section}.{field}: cannot change on resume ({old!r} -> {now!r}); "
-                            "submit a new job instead")
+            raise SpecError(
+                f"{section}.{field}: cannot change on resume ({old!r} -> {now!r}); submit a new job instead"
+            )
 
 
 def _spec_artifact(uri: str, run_id: str) -> dict | None:

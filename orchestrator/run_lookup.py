@@ -15,7 +15,7 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 def store_exists(uri: str) -> bool:
     """False for a sqlite file not written yet: reading it would create an empty store."""
     if uri.startswith("sqlite:///"):
-        return os.path.exists(uri[len("sqlite:///"):])
+        return os.path.exists(uri[len("sqlite:///") :])
     return True
 
 

@@ -19,8 +19,14 @@ from mlflow.tracking import MlflowClient
 from orchestrator.spec import JobSpec, flatten
 
 EPOCH_METRICS = (
-    "train_loss", "lr", "train_images_per_second", "epoch_seconds",
-    "val_loss", "val_top1_error", "val_top5_error", "val_samples",
+    "train_loss",
+    "lr",
+    "train_images_per_second",
+    "epoch_seconds",
+    "val_loss",
+    "val_top1_error",
+    "val_top5_error",
+    "val_samples",
 )
 BEST_METRICS = ("val_top1_error", "val_top5_error")
 
@@ -31,7 +37,7 @@ def tracking_uri(spec: JobSpec | None = None, explicit: str | None = None) -> st
     uri = explicit or (spec.tracking.tracking_uri if spec else None)
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
     elif "://" not in uri:
         uri = os.path.abspath(uri)
     return uri
@@ -120,9 +126,7 @@ def _version(package: str) -> str:
 
 def _git_commit(where: Path) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

@@ -13,8 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from job_fixtures import DEMO, FASHION, SMALL_TRAIN, SMALL_VAL, small_job, write_fashion_subset
 from mlflow.tracking import MlflowClient
+
+from job_fixtures import DEMO, FASHION, SMALL_TRAIN, SMALL_VAL, small_job, write_fashion_subset
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Settings for this machine's tests, inherited by every Ray and `orch` process they start:
@@ -104,13 +105,18 @@ def trained_run(ray_cluster, small_fashion, session_store, tmp_path_factory) -> 
 
     storage = tmp_path_factory.mktemp("trained")
     sets = small_job(small_fashion, storage, workers=1) + [
-        "experiment=orch-trained", "tracking.run_name=member-seed0", f"tracking.tracking_uri={session_store}",
+        "experiment=orch-trained",
+        "tracking.run_name=member-seed0",
+        f"tracking.tracking_uri={session_store}",
     ]
     outcome = run_local(load_spec(DEMO, sets), str(DEMO))
     assert outcome.status == "FINISHED"
     run = MlflowClient(session_store).get_run(outcome.run_id)
-    return {"run_id": outcome.run_id, "checkpoint": Path(outcome.best_checkpoint),
-            "run_dir": run.data.tags["orch.checkpoint_dir"]}
+    return {
+        "run_id": outcome.run_id,
+        "checkpoint": Path(outcome.best_checkpoint),
+        "run_dir": run.data.tags["orch.checkpoint_dir"],
+    }
 
 
 @pytest.fixture

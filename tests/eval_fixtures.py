@@ -33,14 +33,26 @@ def write_dataset(tmp: Path, side, per_class: int = 20) -> Path:
     make_folder(tmp / "src" / "train", 4, side, seed=1)
     make_folder(tmp / "src" / "val", per_class, side, seed=2)
     out = tmp / "data"
-    write_imagefolder(tmp / "src" / "train", tmp / "src" / "val", out,
-                      WriterOptions(max_resolution=96, write_mode="raw", workers=1))
+    write_imagefolder(
+        tmp / "src" / "train", tmp / "src" / "val", out, WriterOptions(max_resolution=96, write_mode="raw", workers=1)
+    )
     return out / "val.beton"
 
 
-def make_checkpoint(directory: Path, *, arch: str, augment: str, size: int, val: Path, epoch: int = 0,
-                    top1: float = 50.0, seed: int = 0, classes=CLASSES, mean=(120.0, 125.0, 130.0),
-                    std=(60.0, 62.0, 64.0)) -> Path:
+def make_checkpoint(
+    directory: Path,
+    *,
+    arch: str,
+    augment: str,
+    size: int,
+    val: Path,
+    epoch: int = 0,
+    top1: float = 50.0,
+    seed: int = 0,
+    classes=CLASSES,
+    mean=(120.0, 125.0, 130.0),
+    std=(60.0, 62.0, 64.0),
+) -> Path:
     """A checkpoint with random weights, laid out as the training loop writes one."""
     from orchestrator.models import build_model
     from orchestrator.train.checkpoint import save_checkpoint
@@ -52,7 +64,10 @@ def make_checkpoint(directory: Path, *, arch: str, augment: str, size: int, val:
         model.fc.bias.zero_()
         model.fc.weight.mul_(30.0)
     meta = {
-        "arch": arch, "num_classes": num_classes, "classes": list(classes), "epoch": epoch,
+        "arch": arch,
+        "num_classes": num_classes,
+        "classes": list(classes),
+        "epoch": epoch,
         "metrics": {"val_top1_error": top1, "val_top5_error": 0.0},
         "spec": {"model": {"arch": arch, "options": {}}, "data": {"val": str(val), "augment": augment}},
         "preprocess": {"size": size, "mean": list(mean), "std": list(std), "augment": augment},

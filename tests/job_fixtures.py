@@ -16,17 +16,25 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "jobs" / "demo_fashion_mnist.yaml"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 SMALL_TRAIN, SMALL_VAL = 2000, 1000  # the small_fashion fixture's images
-_IDX = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-        "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+_IDX = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
 def small_job(data: Path, tmp: Path, workers: int, epochs: int = 2) -> list[str]:
     """Overrides for the demo job: ResNet-8, at most 2,000 training images, all of data's val.beton."""
     return [
-        f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}",
-        "data.max_train_samples=2000", f"training.epochs={epochs}", "training.batch_size=100",
-        "schedule.warmup_epochs=0", "optimizer.lr=0.5", f"scaling.num_workers={workers}",
-        f"scaling.cpus_per_worker={2 // workers}", f"checkpoint.storage={tmp / 'ckpt'}",
+        f"data.train={data / 'train.beton'}",
+        f"data.val={data / 'val.beton'}",
+        "data.max_train_samples=2000",
+        f"training.epochs={epochs}",
+        "training.batch_size=100",
+        "schedule.warmup_epochs=0",
+        "optimizer.lr=0.5",
+        f"scaling.num_workers={workers}",
+        f"scaling.cpus_per_worker={2 // workers}",
+        f"checkpoint.storage={tmp / 'ckpt'}",
         "model.arch=cifar_resnet8",
     ]
 
@@ -47,7 +55,7 @@ def write_fashion_subset(out: Path, train: int, val: int) -> Path:
                 data = bytearray(f.read())
             data[4:8] = count.to_bytes(4, "big")
             with gzip.open(source / name, "wb") as f:
-                f.write(bytes(data[:header + count * size]))
+                f.write(bytes(data[: header + count * size]))
     write_fashion_mnist(source, out / "data", workers=1)
     return out / "data"
 
@@ -62,8 +70,9 @@ def raw_fashion_mnist_test(count: int = 10000) -> tuple[torch.Tensor, torch.Tens
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-def orch_process(*args, cwd, uri: str, ray_address: str | None = None, fault: str | None = None,
-                 **popen) -> subprocess.Popen:
+def orch_process(
+    *args, cwd, uri: str, ray_address: str | None = None, fault: str | None = None, **popen
+) -> subprocess.Popen:
     """`orch ARGS` as a user runs it, in its own process; with `ray_address` it joins that Ray
     (the session's) instead of starting one."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ORCH_TEST_FAULT")}
@@ -72,8 +81,15 @@ def orch_process(*args, cwd, uri: str, ray_address: str | None = None, fault: st
         env["RAY_ADDRESS"] = ray_address
     if fault:
         env["ORCH_TEST_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli.main", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli.main", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def fault(action: str, epoch: int, step: int, rank: int | None = None, notify: Path | None = None) -> str:

@@ -50,9 +50,16 @@ class RayNodes:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, nodes: int = 2, timeout_s: float = 120) -> "RayNodes":
-        self._start_node("head", ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
-                                  f"--dashboard-port={self.dashboard_port}",
-                                  f"--ray-client-server-port={free_port()}"])
+        self._start_node(
+            "head",
+            [
+                "--head",
+                f"--port={self.gcs_port}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                f"--ray-client-server-port={free_port()}",
+            ],
+        )
         self.wait_for_nodes(1, timeout_s)
         for i in range(1, nodes):
             self._start_node(f"worker{i}", [f"--address=127.0.0.1:{self.gcs_port}"])
@@ -63,11 +70,26 @@ class RayNodes:
         temp = self.root / name
         temp.mkdir()
         log = open(self.root / f"{name}.log", "w")
-        self.procs.append(subprocess.Popen(
-            [str(BIN / "ray"), "start", "--block", *args, f"--num-cpus={self.cpus}", "--num-gpus=0",
-             "--node-ip-address=127.0.0.1", f"--temp-dir={temp}",
-             f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root))
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "ray"),
+                    "start",
+                    "--block",
+                    *args,
+                    f"--num-cpus={self.cpus}",
+                    "--num-gpus=0",
+                    "--node-ip-address=127.0.0.1",
+                    f"--temp-dir={temp}",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    "--disable-usage-stats",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.root,
+            )
+        )
 
     def alive_nodes(self) -> list[dict]:
         reply = requests.get(f"{self.dashboard}/api/v0/nodes", headers=auth_headers(), timeout=10)
@@ -115,10 +137,24 @@ class MlflowServer:
     def start(self, timeout_s: float = 90) -> "MlflowServer":
         port = self.uri.rsplit(":", 1)[1]
         self.proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-             "--port", port, "--workers", "1"],
-            stdout=open(self.root / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                port,
+                "--workers",
+                "1",
+            ],
+            stdout=open(self.root / "mlflow.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

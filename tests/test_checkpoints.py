@@ -16,15 +16,25 @@ from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import OrchError
 from orchestrator.resume import set_aside
 from orchestrator.train.checkpoint import (
-    CHECKSUMS_FILE, DamagedCheckpoint, describe, latest_good, list_checkpoints, save_checkpoint, verify,
+    CHECKSUMS_FILE,
+    DamagedCheckpoint,
+    describe,
+    latest_good,
+    list_checkpoints,
+    save_checkpoint,
+    verify,
 )
 from orchestrator.train.loop import good_checkpoint
 
 
 def write_run_dir(root, errors=(30.0, 20.0, 25.0)):
     for epoch, err in enumerate(errors):
-        save_checkpoint(root / f"epoch_{epoch:04d}", {"w": torch.full((4,), float(epoch))},
-                        {"epoch": epoch, "optimizer": {}}, {"epoch": epoch, "metrics": {"val_top1_error": err}})
+        save_checkpoint(
+            root / f"epoch_{epoch:04d}",
+            {"w": torch.full((4,), float(epoch))},
+            {"epoch": epoch, "optimizer": {}},
+            {"epoch": epoch, "metrics": {"val_top1_error": err}},
+        )
     return root
 
 
@@ -74,9 +84,14 @@ def test_describe_lists_path_epoch_metrics_size_checksum(tmp_path):
 def test_damaged_checkpoints_leave_rays_snapshot(tmp_path):
     root = write_run_dir(tmp_path)
     result = lambda e: {"checkpoint_dir_name": f"epoch_{e:04d}", "metrics": {"epoch": e}}  # noqa: E731
-    snapshot = {"checkpoint_results": [result(1), result(2), result(0)], "checkpoint_report_indices": [1, 2, 0],
-                "latest_checkpoint_result": result(2), "pending_training_results": [],
-                "pending_validation_specs": [], "current_report_index": 3}
+    snapshot = {
+        "checkpoint_results": [result(1), result(2), result(0)],
+        "checkpoint_report_indices": [1, 2, 0],
+        "latest_checkpoint_result": result(2),
+        "pending_training_results": [],
+        "pending_validation_specs": [],
+        "current_report_index": 3,
+    }
     (root / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
     set_aside(str(root), [str(root / "epoch_0002")])
     after = json.loads((root / "checkpoint_manager_snapshot.json").read_text())
@@ -93,9 +108,14 @@ class _Ctx:
 
 def _fake_run(uri, tmp_path, **tags):
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("orch-test") or client.get_experiment(client.create_experiment("orch-test"))
-    run = client.create_run(experiment.experiment_id, run_name="fake",
-                            tags={"orch.checkpoint_dir": str(tmp_path / "none"), "orch.target": "local", **tags})
+    experiment = client.get_experiment_by_name("orch-test") or client.get_experiment(
+        client.create_experiment("orch-test")
+    )
+    run = client.create_run(
+        experiment.experiment_id,
+        run_name="fake",
+        tags={"orch.checkpoint_dir": str(tmp_path / "none"), "orch.target": "local", **tags},
+    )
     return client, run.info.run_id
 
 
@@ -133,7 +153,11 @@ def test_run_lookup_by_id_or_unique_name(mlflow_uri, tmp_path):
 def test_stop_signals_the_driver_and_waits_for_it(mlflow_uri, tmp_path):
     """A stand-in driver that ends its run KILLED on SIGINT, as `orch submit` does."""
     _, run_id = _fake_run(mlflow_uri, tmp_path)
-    driver = subprocess.Popen([sys.executable, "-c", f"""
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import signal, sys, time
 from mlflow.tracking import MlflowClient
 def stop(*_):
@@ -141,7 +165,11 @@ def stop(*_):
 signal.signal(signal.SIGINT, stop)
 print("ready", flush=True)
 time.sleep(120)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert driver.stdout.readline().strip() == "ready"
     MlflowClient(mlflow_uri).set_tag(run_id, "orch.driver_pid", str(driver.pid))
     outcome = lifecycle.stop(mlflow_uri, run_id, wait_s=30)
@@ -161,8 +189,9 @@ def test_stop_marks_a_run_whose_driver_is_gone_killed(mlflow_uri, tmp_path):
 
 def test_a_reused_pid_is_not_taken_for_the_driver(mlflow_uri, tmp_path):
     """A stale RUNNING run whose pid now belongs to another process: never signal that process."""
-    client, run_id = _fake_run(mlflow_uri, tmp_path, **{"orch.driver_pid": str(os.getpid()),
-                                                        "orch.driver_started": "12345.00"})
+    client, run_id = _fake_run(
+        mlflow_uri, tmp_path, **{"orch.driver_pid": str(os.getpid()), "orch.driver_started": "12345.00"}
+    )
     assert lifecycle.driver_alive(client.get_run(run_id)) is False
     client.set_tag(run_id, "orch.driver_started", f"{psutil.Process().create_time():.2f}")
     assert lifecycle.driver_alive(client.get_run(run_id)) is True

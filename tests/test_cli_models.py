@@ -25,8 +25,15 @@ def test_json_lists_the_architectures_with_their_family_defaults(monkeypatch):
     rows = {row["arch"]: row for row in json.loads(result.output)["models"]}
     assert list(rows) == archs
     assert rows["resnet50"] == {
-        "arch": "resnet50", "family": "imagenet", "block": "bottleneck", "shortcut": "B", "input_size": 224,
-        "num_classes": 1000, "params": 25_557_032, "macs": 4_089_184_256, "macs_v1": 3_857_973_248,
+        "arch": "resnet50",
+        "family": "imagenet",
+        "block": "bottleneck",
+        "shortcut": "B",
+        "input_size": 224,
+        "num_classes": 1000,
+        "params": 25_557_032,
+        "macs": 4_089_184_256,
+        "macs_v1": 3_857_973_248,
     }
     assert rows["cifar_resnet110"]["params"] == 1_727_962
     assert rows["cifar_resnet20"]["shortcut"] == "A" and rows["plain34"]["shortcut"] is None
@@ -47,11 +54,30 @@ def test_table():
     result = invoke("resnet18", "resnet50", "plain50", "cifar_resnet20")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["arch", "family", "block", "shortcut", "input", "classes", "params", "GMACs",
-                                "GMACs", "v1"]
+    assert lines[0].split() == [
+        "arch",
+        "family",
+        "block",
+        "shortcut",
+        "input",
+        "classes",
+        "params",
+        "GMACs",
+        "GMACs",
+        "v1",
+    ]
     assert lines[1].split() == ["resnet18", "imagenet", "basic", "B", "224", "1000", "11,689,512", "1.814", "-"]
-    assert lines[2].split() == ["resnet50", "imagenet", "bottleneck", "B", "224", "1000", "25,557,032", "4.089",
-                                "3.858"]
+    assert lines[2].split() == [
+        "resnet50",
+        "imagenet",
+        "bottleneck",
+        "B",
+        "224",
+        "1000",
+        "25,557,032",
+        "4.089",
+        "3.858",
+    ]
     assert lines[3].split()[:4] == ["plain50", "imagenet", "bottleneck", "-"]
     assert lines[4].split() == ["cifar_resnet20", "cifar", "basic", "A", "32", "10", "269,722", "0.041", "-"]
     assert len({len(line) for line in lines[:5]}) == 1  # columns line up

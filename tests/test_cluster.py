@@ -32,7 +32,8 @@ report = {"dashboard_url": context.dashboard_url, "worker_env": ray.get(ray_work
           "driver_env": {name: os.environ.get(name) for name in cluster.LEAN_RAY_ENV}}
 if context.dashboard_url:  # any HTTP answer will do: Ray's token auth answers 401 without a token
     try:
-        report["dashboard_status"] = urllib.request.urlopen(f"http://{context.dashboard_url}/api/version", timeout=10).status
+        url = f"http://{context.dashboard_url}/api/version"
+        report["dashboard_status"] = urllib.request.urlopen(url, timeout=10).status
     except urllib.error.HTTPError as exc:
         report["dashboard_status"] = exc.code
 print(json.dumps(report))
@@ -41,10 +42,10 @@ print(json.dumps(report))
 
 def _probe(tmp_path, **env) -> dict:
     environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *cluster.LEAN_RAY_ENV)}
-    environment.update(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                       PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path, env=environment)
+    environment.update(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=environment
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -79,4 +80,3 @@ def test_an_address_is_joined_as_it_is(monkeypatch):
     cluster.connect("127.0.0.1:6379")
     assert [c["address"] for c in calls] == [None, "127.0.0.1:6379"]
     assert not any(name in os.environ for name in cluster.LEAN_RAY_ENV)
-

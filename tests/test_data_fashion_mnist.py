@@ -4,14 +4,17 @@ import json
 
 import numpy as np
 import pytest
-from data_fixtures import error_line, leftovers, run_data_cli, stored_raw_image
 
 from data_pipeline import build_val_loader, num_samples, read_dataset_info
 from data_pipeline.fashion_mnist import CLASSES, DEFAULT_SOURCE, load_split
 
+from data_fixtures import error_line, leftovers, run_data_cli, stored_raw_image
+
 pytestmark = [
-    pytest.mark.skipif(not (DEFAULT_SOURCE / "t10k-images-idx3-ubyte.gz").exists(),
-                       reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist"),
+    pytest.mark.skipif(
+        not (DEFAULT_SOURCE / "t10k-images-idx3-ubyte.gz").exists(),
+        reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist",
+    ),
     # numba's dispatcher finalizer raises a harmless KeyError when an FFCV loader is collected
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
@@ -52,7 +55,9 @@ def test_dataset_json(written, idx):
     assert info.mean[0] == pytest.approx(72.94, abs=0.01)
 
 
-@pytest.mark.parametrize("split,index", [("train", 0), ("train", 12_345), ("train", 59_999), ("val", 0), ("val", 9_999)])
+@pytest.mark.parametrize(
+    "split,index", [("train", 0), ("train", 12_345), ("train", 59_999), ("val", 0), ("val", 9_999)]
+)
 def test_pixels_and_labels_equal_idx(written, idx, split, index):
     from data_pipeline.beton import field_metadata, open_reader
 
@@ -69,8 +74,16 @@ def test_val_loader_reads_idx_values(written, idx):
     """Through the FFCV loader (cifar style: no augmentation): normalized IDX pixels, IDX labels."""
     out, _ = written
     info = read_dataset_info(out / "val.beton")
-    loader = build_val_loader(out / "val.beton", augment="cifar", batch_size=500, num_workers=2,
-                              mean=info.mean, std=info.std, rank=3, world_size=4)
+    loader = build_val_loader(
+        out / "val.beton",
+        augment="cifar",
+        batch_size=500,
+        num_workers=2,
+        mean=info.mean,
+        std=info.std,
+        rank=3,
+        world_size=4,
+    )
     assert (loader.start, loader.stop, len(loader)) == (7_500, 10_000, 5)
     images, labels = next(iter(loader))
     expected = (idx["val"][0][7_500:8_000].astype(np.float32) - info.mean[0]) / info.std[0]

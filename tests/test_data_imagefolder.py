@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import error_line, leftovers, make_image_folder, run_data_cli, stored_raw_image
 from PIL import Image
 
 from data_pipeline import num_samples, read_dataset_info
+
+from data_fixtures import error_line, leftovers, make_image_folder, run_data_cli, stored_raw_image
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,22 @@ def folders(tmp_path_factory):
 def prepared(folders):
     root, _ = folders
     out = root / "out"
-    result = run_data_cli("prepare", "imagefolder", "--train", root / "train", "--val", root / "val", "--out", out,
-                          "--workers", "2", "--max-resolution", "64", "--write-mode", "proportion")
+    result = run_data_cli(
+        "prepare",
+        "imagefolder",
+        "--train",
+        root / "train",
+        "--val",
+        root / "val",
+        "--out",
+        out,
+        "--workers",
+        "2",
+        "--max-resolution",
+        "64",
+        "--write-mode",
+        "proportion",
+    )
     return out, result
 
 
@@ -76,8 +91,19 @@ def test_inspect_json(prepared):
 
 def test_strict_fails_naming_the_file(folders, tmp_path):
     root, corrupt = folders
-    code, _, stderr = run_data_cli("prepare", "imagefolder", "--train", root / "train", "--val", root / "val",
-                                   "--out", tmp_path / "out", "--strict", "--workers", "2")
+    code, _, stderr = run_data_cli(
+        "prepare",
+        "imagefolder",
+        "--train",
+        root / "train",
+        "--val",
+        root / "val",
+        "--out",
+        tmp_path / "out",
+        "--strict",
+        "--workers",
+        "2",
+    )
     assert code == 2
     assert str(corrupt) in error_line(stderr)
     assert not (tmp_path / "out").exists()
@@ -93,9 +119,24 @@ def test_raw_mode_stores_rgb_pixels_exactly(tmp_path):
             Image.fromarray(rgb).convert("L").save(tmp_path / split / c / "gray.png")
             Image.fromarray(rgb).convert("RGBA").save(tmp_path / split / c / "rgba.png")
     out = tmp_path / "out"
-    code, stdout, stderr = run_data_cli("prepare", "imagefolder", "--train", tmp_path / "train", "--val", tmp_path / "val",
-                                   "--out", out, "--write-mode", "raw", "--max-resolution", "32", "--workers", "1",
-                                   "--output", "json")
+    code, stdout, stderr = run_data_cli(
+        "prepare",
+        "imagefolder",
+        "--train",
+        tmp_path / "train",
+        "--val",
+        tmp_path / "val",
+        "--out",
+        out,
+        "--write-mode",
+        "raw",
+        "--max-resolution",
+        "32",
+        "--workers",
+        "1",
+        "--output",
+        "json",
+    )
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert (summary["num_train"], summary["image_size"], summary["skipped"]) == (4, 32, {"train": [], "val": []})
@@ -182,13 +223,20 @@ def test_inspect_missing_file(tmp_path):
     assert str(tmp_path / "nope.beton") in error_line(stderr)
 
 
-@pytest.mark.skipif(find_spec("orchestrator.cli.models") is None or find_spec("orchestrator.cli.submit") is None,
-                    reason="the orch CLI root needs orchestrator.cli.models and .submit")
+@pytest.mark.skipif(
+    find_spec("orchestrator.cli.models") is None or find_spec("orchestrator.cli.submit") is None,
+    reason="the orch CLI root needs orchestrator.cli.models and .submit",
+)
 def test_real_orch_binary_prints_one_line(tmp_path):
     orch = Path(sys.executable).with_name("orch")
     bad = tmp_path / "bad.beton"
     bad.write_bytes(b"nope")
-    proc = subprocess.run([str(orch), "data", "inspect", str(bad)], capture_output=True, text=True,
-                          env=dict(os.environ, COLUMNS="200"), timeout=120)
+    proc = subprocess.run(
+        [str(orch), "data", "inspect", str(bad)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and str(bad) in proc.stderr, proc.stderr

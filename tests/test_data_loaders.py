@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from data_fixtures import write_index_beton
 
 from data_pipeline import ResolutionSchedule, build_train_loader, build_val_loader
+
+from data_fixtures import write_index_beton
 
 N = 1001
 # Several FFCV loaders in one process: numba's dispatcher finalizer raises a harmless KeyError
@@ -31,8 +32,18 @@ def cifar_train(index_beton):
 def imagenet_train(index_beton):
     path, mean, std = index_beton
     schedule = ResolutionSchedule(min_res=16, max_res=48, start_epoch=1, end_epoch=3, step=16)
-    return build_train_loader(path, augment="imagenet", batch_size=50, num_workers=2, seed=0, mean=mean, std=std,
-                              resolution=schedule, max_samples=500, channels_last=True)
+    return build_train_loader(
+        path,
+        augment="imagenet",
+        batch_size=50,
+        num_workers=2,
+        seed=0,
+        mean=mean,
+        std=std,
+        resolution=schedule,
+        max_samples=500,
+        channels_last=True,
+    )
 
 
 def epoch_labels(loader, epoch: int) -> np.ndarray:
@@ -45,8 +56,17 @@ def test_validation_sees_every_sample_once(index_beton, world_size):
     path, mean, std = index_beton
     seen = []
     for rank in range(world_size):
-        loader = build_val_loader(path, augment="cifar", batch_size=100, num_workers=2, mean=mean, std=std,
-                                  rank=rank, world_size=world_size, channels_last=world_size != 1)
+        loader = build_val_loader(
+            path,
+            augment="cifar",
+            batch_size=100,
+            num_workers=2,
+            mean=mean,
+            std=std,
+            rank=rank,
+            world_size=world_size,
+            channels_last=world_size != 1,
+        )
         batches = [(x.shape, x.is_contiguous(), y.numpy().copy()) for x, y in loader]
         assert sum(len(y) for _, _, y in batches) == loader.num_samples and len(batches) == len(loader)
         assert all(shape[1:] == (3, 16, 16) for shape, _, _ in batches)
@@ -58,8 +78,9 @@ def test_validation_sees_every_sample_once(index_beton, world_size):
 
 def test_validation_imagenet_center_crop(index_beton):
     path, mean, std = index_beton
-    loader = build_val_loader(path, augment="imagenet", batch_size=128, num_workers=2, mean=mean, std=std,
-                              resolution=24, rank=1, world_size=2)
+    loader = build_val_loader(
+        path, augment="imagenet", batch_size=128, num_workers=2, mean=mean, std=std, resolution=24, rank=1, world_size=2
+    )
     batches = list(loader)
     assert (loader.num_samples, len(loader)) == (500, 4)
     images, labels = batches[0]
@@ -102,8 +123,9 @@ def test_progressive_resolution_and_max_samples(imagenet_train):
     for epoch, res in [(0, 16), (2, 32), (3, 48), (0, 16)]:
         imagenet_train.set_epoch(epoch)
         assert imagenet_train.resolution == res
-        batches = [(x.shape, x.is_contiguous(memory_format=torch.channels_last), y.max().item())
-                   for x, y in imagenet_train]
+        batches = [
+            (x.shape, x.is_contiguous(memory_format=torch.channels_last), y.max().item()) for x, y in imagenet_train
+        ]
         assert len(batches) == 10
         assert all(shape == (50, 3, res, res) and last and top < 500 for shape, last, top in batches)
 
@@ -119,12 +141,14 @@ def test_distributed_shards_with_the_process_group(index_beton, tmp_path):
 
     path, mean, std = index_beton
     with pytest.raises(RuntimeError, match="process group"):
-        build_train_loader(path, augment="cifar", batch_size=64, num_workers=1, seed=0, mean=mean, std=std,
-                           distributed=True)
+        build_train_loader(
+            path, augment="cifar", batch_size=64, num_workers=1, seed=0, mean=mean, std=std, distributed=True
+        )
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
-        loader = build_train_loader(path, augment="cifar", batch_size=100, num_workers=1, seed=0, mean=mean,
-                                    std=std, distributed=True)
+        loader = build_train_loader(
+            path, augment="cifar", batch_size=100, num_workers=1, seed=0, mean=mean, std=std, distributed=True
+        )
         labels = epoch_labels(loader, 1)
         assert len(loader) == 10 and len(np.unique(labels)) == 1000
     finally:
@@ -132,26 +156,42 @@ def test_distributed_shards_with_the_process_group(index_beton, tmp_path):
 
 
 def test_cifar_needs_one_image_size(tmp_path):
-    from data_fixtures import make_image_folder
-
     from data_pipeline import write_imagefolder
     from data_pipeline.imagefolder import WriterOptions
     from orchestrator.errors import DataError
+
+    from data_fixtures import make_image_folder
 
     make_image_folder(tmp_path / "train", per_class=2)
     make_image_folder(tmp_path / "val", per_class=1)
     write_imagefolder(tmp_path / "train", tmp_path / "val", tmp_path / "out", WriterOptions(workers=1))
     with pytest.raises(DataError, match="one size"):
-        build_train_loader(tmp_path / "out" / "train.beton", augment="cifar", batch_size=2, num_workers=1, seed=0,
-                           mean=(0, 0, 0), std=(1, 1, 1))
+        build_train_loader(
+            tmp_path / "out" / "train.beton",
+            augment="cifar",
+            batch_size=2,
+            num_workers=1,
+            seed=0,
+            mean=(0, 0, 0),
+            std=(1, 1, 1),
+        )
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_pipeline(index_beton):
     path, mean, std = index_beton
-    train = build_train_loader(path, augment="imagenet", batch_size=64, num_workers=2, seed=0, mean=mean, std=std,
-                               resolution=ResolutionSchedule(32, 32, 0, 0), device="cuda:0")
+    train = build_train_loader(
+        path,
+        augment="imagenet",
+        batch_size=64,
+        num_workers=2,
+        seed=0,
+        mean=mean,
+        std=std,
+        resolution=ResolutionSchedule(32, 32, 0, 0),
+        device="cuda:0",
+    )
     train.set_epoch(0)
     for images, labels in train:
         assert images.device.type == "cuda" and labels.device.type == "cuda"

@@ -53,8 +53,17 @@ def test_val_shard_examples_and_errors():
 
 
 def _info(**overrides):
-    value = {"name": "x", "classes": ["a", "b"], "num_classes": 2, "num_train": 5, "num_val": 3,
-             "mean": [1, 2, 3], "std": [4, 5, 6], "image_size": None, "writer": {}}
+    value = {
+        "name": "x",
+        "classes": ["a", "b"],
+        "num_classes": 2,
+        "num_train": 5,
+        "num_val": 3,
+        "mean": [1, 2, 3],
+        "std": [4, 5, 6],
+        "image_size": None,
+        "writer": {},
+    }
     return dict(value, **overrides)
 
 
@@ -64,8 +73,10 @@ def test_read_dataset_info(tmp_path):
     assert info.classes == ["a", "b"] and info.mean == (1.0, 2.0, 3.0) and info.image_size is None
 
 
-@pytest.mark.parametrize("content", [None, "{not json", json.dumps(_info(mean=[1, 2])),
-                                     json.dumps({"name": "x"}), json.dumps(_info(num_classes=3))])
+@pytest.mark.parametrize(
+    "content",
+    [None, "{not json", json.dumps(_info(mean=[1, 2])), json.dumps({"name": "x"}), json.dumps(_info(num_classes=3))],
+)
 def test_read_dataset_info_errors_name_the_file(tmp_path, content):
     if content is not None:
         (tmp_path / "dataset.json").write_text(content)
@@ -131,5 +142,6 @@ def test_writer_reports_a_failed_worker_instead_of_hanging(tmp_path):
     from ffcv.fields import RGBImageField
 
     with pytest.raises(DataError, match="writer process exited"):
-        write_beton(tmp_path / "x.beton", _FailsAt(), RGBImageField(write_mode="raw"), workers=2, desc="x",
-                    chunksize=10)
+        write_beton(
+            tmp_path / "x.beton", _FailsAt(), RGBImageField(write_mode="raw"), workers=2, desc="x", chunksize=10
+        )

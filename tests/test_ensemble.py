@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from eval_fixtures import all_runs, fake_run, make_checkpoint, run_orch, write_dataset
-from job_fixtures import ROOT, SMALL_VAL, raw_fashion_mnist_test
 from mlflow.tracking import MlflowClient
 
 from orchestrator.evaluation import ensemble, evaluate
 from orchestrator.evaluation.scoring import combine, parse_weights
 from orchestrator.models import build_model
 from orchestrator.train.checkpoint import load_meta, load_model_state
+
+from eval_fixtures import all_runs, fake_run, make_checkpoint, run_orch, write_dataset
+from job_fixtures import ROOT, SMALL_VAL, raw_fashion_mnist_test
 
 SEEDS = (0, 1, 2)
 
@@ -46,9 +47,17 @@ def members(trained_run, small_fashion, store, tmp_path_factory) -> list[dict]:
     trained = [{"run_id": trained_run["run_id"], "checkpoint": trained_run["checkpoint"]}]
     for seed in SEEDS[1:]:
         root = tmp_path_factory.mktemp(f"member{seed}")
-        checkpoint = make_checkpoint(root / "epoch_0000", arch="cifar_resnet8", augment="cifar", size=28,
-                                     val=small_fashion / "val.beton", seed=seed, classes=meta["classes"],
-                                     mean=meta["preprocess"]["mean"], std=meta["preprocess"]["std"])
+        checkpoint = make_checkpoint(
+            root / "epoch_0000",
+            arch="cifar_resnet8",
+            augment="cifar",
+            size=28,
+            val=small_fashion / "val.beton",
+            seed=seed,
+            classes=meta["classes"],
+            mean=meta["preprocess"]["mean"],
+            std=meta["preprocess"]["std"],
+        )
         trained.append({"run_id": fake_run(store, f"member-seed{seed}", root), "checkpoint": checkpoint})
     return trained
 
@@ -76,8 +85,9 @@ def error(predictions: torch.Tensor, labels: torch.Tensor) -> float:
 
 def test_softmax_ensemble_of_three_seeds_matches_an_independent_average(members, raw_logits, store, small_fashion):
     ids = [m["run_id"] for m in members]
-    code, out, err = run_orch("ensemble", "--runs", ",".join(ids), "--data", small_fashion / "val.beton",
-                              "--workers", "2", "--output", "json")
+    code, out, err = run_orch(
+        "ensemble", "--runs", ",".join(ids), "--data", small_fashion / "val.beton", "--workers", "2", "--output", "json"
+    )
     assert code == 0, err
     outcome = json.loads(out)  # stdout is exactly one JSON object
     assert set(outcome) == {"run_id", "members", "ensemble"}
@@ -148,11 +158,29 @@ def test_vote_and_logits_with_weights(members, raw_logits):
 
 def test_evaluate_a_trained_run_from_the_shell(members, store, ray_address):
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli.main", "evaluate", "member-seed0", "--tta", "flip",
-         "--workers", "2", "--output", "json"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "MLFLOW_TRACKING_URI": store,
-             "RAY_ADDRESS": ray_address},
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli.main",
+            "evaluate",
+            "member-seed0",
+            "--tta",
+            "flip",
+            "--workers",
+            "2",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(Path.home()),
+            "MLFLOW_TRACKING_URI": store,
+            "RAY_ADDRESS": ray_address,
+        },
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     outcome = json.loads(proc.stdout)
@@ -164,10 +192,13 @@ def test_evaluate_a_trained_run_from_the_shell(members, store, ray_address):
 
 def test_members_of_different_depths_and_archs(ray_cluster, store, tmp_path):
     val = write_dataset(tmp_path, (40, 80))
-    dirs = [make_checkpoint(tmp_path / arch / "epoch_0000", arch=arch, augment="imagenet", size=32, val=val, seed=i)
-            for i, arch in enumerate(("cifar_resnet8", "cifar_resnet14", "resnet18"))]
-    code, out, err = run_orch("ensemble", "--runs", ",".join(map(str, dirs)), "--tta", "10crop", "--workers", "2",
-                              "--name", "mixed")
+    dirs = [
+        make_checkpoint(tmp_path / arch / "epoch_0000", arch=arch, augment="imagenet", size=32, val=val, seed=i)
+        for i, arch in enumerate(("cifar_resnet8", "cifar_resnet14", "resnet18"))
+    ]
+    code, out, err = run_orch(
+        "ensemble", "--runs", ",".join(map(str, dirs)), "--tta", "10crop", "--workers", "2", "--name", "mixed"
+    )
     assert code == 0, err
     assert "cifar_resnet14" in out and "resnet18" in out and "gain over the best member" in out
     run = [r for r in all_runs(store) if r.info.run_name == "mixed"][0]
@@ -183,8 +214,14 @@ def test_bad_input_is_one_line_exit_2_and_records_nothing(members, store, tmp_pa
     fake_run(store, "untrained", None)
     (tmp_path / "no-meta").mkdir()
     fashion_classes = load_meta(members[0]["checkpoint"])["classes"]
-    four = make_checkpoint(tmp_path / "four" / "epoch_0000", arch="cifar_resnet8", augment="cifar", size=28,
-                           val=small_fashion / "val.beton", classes=("a", "b", "c", "d"))
+    four = make_checkpoint(
+        tmp_path / "four" / "epoch_0000",
+        arch="cifar_resnet8",
+        augment="cifar",
+        size=28,
+        val=small_fashion / "val.beton",
+        classes=("a", "b", "c", "d"),
+    )
     elsewhere = shutil.copytree(members[2]["checkpoint"], tmp_path / "elsewhere" / "epoch_0000")
     meta = load_meta(elsewhere)
     meta["spec"]["data"]["val"] = str(tmp_path / "other" / "val.beton")

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from eval_fixtures import CLASSES, fake_run, make_checkpoint, run_orch, write_dataset
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -26,6 +25,8 @@ from orchestrator.evaluation.checkpoints import CheckpointError, resolve
 from orchestrator.evaluation.tta import default_scales, five_crops, make_protocol
 from orchestrator.models import build_model
 from orchestrator.train.checkpoint import load_meta, load_model_state
+
+from eval_fixtures import CLASSES, fake_run, make_checkpoint, run_orch, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +43,20 @@ def square(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def imagenet_ckpt(varied, tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ck") / "epoch_0000", arch="cifar_resnet8", augment="imagenet",
-                           size=32, val=varied)
+    return make_checkpoint(
+        tmp_path_factory.mktemp("ck") / "epoch_0000", arch="cifar_resnet8", augment="imagenet", size=32, val=varied
+    )
 
 
 @pytest.fixture(scope="module")
 def cifar_ckpt(square, tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ck") / "epoch_0000", arch="cifar_resnet8", augment="cifar",
-                           size=28, val=square, seed=1)
+    return make_checkpoint(
+        tmp_path_factory.mktemp("ck") / "epoch_0000", arch="cifar_resnet8", augment="cifar", size=28, val=square, seed=1
+    )
 
 
 # --- the protocols, computed independently from the PNG files --------------------------------
+
 
 def val_images(beton: Path):
     """(uint8 HxWx3 arrays, labels) in the order the writer stored them: sorted classes, sorted files."""
@@ -70,7 +74,7 @@ def square_crop(image: np.ndarray, ratio: float, side: int) -> torch.Tensor:
     h, w = image.shape[:2]
     c = int(ratio * min(h, w))
     top, left = (h - c) // 2, (w - c) // 2
-    crop = cv2.resize(image[top:top + c, left:left + c], (side, side), interpolation=cv2.INTER_AREA)
+    crop = cv2.resize(image[top : top + c, left : left + c], (side, side), interpolation=cv2.INTER_AREA)
     return torch.from_numpy(crop).permute(2, 0, 1).float()
 
 
@@ -87,11 +91,15 @@ def reference_views(image: np.ndarray, tta: str, style: str, size: int) -> list[
         return [base, base.flip(2)]
     if tta == "multiscale":
         start = base if style == "cifar" else crop_from
-        return [F.interpolate(start[None], size=(s, s), mode="bilinear", antialias=True)[0]
-                if s != start.shape[-1] else start for s in default_scales(size)]
+        return [
+            F.interpolate(start[None], size=(s, s), mode="bilinear", antialias=True)[0]
+            if s != start.shape[-1]
+            else start
+            for s in default_scales(size)
+        ]
     side = crop_from.shape[-1]
     far, mid = side - size, int(round((side - size) / 2))
-    crops = [crop_from[:, y:y + size, x:x + size] for y, x in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))]
+    crops = [crop_from[:, y : y + size, x : x + size] for y, x in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))]
     return [v for c in crops for v in (c, c.flip(2))]
 
 
@@ -117,8 +125,14 @@ def reference_metrics(checkpoint: Path, beton: Path, tta: str) -> dict:
     }
 
 
-PROTOCOLS = [("imagenet", "none"), ("imagenet", "flip"), ("imagenet", "10crop"), ("imagenet", "multiscale"),
-             ("cifar", "10crop"), ("cifar", "multiscale")]  # cifar none and flip: test_ensemble's Fashion-MNIST
+PROTOCOLS = [
+    ("imagenet", "none"),
+    ("imagenet", "flip"),
+    ("imagenet", "10crop"),
+    ("imagenet", "multiscale"),
+    ("cifar", "10crop"),
+    ("cifar", "multiscale"),
+]  # cifar none and flip: test_ensemble's Fashion-MNIST
 
 
 @pytest.mark.parametrize("style, tta", PROTOCOLS)
@@ -143,13 +157,22 @@ def test_protocol_matches_a_plain_computation(ray_cluster, mlflow_uri, style, tt
 
 # --- runs, checkpoints and MLflow ------------------------------------------------------------
 
+
 @pytest.fixture
 def run_with_epochs(tmp_path, varied, mlflow_uri):
     """A run whose checkpoint dir holds epochs 0-2; epoch 1 has the lowest val_top1_error."""
     root = tmp_path / "ckpt" / "job-1234"
     for epoch, top1 in enumerate((60.0, 40.0, 55.0)):
-        make_checkpoint(root / f"epoch_{epoch:04d}", arch="cifar_resnet8", augment="imagenet", size=32,
-                        val=varied, epoch=epoch, top1=top1, seed=epoch)
+        make_checkpoint(
+            root / f"epoch_{epoch:04d}",
+            arch="cifar_resnet8",
+            augment="imagenet",
+            size=32,
+            val=varied,
+            epoch=epoch,
+            top1=top1,
+            seed=epoch,
+        )
     return fake_run(mlflow_uri, "trained-run", root), root
 
 
@@ -179,8 +202,12 @@ def test_a_checkpoint_path_logs_to_the_run_that_wrote_it(ray_cluster, run_with_e
     run_id, root = run_with_epochs
     outcome = evaluate(str(root / "epoch_0000"), tta="none")
     assert outcome["run_id"] == run_id and outcome["epoch"] == 0
-    assert outcome["logged_as"] == ["eval_none_images_per_second", "eval_none_loss", "eval_none_top1_error",
-                                    "eval_none_top5_error"]
+    assert outcome["logged_as"] == [
+        "eval_none_images_per_second",
+        "eval_none_loss",
+        "eval_none_top1_error",
+        "eval_none_top5_error",
+    ]
     assert "eval_none_top1_error" in MlflowClient(mlflow_uri).get_run(run_id).data.metrics
 
 
@@ -200,6 +227,7 @@ def test_checksums_are_verified_when_present(imagenet_ckpt, tmp_path, mlflow_uri
 
 
 # --- bad input -------------------------------------------------------------------------------
+
 
 def test_bad_input_is_one_line_exit_2(tmp_path, mlflow_uri, varied, square, imagenet_ckpt, cifar_ckpt):
     fake_run(mlflow_uri, "never-checkpointed", None)
@@ -228,15 +256,25 @@ def test_bad_input_is_one_line_exit_2(tmp_path, mlflow_uri, varied, square, imag
 def test_shell_command_reports_a_missing_meta_json_without_traceback(tmp_path):
     (tmp_path / "epoch_0000").mkdir()
     (tmp_path / "epoch_0000" / "model.pt").write_bytes(b"")
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "evaluate", str(tmp_path / "epoch_0000")],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli.main", "evaluate", str(tmp_path / "epoch_0000")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(Path.home()),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+        },
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"orch: error: {tmp_path / 'epoch_0000'}: not a checkpoint directory (no meta.json)"
     assert not (tmp_path / "m.db").exists()  # nothing looked up in a store that does not exist
 
 
 # --- the views themselves --------------------------------------------------------------------
+
 
 def test_five_crops_are_the_corners_and_the_center():
     image = torch.arange(36.0).view(1, 1, 6, 6)

@@ -10,7 +10,7 @@ import json
 import re
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -35,7 +35,7 @@ MAX_NAME = {"RayJob": 47, "RayCluster": 53}  # KubeRay's own limits
 NOT_K8S = {"Kustomization"}  # kustomize's file, never sent to the API server
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_validator(kind: str) -> jsonschema.Draft202012Validator:
     path = CRDS / f"ray.io_{kind.lower()}s.yaml"
     crd = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)  # 3x faster
@@ -63,8 +63,11 @@ def strict_schema(schema):
             out[key] = value
     if schema.get("nullable") and "type" in schema:
         out["type"] = [schema["type"], "null"]
-    if ("properties" in schema and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -127,17 +130,29 @@ def test_kustomization_lists_existing_files_and_no_secrets():
     assert all((K8S / r).is_file() for r in resources), resources
     kinds = {d["kind"] for r in resources for d in k8s_docs(r)}
     assert "Secret" not in kinds  # credentials are created by hand (secrets.example.yaml)
-    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "Deployment",
-            "Service", "StatefulSet", "RayCluster"} <= kinds
+    assert {
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+        "StatefulSet",
+        "RayCluster",
+    } <= kinds
     assert not {p.name for p in K8S.glob("*.yaml")} - set(resources) - {"kustomization.yaml", "secrets.example.yaml"}
 
 
 def test_rbac_grants_only_what_orch_needs():
     docs = {d["kind"]: d for d in k8s_docs("rbac.yaml")}
     assert set(docs) == {"ServiceAccount", "Role", "RoleBinding"}  # no ClusterRole
-    allowed = {("ray.io", "rayjobs"): {"get", "list", "watch", "create", "delete", "patch"},
-               ("ray.io", "rayclusters"): {"get", "list", "watch", "create", "delete", "patch"},
-               ("", "pods"): {"get", "list", "watch"}, ("", "pods/log"): {"get", "list", "watch"}}
+    allowed = {
+        ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "delete", "patch"},
+        ("ray.io", "rayclusters"): {"get", "list", "watch", "create", "delete", "patch"},
+        ("", "pods"): {"get", "list", "watch"},
+        ("", "pods/log"): {"get", "list", "watch"},
+    }
     granted = set()
     for rule in docs["Role"]["rules"]:
         assert set(rule) <= {"apiGroups", "resources", "verbs"}, rule  # no resourceNames/nonResourceURLs tricks
@@ -162,7 +177,9 @@ def test_mlflow_server_uses_postgres_and_s3_from_secrets():
     server = docs["Deployment", "mlflow"]["spec"]["template"]["spec"]["containers"][0]
     args = " ".join(server["args"])
     assert "--backend-store-uri=postgresql://" in args and "--artifacts-destination=" in args
-    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in server["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    secrets = {
+        e["valueFrom"]["secretKeyRef"]["name"] for e in server["env"] if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert secrets == {"mlflow-db", "mlflow-s3"}
     assert "s3://" in docs["ConfigMap", "mlflow-config"]["data"]["MLFLOW_ARTIFACTS_DESTINATION"]
     assert docs["Service", "mlflow"]["spec"]["ports"][0]["port"] == 5000  # manifest.IN_CLUSTER_MLFLOW
@@ -238,13 +255,19 @@ def test_dry_run_without_image_uses_a_placeholder_and_says_so(capsys, in_tmp):
     assert manifest.PLACEHOLDER_IMAGE in out and "--image" in err
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--set", "data.train=/elsewhere/train.beton"], "data.train: /elsewhere/train.beton is not on the pods' data volume"),
-    (["--set", "scaling.gpus_per_worker=16"], "cluster.kubernetes.gpus_per_node"),
-    (["--set", "cluster.kubernetes.worker_memory=64GB"], "cluster.kubernetes.worker_memory"),
-    (["--namespace", "Research"], "--namespace"),
-    (["--set", "cluster.kubernetes.tracking_uri=sqlite:///m.db"], "cluster.kubernetes.tracking_uri"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (
+            ["--set", "data.train=/elsewhere/train.beton"],
+            "data.train: /elsewhere/train.beton is not on the pods' data volume",
+        ),
+        (["--set", "scaling.gpus_per_worker=16"], "cluster.kubernetes.gpus_per_node"),
+        (["--set", "cluster.kubernetes.worker_memory=64GB"], "cluster.kubernetes.worker_memory"),
+        (["--namespace", "Research"], "--namespace"),
+        (["--set", "cluster.kubernetes.tracking_uri=sqlite:///m.db"], "cluster.kubernetes.tracking_uri"),
+    ],
+)
 def test_bad_k8s_input_is_one_line(args, fragment, capsys, in_tmp):
     with pytest.raises(SystemExit) as exit_info:
         dry_run(capsys, "--image", "img", *args)
@@ -255,8 +278,13 @@ def test_bad_k8s_input_is_one_line(args, fragment, capsys, in_tmp):
 
 
 def test_submit_help():
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "submit", "--help"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli.main", "submit", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "--target [local|ray|k8s]" in proc.stdout and "--namespace" in proc.stdout and "--image" in proc.stdout
 
@@ -264,14 +292,17 @@ def test_submit_help():
 # --- pure pieces ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scaling, gpn, expected", [
-    (dict(num_workers=8, use_gpu=True, gpus_per_worker=1, cpus_per_worker=8), 8, (1, 8, 8, 64)),
-    (dict(num_workers=8, use_gpu=True, gpus_per_worker=1, cpus_per_worker=8), 4, (2, 4, 4, 32)),
-    (dict(num_workers=5, use_gpu=True, gpus_per_worker=3), 8, (3, 2, 6, 2)),  # 2 of 3 GPUs fit a pod
-    (dict(num_workers=4, use_gpu=True, gpus_per_worker=0.5), 8, (1, 4, 2, 4)),
-    (dict(num_workers=4, use_gpu=True, placement="STRICT_SPREAD"), 8, (4, 1, 1, 1)),
-    (dict(num_workers=3, cpus_per_worker=0.5), 8, (3, 1, 0, 0.5)),  # CPU: a pod per worker
-])
+@pytest.mark.parametrize(
+    "scaling, gpn, expected",
+    [
+        (dict(num_workers=8, use_gpu=True, gpus_per_worker=1, cpus_per_worker=8), 8, (1, 8, 8, 64)),
+        (dict(num_workers=8, use_gpu=True, gpus_per_worker=1, cpus_per_worker=8), 4, (2, 4, 4, 32)),
+        (dict(num_workers=5, use_gpu=True, gpus_per_worker=3), 8, (3, 2, 6, 2)),  # 2 of 3 GPUs fit a pod
+        (dict(num_workers=4, use_gpu=True, gpus_per_worker=0.5), 8, (1, 4, 2, 4)),
+        (dict(num_workers=4, use_gpu=True, placement="STRICT_SPREAD"), 8, (4, 1, 1, 1)),
+        (dict(num_workers=3, cpus_per_worker=0.5), 8, (3, 1, 0, 0.5)),  # CPU: a pod per worker
+    ],
+)
 def test_worker_layout(scaling, gpn, expected):
     layout = manifest.worker_layout(ScalingSpec(**scaling), gpn)
     assert (layout["replicas"], layout["workers_per_pod"], layout["gpus"], layout["cpus"]) == expected
@@ -299,12 +330,15 @@ def test_pod_paths(tmp_path, monkeypatch):
     assert spec.data.train == str(tmp_path / "data/imagenet/train.beton")  # the caller's spec is untouched
 
 
-@pytest.mark.parametrize("explicit, submit_uri, expected", [
-    (None, "sqlite:///mlflow.db", "http://mlflow:5000"),
-    (None, "http://localhost:5000", "http://mlflow:5000"),  # a port-forward: not the pods' address
-    (None, "https://mlflow.example.com", "https://mlflow.example.com"),
-    ("http://mlflow.tracking:80", "http://localhost:5000", "http://mlflow.tracking:80"),
-])
+@pytest.mark.parametrize(
+    "explicit, submit_uri, expected",
+    [
+        (None, "sqlite:///mlflow.db", "http://mlflow:5000"),
+        (None, "http://localhost:5000", "http://mlflow:5000"),  # a port-forward: not the pods' address
+        (None, "https://mlflow.example.com", "https://mlflow.example.com"),
+        ("http://mlflow.tracking:80", "http://localhost:5000", "http://mlflow.tracking:80"),
+    ],
+)
 def test_pod_tracking_uri(explicit, submit_uri, expected):
     assert manifest.pod_tracking_uri(KubernetesSpec(tracking_uri=explicit), submit_uri) == expected
 
@@ -312,8 +346,9 @@ def test_pod_tracking_uri(explicit, submit_uri, expected):
 def test_validation_rejects_unknown_fields():
     """The strict CRD schema is not vacuous: a misspelled field fails, as on the API server."""
     spec = load_spec(JOB)
-    good = manifest.rayjob_manifest(spec, run_id="0" * 32, image="img", tracking_uri="http://mlflow:5000",
-                                    namespace="orch")
+    good = manifest.rayjob_manifest(
+        spec, run_id="0" * 32, image="img", tracking_uri="http://mlflow:5000", namespace="orch"
+    )
     validate(good)
     typo = json.loads(json.dumps(good))
     typo["spec"]["submissionMod"] = "HTTPMode"
@@ -331,8 +366,9 @@ def test_validation_rejects_unknown_fields():
 @pytest.mark.parametrize("job", sorted(p.name for p in (ROOT / "jobs").glob("*.yaml")))
 def test_every_job_makes_a_valid_rayjob(job, in_tmp):
     pods = manifest.pod_spec(load_spec(ROOT / "jobs" / job))
-    body = manifest.rayjob_manifest(pods, run_id="f" * 32, image="img", tracking_uri="http://mlflow:5000",
-                                    namespace="orch")
+    body = manifest.rayjob_manifest(
+        pods, run_id="f" * 32, image="img", tracking_uri="http://mlflow:5000", namespace="orch"
+    )
     validate(body)
     (workers,) = body["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     layout = manifest.worker_layout(pods.scaling, pods.cluster.kubernetes.gpus_per_node)

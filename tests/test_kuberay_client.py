@@ -63,8 +63,14 @@ class FakeKube:
                 url = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                fake.requests.append({"method": self.command, "path": url.path, "query": parse_qs(url.query),
-                                      "body": json.loads(raw) if raw else None})
+                fake.requests.append(
+                    {
+                        "method": self.command,
+                        "path": url.path,
+                        "query": parse_qs(url.query),
+                        "body": json.loads(raw) if raw else None,
+                    }
+                )
                 code, body = fake.answer(self.command, url.path)
                 data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(code)
@@ -82,13 +88,23 @@ class FakeKube:
 
 
 def status(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def rayjob(name: str, **status_fields) -> dict:
-    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": name, "namespace": "orch"},
-            "status": status_fields}
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": name, "namespace": "orch"},
+        "status": status_fields,
+    }
 
 
 @pytest.fixture
@@ -123,12 +139,20 @@ def k8s_run(store: str, pods, name: str):
 
 def test_launch_creates_the_run_then_the_rayjob(kube, store, pods):
     kube.reply("POST", RAYJOBS, (201, {"kind": "RayJob"}))
-    run_id, name = kuberay.launch(pods, str(JOB), uri=store, pod_uri=POD_URI, namespace="orch",
-                                  image="registry.example.com/orch:1", api=kube.api())
+    run_id, name = kuberay.launch(
+        pods,
+        str(JOB),
+        uri=store,
+        pod_uri=POD_URI,
+        namespace="orch",
+        image="registry.example.com/orch:1",
+        api=kube.api(),
+    )
     (request,) = kube.requests
     assert request["method"] == "POST" and request["path"] == RAYJOBS
-    assert request["body"] == manifest.rayjob_manifest(pods, run_id=run_id, image="registry.example.com/orch:1",
-                                                      tracking_uri=POD_URI, namespace="orch")
+    assert request["body"] == manifest.rayjob_manifest(
+        pods, run_id=run_id, image="registry.example.com/orch:1", tracking_uri=POD_URI, namespace="orch"
+    )
     assert request["body"]["metadata"]["name"] == name == manifest.rayjob_name("resnet152-imagenet", run_id)
     assert f"--run-id {run_id}" in request["body"]["spec"]["entrypoint"]
     run = MlflowClient(store).get_run(run_id)
@@ -139,11 +163,18 @@ def test_launch_creates_the_run_then_the_rayjob(kube, store, pods):
     assert run.data.params["data.train"] == "/data/data/imagenet/train.beton"
 
 
-@pytest.mark.parametrize("code, reason, message", [
-    (409, "AlreadyExists", 'rayjobs.ray.io "resnet152-imagenet-0a1b2c3d" already exists'),
-    (403, "Forbidden", 'rayjobs.ray.io is forbidden: User "alice" cannot create resource "rayjobs" '
-                       'in API group "ray.io" in the namespace "orch"'),
-])
+@pytest.mark.parametrize(
+    "code, reason, message",
+    [
+        (409, "AlreadyExists", 'rayjobs.ray.io "resnet152-imagenet-0a1b2c3d" already exists'),
+        (
+            403,
+            "Forbidden",
+            'rayjobs.ray.io is forbidden: User "alice" cannot create resource "rayjobs" '
+            'in API group "ray.io" in the namespace "orch"',
+        ),
+    ],
+)
 def test_refused_rayjob_ends_the_run_failed(code, reason, message, kube, store, pods):
     kube.reply("POST", RAYJOBS, (code, status(code, reason, message)))
     with pytest.raises(OrchError) as error:
@@ -155,7 +186,8 @@ def test_refused_rayjob_ends_the_run_failed(code, reason, message, kube, store, 
     name = kube.requests[0]["body"]["metadata"]["name"]
     (run,) = MlflowClient(store).search_runs(
         [MlflowClient(store).get_experiment_by_name(pods.experiment).experiment_id],
-        filter_string=f"tags.`orch.rayjob` = '{name}'")
+        filter_string=f"tags.`orch.rayjob` = '{name}'",
+    )
     assert run.info.status == "FAILED" and message in run.data.tags["orch.error"]
 
 
@@ -166,17 +198,23 @@ def test_follow_prints_each_change_and_reports_the_run(kube, store, pods, capsys
     MlflowClient(store).log_metric(run_id, "val_top1_error", 0.25, step=0)
     tracking.set_tags(store, run_id, {"orch.best_checkpoint": "/data/checkpoints/x/epoch_0000"})
     tracking.end_run(store, run_id, "FINISHED")
-    kube.reply("GET", f"{RAYJOBS}/job-ok",
-               (200, rayjob("job-ok", jobDeploymentStatus="Initializing")),
-               (200, rayjob("job-ok", jobDeploymentStatus="Running", jobStatus="RUNNING")),
-               (200, rayjob("job-ok", jobDeploymentStatus="Running", jobStatus="RUNNING")),
-               (200, rayjob("job-ok", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")))
+    kube.reply(
+        "GET",
+        f"{RAYJOBS}/job-ok",
+        (200, rayjob("job-ok", jobDeploymentStatus="Initializing")),
+        (200, rayjob("job-ok", jobDeploymentStatus="Running", jobStatus="RUNNING")),
+        (200, rayjob("job-ok", jobDeploymentStatus="Running", jobStatus="RUNNING")),
+        (200, rayjob("job-ok", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")),
+    )
     outcome = kuberay.follow(kube.api(), "orch", "job-ok", uri=store, run_id=run_id, poll_s=0.01)
     assert outcome.status == "FINISHED" and outcome.metrics["val_top1_error"] == 0.25
     assert outcome.best_checkpoint == "/data/checkpoints/x/epoch_0000"
     lines = capsys.readouterr().err.splitlines()
-    assert lines == ["RayJob job-ok: Initializing, job -", "RayJob job-ok: Running, job RUNNING",
-                     "RayJob job-ok: Complete, job SUCCEEDED"]
+    assert lines == [
+        "RayJob job-ok: Initializing, job -",
+        "RayJob job-ok: Running, job RUNNING",
+        "RayJob job-ok: Complete, job SUCCEEDED",
+    ]
     assert {r["method"] for r in kube.requests} == {"GET"} and len(kube.requests) == 4
 
 
@@ -201,24 +239,39 @@ def test_a_deleted_rayjob_leaves_its_run_killed(kube, store, pods):
 
 def test_job_status_reads_the_rayjob(kube, store, pods):
     run = k8s_run(store, pods, "job-s")
-    kube.reply("GET", f"{RAYJOBS}/job-s", (200, rayjob("job-s", jobDeploymentStatus="Running", jobStatus="RUNNING",
-                                                       rayClusterName="job-s-abcde")))
+    kube.reply(
+        "GET",
+        f"{RAYJOBS}/job-s",
+        (200, rayjob("job-s", jobDeploymentStatus="Running", jobStatus="RUNNING", rayClusterName="job-s-abcde")),
+    )
     state = kuberay.job_status(run, api=kube.api())
     assert {k: state[k] for k in ("rayjob", "namespace", "jobStatus", "jobDeploymentStatus", "message")} == {
-        "rayjob": "job-s", "namespace": "orch", "jobStatus": "RUNNING", "jobDeploymentStatus": "Running",
-        "message": ""}
+        "rayjob": "job-s",
+        "namespace": "orch",
+        "jobStatus": "RUNNING",
+        "jobDeploymentStatus": "Running",
+        "message": "",
+    }
     assert [(r["method"], r["path"]) for r in kube.requests] == [("GET", f"{RAYJOBS}/job-s")]
 
 
 def test_job_logs_read_the_head_pods_log_sidecar(kube, store, pods):
     run = k8s_run(store, pods, "job-l")
-    kube.reply("GET", f"{RAYJOBS}/job-l", (200, rayjob("job-l", jobDeploymentStatus="Running",
-                                                       rayClusterName="job-l-abcde")))
-    head = {"metadata": {"name": "job-l-abcde-head-q7x2p"},
-            "spec": {"containers": [{"name": "ray-head"}, {"name": manifest.LOG_CONTAINER}]}}
-    kube.reply("GET", "/api/v1/namespaces/orch/pods", (200, {"kind": "PodList", "apiVersion": "v1",
-                                                             "metadata": {}, "items": [head]}))
-    kube.reply("GET", "/api/v1/namespaces/orch/pods/job-l-abcde-head-q7x2p/log", (200, "epoch 0: val_top1_error 0.25\n"))
+    kube.reply(
+        "GET", f"{RAYJOBS}/job-l", (200, rayjob("job-l", jobDeploymentStatus="Running", rayClusterName="job-l-abcde"))
+    )
+    head = {
+        "metadata": {"name": "job-l-abcde-head-q7x2p"},
+        "spec": {"containers": [{"name": "ray-head"}, {"name": manifest.LOG_CONTAINER}]},
+    }
+    kube.reply(
+        "GET",
+        "/api/v1/namespaces/orch/pods",
+        (200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [head]}),
+    )
+    kube.reply(
+        "GET", "/api/v1/namespaces/orch/pods/job-l-abcde-head-q7x2p/log", (200, "epoch 0: val_top1_error 0.25\n")
+    )
     assert kuberay.job_logs(run, tail_lines=100, api=kube.api()) == "epoch 0: val_top1_error 0.25\n"
     pods_query, log_query = kube.requests[1]["query"], kube.requests[2]["query"]
     assert pods_query["labelSelector"] == ["ray.io/cluster=job-l-abcde,ray.io/node-type=head"]
@@ -242,7 +295,7 @@ def test_stop_deletes_the_rayjob(code, how, kube, store, pods):
 
 def test_stop_without_permission_is_one_line(kube, store, pods):
     run = k8s_run(store, pods, "job-y")
-    kube.reply("DELETE", f"{RAYJOBS}/job-y", (403, status(403, "Forbidden", "rayjobs.ray.io \"job-y\" is forbidden")))
+    kube.reply("DELETE", f"{RAYJOBS}/job-y", (403, status(403, "Forbidden", 'rayjobs.ray.io "job-y" is forbidden')))
     with pytest.raises(OrchError, match=r"deleting RayJob orch/job-y: 403 .*forbidden; the Role in k8s/rbac.yaml"):
         kuberay.stop_job(run, api=kube.api())
 
@@ -274,11 +327,14 @@ def test_unreachable_api_is_one_line():
 # --- the CLI refuses before anything exists ------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, fragment", [
-    ([], "cluster.kubernetes.image: no training image; pass --image or set it (build one from the Dockerfile)"),
-    (["--image", "img"], "tracking.tracking_uri: sqlite:///"),
-    (["--image", "img", "--set", "checkpoint.storage=/mnt/ckpt"], "checkpoint.storage: /mnt/ckpt is not on"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ([], "cluster.kubernetes.image: no training image; pass --image or set it (build one from the Dockerfile)"),
+        (["--image", "img"], "tracking.tracking_uri: sqlite:///"),
+        (["--image", "img", "--set", "checkpoint.storage=/mnt/ckpt"], "checkpoint.storage: /mnt/ckpt is not on"),
+    ],
+)
 def test_submit_refuses_before_any_run_exists(args, fragment, capsys, in_tmp, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp / 'mlflow.db'}")
     with pytest.raises(SystemExit) as exit_info:

@@ -5,14 +5,15 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from eval_fixtures import run_orch
-from job_fixtures import DEMO, small_job
 
 from orchestrator.cli.main import main
 from orchestrator.spec import load_spec
 from orchestrator.targets.local import run_local
-from orchestrator.tracking import start_run, set_tags
+from orchestrator.tracking import set_tags, start_run
 from orchestrator.train.checkpoint import list_checkpoints, load_meta, verify
+
+from eval_fixtures import run_orch
+from job_fixtures import DEMO, small_job
 
 pytestmark = pytest.mark.slow
 
@@ -21,10 +22,11 @@ def steps(uri, run_id, key="val_top1_error") -> list[int]:
     return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
-def test_retention_then_resume_past_a_truncated_checkpoint(ray_cluster, small_fashion, mlflow_uri, tmp_path,
-                                                           capsys):
-    sets = small_job(small_fashion, tmp_path, workers=1, epochs=3) + ["data.max_train_samples=600",
-                                                                      "checkpoint.num_to_keep=2"]
+def test_retention_then_resume_past_a_truncated_checkpoint(ray_cluster, small_fashion, mlflow_uri, tmp_path, capsys):
+    sets = small_job(small_fashion, tmp_path, workers=1, epochs=3) + [
+        "data.max_train_samples=600",
+        "checkpoint.num_to_keep=2",
+    ]
     spec = load_spec(DEMO, sets)
     outcome = run_local(spec, str(DEMO))
     capsys.readouterr()  # its epoch lines
@@ -60,8 +62,10 @@ def test_retention_then_resume_past_a_truncated_checkpoint(ray_cluster, small_fa
     # The lifecycle commands read it all back.
     listed = json.loads(cli(capsys, "checkpoints", run_id, "--output", "json"))["checkpoints"]
     assert [c["epoch"] for c in listed] == [load_meta(c)["epoch"] for c in list_checkpoints(run_dir)]
-    assert all(c["status"] == "ok" and len(c["sha256"]) == 64 and c["size_bytes"] > 0
-               and "val_top1_error" in c["metrics"] for c in listed)
+    assert all(
+        c["status"] == "ok" and len(c["sha256"]) == 64 and c["size_bytes"] > 0 and "val_top1_error" in c["metrics"]
+        for c in listed
+    )
     status = json.loads(cli(capsys, "status", spec.name, "--output", "json"))
     assert status["run_id"] == run_id and status["status"] == "FINISHED" and status["epoch"] == 3
     logs = cli(capsys, "logs", run_id).splitlines()

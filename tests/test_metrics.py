@@ -75,6 +75,8 @@ def test_uneven_shards_reduce_to_the_exact_result():
     assert results[0]["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)  # float32 sums
     # What averaging the ranks' percentages would give differs: counts are needed.
     logits, labels = _data()
-    per_rank = [100 * (1 - topk_correct(logits[_shard(r, 2)], labels[_shard(r, 2)])[0] / len(labels[_shard(r, 2)]))
-                for r in range(2)]
+    per_rank = [
+        100 * (1 - topk_correct(logits[_shard(r, 2)], labels[_shard(r, 2)])[0] / len(labels[_shard(r, 2)]))
+        for r in range(2)
+    ]
     assert abs(sum(per_rank) / 2 - expected["val_top1_error"]) > 0.5

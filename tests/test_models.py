@@ -65,6 +65,7 @@ def zero_pads(model: nn.Module) -> list[nn.Module]:
 
 # --- sizes -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch, params", TORCHVISION_PARAMS.items())
 def test_imagenet_parameter_counts_equal_torchvision(arch, params):
     assert count_parameters(on_meta(arch)) == params
@@ -100,8 +101,12 @@ def test_counting_on_meta_equals_counting_real_weights():
 
 
 def test_count_macs_by_hand():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),
-                          nn.Flatten(), nn.Linear(8 * 2 * 2, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),
+        nn.Flatten(),
+        nn.Linear(8 * 2 * 2, 10),
+    )
     model.train()
     assert count_macs(model, 4) == 8 * 4 * 4 * 3 * 9 + 8 * 2 * 2 * 4 * 9 + 10 * 32
     assert model.training  # mode restored
@@ -123,6 +128,7 @@ def test_cifar_macs():
 
 # --- torchvision compatibility -------------------------------------------------------------
 
+
 def test_torchvision_resnet50_state_dict_loads_and_gives_the_same_outputs():
     torch.manual_seed(0)
     theirs = torchvision.models.resnet50().eval()
@@ -136,11 +142,18 @@ def test_torchvision_resnet50_state_dict_loads_and_gives_the_same_outputs():
 # --- families and options --------------------------------------------------------------------
 
 SHAPE_CASES = [
-    ("resnet18", {"shortcut": "A"}), ("resnet18", {}), ("resnet18", {"shortcut": "C"}),
-    ("resnet50", {}), ("resnet50", {"shortcut": "A", "stride_in": "v1"}),
-    ("plain18", {}), ("plain50", {"stride_in": "v1"}),
-    ("cifar_resnet8", {}), ("cifar_resnet20", {"shortcut": "B"}), ("cifar_resnet20", {"shortcut": "C"}),
-    ("cifar_plain20", {}), ("cifar_resnet14", {"zero_init_residual": True}),
+    ("resnet18", {"shortcut": "A"}),
+    ("resnet18", {}),
+    ("resnet18", {"shortcut": "C"}),
+    ("resnet50", {}),
+    ("resnet50", {"shortcut": "A", "stride_in": "v1"}),
+    ("plain18", {}),
+    ("plain50", {"stride_in": "v1"}),
+    ("cifar_resnet8", {}),
+    ("cifar_resnet20", {"shortcut": "B"}),
+    ("cifar_resnet20", {"shortcut": "C"}),
+    ("cifar_plain20", {}),
+    ("cifar_resnet14", {"zero_init_residual": True}),
 ]
 
 
@@ -153,9 +166,14 @@ def test_output_shapes(arch, options):
     assert y.shape == (x.shape[0], 7) and torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("arch, options", [
-    ("resnet18", {"shortcut": "A"}), ("resnet50", {"shortcut": "A", "stride_in": "v1"}), ("cifar_resnet20", {}),
-])
+@pytest.mark.parametrize(
+    "arch, options",
+    [
+        ("resnet18", {"shortcut": "A"}),
+        ("resnet50", {"shortcut": "A", "stride_in": "v1"}),
+        ("cifar_resnet20", {}),
+    ],
+)
 def test_channels_last_gives_the_same_outputs(arch, options):
     torch.manual_seed(0)
     model = build_model(arch, 10, **options).eval()
@@ -231,13 +249,19 @@ def test_stride_in_matches_torchvisions_v1_5():
     with torch.device("meta"):
         theirs = torchvision.models.resnet50()
     ours = on_meta("resnet50")
-    assert [m.stride for m in ours.modules() if isinstance(m, nn.Conv2d)] == \
-        [m.stride for m in theirs.modules() if isinstance(m, nn.Conv2d)]
+    assert [m.stride for m in ours.modules() if isinstance(m, nn.Conv2d)] == [
+        m.stride for m in theirs.modules() if isinstance(m, nn.Conv2d)
+    ]
 
 
-@pytest.mark.parametrize("arch, options", [
-    ("resnet18", {}), ("resnet50", {"shortcut": "C"}), ("cifar_resnet20", {"shortcut": "B"}),
-])
+@pytest.mark.parametrize(
+    "arch, options",
+    [
+        ("resnet18", {}),
+        ("resnet50", {"shortcut": "C"}),
+        ("cifar_resnet20", {"shortcut": "B"}),
+    ],
+)
 def test_zero_init_residual_zeroes_exactly_the_last_bn_of_each_branch(arch, options):
     model = build_model(arch, 10, zero_init_residual=True, **options)
     last = {id(b.last_bn) for b in blocks(model)}
@@ -272,12 +296,31 @@ def test_gradients_reach_the_first_conv_of_resnet110():
 
 # --- names and errors -------------------------------------------------------------------------
 
+
 def test_list_archs():
     assert list_archs() == [
-        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-        "plain18", "plain34", "plain50", "plain101", "plain152",
-        "cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "cifar_resnet110", "cifar_resnet1202",
-        "cifar_plain20", "cifar_plain32", "cifar_plain44", "cifar_plain56", "cifar_plain110", "cifar_plain1202",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "plain18",
+        "plain34",
+        "plain50",
+        "plain101",
+        "plain152",
+        "cifar_resnet20",
+        "cifar_resnet32",
+        "cifar_resnet44",
+        "cifar_resnet56",
+        "cifar_resnet110",
+        "cifar_resnet1202",
+        "cifar_plain20",
+        "cifar_plain32",
+        "cifar_plain44",
+        "cifar_plain56",
+        "cifar_plain110",
+        "cifar_plain1202",
     ]
 
 
@@ -312,19 +355,28 @@ def test_cifar_depth_must_be_6n_plus_2(arch):
         arch_info(arch)
 
 
-@pytest.mark.parametrize("arch, options, fragments", [
-    ("resnet50", {"shortcut": "D"}, ["option shortcut", "A, B, C", "'D'"]),
-    ("cifar_resnet20", {"shortcut": "a"}, ["option shortcut", "A, B, C"]),
-    ("resnet50", {"stride_in": "v2"}, ["option stride_in", "v1, v1.5"]),
-    ("resnet50", {"stride_in": 1.5}, ["option stride_in", "v1, v1.5"]),
-    ("resnet18", {"zero_init_residual": "yes"}, ["option zero_init_residual", "true or false"]),
-    ("resnet18", {"in_channels": 0}, ["option in_channels", "positive integer"]),
-    ("resnet18", {"dropout": 0.5},
-     ["unknown option 'dropout'", "options: in_channels, shortcut, stride_in, zero_init_residual"]),
-    ("plain34", {"shortcut": "B"},
-     ["unknown option 'shortcut'", "plain nets have no shortcuts", "options: in_channels, stride_in"]),
-    ("cifar_plain20", {"zero_init_residual": True}, ["unknown option 'zero_init_residual'", "plain nets"]),
-])
+@pytest.mark.parametrize(
+    "arch, options, fragments",
+    [
+        ("resnet50", {"shortcut": "D"}, ["option shortcut", "A, B, C", "'D'"]),
+        ("cifar_resnet20", {"shortcut": "a"}, ["option shortcut", "A, B, C"]),
+        ("resnet50", {"stride_in": "v2"}, ["option stride_in", "v1, v1.5"]),
+        ("resnet50", {"stride_in": 1.5}, ["option stride_in", "v1, v1.5"]),
+        ("resnet18", {"zero_init_residual": "yes"}, ["option zero_init_residual", "true or false"]),
+        ("resnet18", {"in_channels": 0}, ["option in_channels", "positive integer"]),
+        (
+            "resnet18",
+            {"dropout": 0.5},
+            ["unknown option 'dropout'", "options: in_channels, shortcut, stride_in, zero_init_residual"],
+        ),
+        (
+            "plain34",
+            {"shortcut": "B"},
+            ["unknown option 'shortcut'", "plain nets have no shortcuts", "options: in_channels, stride_in"],
+        ),
+        ("cifar_plain20", {"zero_init_residual": True}, ["unknown option 'zero_init_residual'", "plain nets"]),
+    ],
+)
 def test_bad_options_name_the_option_and_the_allowed_values(arch, options, fragments):
     with pytest.raises(SpecError) as err:
         on_meta(arch, **options)

@@ -38,16 +38,21 @@ def test_a_real_runs_checkpoint_record_has_the_shape_orch_edits(trained_run):
     assert latest is None or latest["checkpoint_dir_name"] != names[-1]
 
 
-@pytest.mark.parametrize("module", [
-    "ray.train.v2._internal.execution.worker_group.poll",
-    "ray._private.authentication.authentication_token_setup",
-    "ray._private.authentication.http_token_authentication",
-])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "ray.train.v2._internal.execution.worker_group.poll",
+        "ray._private.authentication.authentication_token_setup",
+        "ray._private.authentication.http_token_authentication",
+    ],
+)
 def test_a_moved_internal_fails_loudly_naming_the_ray_version(module, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)  # as if Ray no longer had it
-    call = {"poll": lambda: ray_internals.is_preempted(RuntimeError()),
-            "authentication_token_setup": ray_internals.use_cluster_token,
-            "http_token_authentication": ray_internals.auth_headers}[module.rsplit(".", 1)[-1]]
+    call = {
+        "poll": lambda: ray_internals.is_preempted(RuntimeError()),
+        "authentication_token_setup": ray_internals.use_cluster_token,
+        "http_token_authentication": ray_internals.auth_headers,
+    }[module.rsplit(".", 1)[-1]]
     with pytest.raises(RayInternalChanged, match=f"Ray {ray.__version__} changed {module}"):
         call()
 
@@ -57,5 +62,11 @@ def test_a_reshaped_checkpoint_record_fails_loudly():
         ray_internals.check_checkpoint_record({"ray_version": "9.9", "checkpoint_results": {}})
     with pytest.raises(RayInternalChanged, match="checkpoint_dir_name"):
         ray_internals.drop_from_checkpoint_record(
-            {"checkpoint_results": [{"dir": "epoch_0000"}], "checkpoint_report_indices": [0],
-             "pending_training_results": [], "pending_validation_specs": []}, {"epoch_0000"})
+            {
+                "checkpoint_results": [{"dir": "epoch_0000"}],
+                "checkpoint_report_indices": [0],
+                "pending_training_results": [],
+                "pending_validation_specs": [],
+            },
+            {"epoch_0000"},
+        )

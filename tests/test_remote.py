@@ -12,8 +12,9 @@ import time
 
 import pytest
 from mlflow.tracking import MlflowClient
-from remote_fixtures import MlflowServer, RayNodes
+
 from job_fixtures import DEMO, SMALL_VAL, Notice, fault
+from remote_fixtures import MlflowServer, RayNodes
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +41,32 @@ def orch(*args, uri: str, cwd, timeout=600, **env_vars) -> subprocess.CompletedP
     """The CLI as a user runs it: no RAY_ADDRESS, no RAY_AUTH_MODE (orch finds the token)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "ORCH_TEST_FAULT")}
     env.update(env_vars, MLFLOW_TRACKING_URI=uri)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def job_sets(data, tmp, *extra) -> list[str]:
-    sets = [f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}",
-            "data.max_train_samples=1000", "training.epochs=1", "training.batch_size=100",
-            "schedule.warmup_epochs=0", "model.arch=cifar_resnet8", "scaling.num_workers=2",
-            "scaling.cpus_per_worker=1", "scaling.placement=SPREAD",
-            f"checkpoint.storage={tmp / 'ckpt'}", "checkpoint.shared=true", *extra]
+    sets = [
+        f"data.train={data / 'train.beton'}",
+        f"data.val={data / 'val.beton'}",
+        "data.max_train_samples=1000",
+        "training.epochs=1",
+        "training.batch_size=100",
+        "schedule.warmup_epochs=0",
+        "model.arch=cifar_resnet8",
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=1",
+        "scaling.placement=SPREAD",
+        f"checkpoint.storage={tmp / 'ckpt'}",
+        "checkpoint.shared=true",
+        *extra,
+    ]
     return [arg for s in sets for arg in ("--set", s)]
 
 
@@ -66,8 +83,17 @@ def error_line(proc) -> str:
 
 def test_two_workers_train_on_both_nodes(ray_nodes, mlflow_server, small_fashion, tmp_path):
     uri = mlflow_server.uri
-    proc = orch("submit", str(DEMO), *job_sets(small_fashion, tmp_path), "--address", ray_nodes.dashboard,
-                "--output", "json", uri=uri, cwd=tmp_path)
+    proc = orch(
+        "submit",
+        str(DEMO),
+        *job_sets(small_fashion, tmp_path),
+        "--address",
+        ray_nodes.dashboard,
+        "--output",
+        "json",
+        uri=uri,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-5000:] + ray_nodes.logs()
     outcome = json.loads(proc.stdout)
     assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_samples"] == SMALL_VAL
@@ -95,8 +121,19 @@ def test_orch_stop_ends_a_detached_job_killed(ray_nodes, mlflow_server, small_fa
     uri = mlflow_server.uri
     notice = Notice(tmp_path)
     sets = job_sets(small_fashion, tmp_path, "training.epochs=20")
-    proc = orch("submit", str(DEMO), *sets, "--address", ray_nodes.dashboard, "--detach", "--output", "json",
-                uri=uri, cwd=tmp_path, ORCH_TEST_FAULT=fault("hold", epoch=0, step=1, rank=0, notify=notice.path))
+    proc = orch(
+        "submit",
+        str(DEMO),
+        *sets,
+        "--address",
+        ray_nodes.dashboard,
+        "--detach",
+        "--output",
+        "json",
+        uri=uri,
+        cwd=tmp_path,
+        ORCH_TEST_FAULT=fault("hold", epoch=0, step=1, rank=0, notify=notice.path),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = json.loads(proc.stdout)["run_id"]
     assert json.loads(proc.stdout)["status"] in ("SUBMITTED", "RUNNING")
@@ -112,8 +149,16 @@ def test_orch_stop_ends_a_detached_job_killed(ray_nodes, mlflow_server, small_fa
 
 
 def test_a_job_that_cannot_start_ends_its_run_failed(ray_nodes, mlflow_server, small_fashion, tmp_path):
-    proc = orch("submit", str(DEMO), *job_sets(small_fashion, tmp_path), "--address", ray_nodes.dashboard,
-                uri=mlflow_server.uri, cwd=tmp_path, ORCH_RAY_PYTHON="/nonexistent/python")
+    proc = orch(
+        "submit",
+        str(DEMO),
+        *job_sets(small_fashion, tmp_path),
+        "--address",
+        ray_nodes.dashboard,
+        uri=mlflow_server.uri,
+        cwd=tmp_path,
+        ORCH_RAY_PYTHON="/nonexistent/python",
+    )
     assert proc.returncode == 1
     assert "FAILED: /bin/sh:" in error_line(proc) and "/nonexistent/python" in error_line(proc)  # the shell's word
     run_id = error_line(proc).split()[3]
@@ -124,8 +169,15 @@ def test_a_job_that_cannot_start_ends_its_run_failed(ray_nodes, mlflow_server, s
 def test_more_gpus_than_the_cluster_has_fail_in_seconds(ray_nodes, mlflow_server, small_fashion, tmp_path):
     before = len(all_runs(mlflow_server.uri))
     started = time.monotonic()
-    proc = orch("submit", str(DEMO), *job_sets(small_fashion, tmp_path, "scaling.use_gpu=true"),
-                "--address", ray_nodes.dashboard, uri=mlflow_server.uri, cwd=tmp_path)
+    proc = orch(
+        "submit",
+        str(DEMO),
+        *job_sets(small_fashion, tmp_path, "scaling.use_gpu=true"),
+        "--address",
+        ray_nodes.dashboard,
+        uri=mlflow_server.uri,
+        cwd=tmp_path,
+    )
     assert time.monotonic() - started < 20
     assert proc.returncode == 2
     assert "2 workers x 1 GPU = 2 GPU, but the Ray cluster at" in error_line(proc)
@@ -135,15 +187,29 @@ def test_more_gpus_than_the_cluster_has_fail_in_seconds(ray_nodes, mlflow_server
 
 def test_a_file_store_on_two_nodes_is_refused(ray_nodes, small_fashion, tmp_path):
     store = tmp_path / "mlflow.db"
-    proc = orch("submit", str(DEMO), *job_sets(small_fashion, tmp_path), "--address", ray_nodes.dashboard,
-                uri=f"sqlite:///{store}", cwd=tmp_path)
+    proc = orch(
+        "submit",
+        str(DEMO),
+        *job_sets(small_fashion, tmp_path),
+        "--address",
+        ray_nodes.dashboard,
+        uri=f"sqlite:///{store}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "tracking.tracking_uri" in error_line(proc) and "mlflow server" in error_line(proc)
     assert not store.exists()
 
 
 def test_node_local_checkpoints_on_two_nodes_are_refused(ray_nodes, mlflow_server, small_fashion, tmp_path):
-    proc = orch("submit", str(DEMO), *job_sets(small_fashion, tmp_path, "checkpoint.shared=false"),
-                "--address", ray_nodes.dashboard, uri=mlflow_server.uri, cwd=tmp_path)
+    proc = orch(
+        "submit",
+        str(DEMO),
+        *job_sets(small_fashion, tmp_path, "checkpoint.shared=false"),
+        "--address",
+        ray_nodes.dashboard,
+        uri=mlflow_server.uri,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "checkpoint.storage" in error_line(proc) and "checkpoint.shared=true" in error_line(proc)

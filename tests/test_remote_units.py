@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator import cluster, preflight
-from orchestrator.errors import ResourceError, SpecError
+from orchestrator.epoch_logger import worker_placement
+from orchestrator.errors import ResourceError, SpecError, last_line
 from orchestrator.spec import load_spec
 from orchestrator.spec.schema import ScalingSpec
-from orchestrator.epoch_logger import worker_placement
-from orchestrator.errors import last_line
 from orchestrator.targets import entrypoint, ray_cluster
+
 from test_submit import DEMO
 
 WHERE = "the Ray cluster at http://head:8265"
@@ -49,11 +49,17 @@ def test_a_file_store_is_refused_on_several_nodes(spec, uri):
         preflight.check_multi_node(spec, uri, nodes=2)
 
 
-@pytest.mark.parametrize("storage, shared, ok", [
-    ("/scratch/ckpt", False, False), ("file:///scratch/ckpt", False, False),
-    ("/nfs/ckpt", True, True), ("file:///nfs/ckpt", True, True),
-    ("s3://bucket/ckpt", False, True), ("gs://bucket/ckpt", False, True),
-])
+@pytest.mark.parametrize(
+    "storage, shared, ok",
+    [
+        ("/scratch/ckpt", False, False),
+        ("file:///scratch/ckpt", False, False),
+        ("/nfs/ckpt", True, True),
+        ("file:///nfs/ckpt", True, True),
+        ("s3://bucket/ckpt", False, True),
+        ("gs://bucket/ckpt", False, True),
+    ],
+)
 def test_checkpoints_must_be_where_every_node_reaches(spec, storage, shared, ok):
     spec.checkpoint.storage, spec.checkpoint.shared = storage, shared
     if ok:
@@ -102,10 +108,14 @@ def test_the_entrypoint_refuses_an_unknown_run(tmp_path, capsys):
 
 
 def test_workers_tag_needs_every_rank():
-    reports = [{"worker_rank": 1, "worker_hostname": "b", "worker_node_id": "n2", "epoch": 0},
-               {"worker_rank": 0, "worker_hostname": "a", "worker_node_id": "n1", "epoch": 0}]
-    assert worker_placement(reports) == [{"rank": 0, "hostname": "a", "node_id": "n1"},
-                                         {"rank": 1, "hostname": "b", "node_id": "n2"}]
+    reports = [
+        {"worker_rank": 1, "worker_hostname": "b", "worker_node_id": "n2", "epoch": 0},
+        {"worker_rank": 0, "worker_hostname": "a", "worker_node_id": "n1", "epoch": 0},
+    ]
+    assert worker_placement(reports) == [
+        {"rank": 0, "hostname": "a", "node_id": "n1"},
+        {"rank": 1, "hostname": "b", "node_id": "n2"},
+    ]
     assert worker_placement([{"epoch": 1}, {"epoch": 1}]) is None
 
 
@@ -114,9 +124,19 @@ def test_an_unreachable_head_fails_in_seconds(fashion_mnist, tmp_path):
 
     _attach_commands()
     started = time.monotonic()
-    result = CliRunner().invoke(cli, ["submit", str(DEMO), "--address", "http://127.0.0.1:9",
-                                      "--set", f"data.train={fashion_mnist / 'train.beton'}",
-                                      "--set", f"data.val={fashion_mnist / 'val.beton'}"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "submit",
+            str(DEMO),
+            "--address",
+            "http://127.0.0.1:9",
+            "--set",
+            f"data.train={fashion_mnist / 'train.beton'}",
+            "--set",
+            f"data.val={fashion_mnist / 'val.beton'}",
+        ],
+    )
     assert time.monotonic() - started < 20
     assert "cannot reach the Ray Jobs API at http://127.0.0.1:9" in str(result.exception)
     assert "is the head running? (--address / RAY_ADDRESS)" in str(result.exception)
@@ -146,8 +166,16 @@ def test_status_of_a_ray_run_whose_cluster_is_gone(spec, tmp_path, capsys):
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     run_id = start_run(spec, str(DEMO), uri)
-    set_tags(uri, run_id, {"orch.target": "ray", "orch.ray_address": "http://127.0.0.1:9",
-                           "orch.ray_job_id": "demo-1", "orch.checkpoint_dir": str(tmp_path / "c")})
+    set_tags(
+        uri,
+        run_id,
+        {
+            "orch.target": "ray",
+            "orch.ray_address": "http://127.0.0.1:9",
+            "orch.ray_job_id": "demo-1",
+            "orch.checkpoint_dir": str(tmp_path / "c"),
+        },
+    )
     main(["status", run_id, "--tracking-uri", uri, "--output", "json"])
     info = json.loads(capsys.readouterr().out)
     assert info["status"] == "RUNNING" and info["ray_job_id"] == "demo-1"
@@ -159,9 +187,11 @@ def test_status_of_a_ray_run_whose_cluster_is_gone(spec, tmp_path, capsys):
 
 
 def test_the_cause_of_a_failed_job_skips_rays_own_lines():
-    log = ("Ray job j FAILED: Job entrypoint command failed with exit code 127, last available logs:\n"
-           "2026-11-23 21:23:28,550\tINFO job_manager.py:581 -- Runtime env is setting up.\n"
-           "/bin/sh: 1: /nonexistent/python: not found\n"
-           "Running entrypoint for job j: /nonexistent/python -m orchestrator.targets.entrypoint\n")
+    log = (
+        "Ray job j FAILED: Job entrypoint command failed with exit code 127, last available logs:\n"
+        "2026-11-23 21:23:28,550\tINFO job_manager.py:581 -- Runtime env is setting up.\n"
+        "/bin/sh: 1: /nonexistent/python: not found\n"
+        "Running entrypoint for job j: /nonexistent/python -m orchestrator.targets.entrypoint\n"
+    )
     assert last_line(log, "no cause recorded") == "/bin/sh: 1: /nonexistent/python: not found"
     assert last_line("", "no cause recorded") == "no cause recorded"

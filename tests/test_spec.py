@@ -22,30 +22,49 @@ def test_demo_spec_loads_with_defaults():
 
 def test_required_keys_exist_under_their_names():
     flat = flatten(load_spec(DEMO).model_dump(mode="json"))
-    for key in ("model.arch", "data.train", "data.val", "training.epochs", "training.seed",
-                "optimizer.lr", "scaling.num_workers", "scaling.use_gpu"):
+    for key in (
+        "model.arch",
+        "data.train",
+        "data.val",
+        "training.epochs",
+        "training.seed",
+        "optimizer.lr",
+        "scaling.num_workers",
+        "scaling.use_gpu",
+    ):
         assert key in flat
 
 
 def test_overrides_are_yaml_typed():
-    spec = load_spec(DEMO, ["training.epochs=7", "scaling.use_gpu=true", "schedule.milestones=[1, 2]",
-                            "model.options.shortcut=B", "tracking.run_name=x"])
+    spec = load_spec(
+        DEMO,
+        [
+            "training.epochs=7",
+            "scaling.use_gpu=true",
+            "schedule.milestones=[1, 2]",
+            "model.options.shortcut=B",
+            "tracking.run_name=x",
+        ],
+    )
     assert spec.training.epochs == 7 and spec.scaling.use_gpu is True
     assert spec.schedule.milestones == [1, 2]
     assert spec.model.options == {"shortcut": "B"}
     assert spec.tracking.run_name == "x"
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("training.epochz=3", "training.epochz: unknown key"),
-    ("training.epochs=many", "training.epochs:"),
-    ("training.epochs=0", "training.epochs:"),
-    ("optimizer.lr=-1", "optimizer.lr:"),
-    ("scaling.placement=ANYWHERE", "scaling.placement:"),
-    ("schedule.milestones=[5, 2]", "milestones must be increasing"),
-    ("training", "expected KEY.PATH=VALUE"),
-    ("training.epochs.x=1", "training.epochs is a value"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("training.epochz=3", "training.epochz: unknown key"),
+        ("training.epochs=many", "training.epochs:"),
+        ("training.epochs=0", "training.epochs:"),
+        ("optimizer.lr=-1", "optimizer.lr:"),
+        ("scaling.placement=ANYWHERE", "scaling.placement:"),
+        ("schedule.milestones=[5, 2]", "milestones must be increasing"),
+        ("training", "expected KEY.PATH=VALUE"),
+        ("training.epochs.x=1", "training.epochs is a value"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, fragment):
     with pytest.raises(SpecError) as err:
         load_spec(DEMO, [override])

@@ -13,10 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_fixtures import run_orch
-from job_fixtures import (
-    DEMO, Notice, as_set_args, fault, orch_process, raw_fashion_mnist_test, small_job,
-)
 from mlflow.tracking import MlflowClient
 
 from orchestrator.models import build_model
@@ -24,8 +20,27 @@ from orchestrator.spec import load_spec
 from orchestrator.targets.local import run_local
 from orchestrator.train.checkpoint import load_meta, load_model_state
 
-METRICS = ("train_loss", "lr", "train_images_per_second", "epoch_seconds",
-           "val_loss", "val_top1_error", "val_top5_error", "val_samples")
+from eval_fixtures import run_orch
+from job_fixtures import (
+    DEMO,
+    Notice,
+    as_set_args,
+    fault,
+    orch_process,
+    raw_fashion_mnist_test,
+    small_job,
+)
+
+METRICS = (
+    "train_loss",
+    "lr",
+    "train_images_per_second",
+    "epoch_seconds",
+    "val_loss",
+    "val_top1_error",
+    "val_top5_error",
+    "val_samples",
+)
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +56,8 @@ def independent_top1_error(checkpoint: Path) -> float:
     correct = 0
     with torch.no_grad():
         for i in range(0, len(y), 1000):
-            logits = model((x[i:i + 1000] - mean) / std)
-            correct += int((logits.argmax(1) == y[i:i + 1000]).sum())
+            logits = model((x[i : i + 1000] - mean) / std)
+            correct += int((logits.argmax(1) == y[i : i + 1000]).sum())
     return 100.0 * (1 - correct / len(y))
 
 
@@ -53,8 +68,9 @@ def only_run(uri):
     return runs[0]
 
 
-def test_two_workers_survive_a_killed_worker_and_log_exact_metrics_once(ray_cluster, fashion_mnist, mlflow_uri,
-                                                                       tmp_path, monkeypatch, capsys):
+def test_two_workers_survive_a_killed_worker_and_log_exact_metrics_once(
+    ray_cluster, fashion_mnist, mlflow_uri, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("ORCH_TEST_FAULT", fault("kill", epoch=1, step=3, rank=1))
     spec = load_spec(DEMO, small_job(fashion_mnist, tmp_path, workers=2) + ["training.max_failures=2"])
     outcome = run_local(spec, str(DEMO))
@@ -71,7 +87,8 @@ def test_two_workers_survive_a_killed_worker_and_log_exact_metrics_once(ray_clus
     assert [w["rank"] for w in json.loads(run.data.tags["workers"])] == [0, 1]  # where each rank ran
     assert "version.ray" in run.data.tags and "version.ffcv" in run.data.tags
     assert run.data.metrics["best_val_top1_error"] == min(
-        m.value for m in client.get_metric_history(run.info.run_id, "val_top1_error"))
+        m.value for m in client.get_metric_history(run.info.run_id, "val_top1_error")
+    )
 
     # The kill: one restart, counted with its cause, from epoch 0's checkpoint.
     assert run.data.tags["orch.restarts"] == "1"
@@ -93,8 +110,9 @@ def test_cli_one_worker_prints_one_json_object(ray_address, small_fashion, mlflo
     """The real `orch submit` in its own process (joining the session's Ray, itself the lean Ray
     orch starts: cluster.connect())."""
     sets = as_set_args(small_job(small_fashion, tmp_path, workers=1, epochs=1))
-    proc = orch_process("submit", DEMO, *sets, "--output", "json", cwd=tmp_path, uri=mlflow_uri,
-                        ray_address=ray_address)
+    proc = orch_process(
+        "submit", DEMO, *sets, "--output", "json", cwd=tmp_path, uri=mlflow_uri, ray_address=ray_address
+    )
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     outcome = json.loads(out)
@@ -110,8 +128,15 @@ def test_ctrl_c_marks_the_run_killed(ray_address, small_fashion, mlflow_uri, tmp
     """Ctrl-C (SIGINT to the driver) while epoch 1 trains: the hook sends it, then holds."""
     notice = Notice(tmp_path)
     sets = as_set_args(small_job(small_fashion, tmp_path, workers=1, epochs=30))
-    proc = orch_process("submit", DEMO, *sets, cwd=tmp_path, uri=mlflow_uri, ray_address=ray_address,
-                        fault=fault("interrupt", epoch=1, step=2, notify=notice.path))
+    proc = orch_process(
+        "submit",
+        DEMO,
+        *sets,
+        cwd=tmp_path,
+        uri=mlflow_uri,
+        ray_address=ray_address,
+        fault=fault("interrupt", epoch=1, step=2, notify=notice.path),
+    )
     assert notice.wait().startswith("interrupt epoch 1 step 2")
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 128 + signal.SIGINT, err[-3000:]

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval_fixtures import run_orch
 from mlflow.tracking import MlflowClient
+
+from eval_fixtures import run_orch
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "jobs" / "demo_fashion_mnist.yaml"
@@ -16,21 +17,30 @@ DEMO = ROOT / "jobs" / "demo_fashion_mnist.yaml"
 
 def orch(*args, cwd, env_uri):
     env = {"MLFLOW_TRACKING_URI": env_uri, "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args],
-                          capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def data_sets(data):
     return ["--set", f"data.train={data / 'train.beton'}", "--set", f"data.val={data / 'val.beton'}"]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--set", "training.epochz=2"], "training.epochz: unknown key"),
-    (["--set", "model.arch=resnet19"], "resnet19"),
-    (["--set", "data.train=/nonexistent/train.beton"], "/nonexistent"),
-    (["--set", "scaling.use_gpu=true"], "GPU"),
-    (["--set", "training.batch_size=100000"], "training.batch_size"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--set", "training.epochz=2"], "training.epochz: unknown key"),
+        (["--set", "model.arch=resnet19"], "resnet19"),
+        (["--set", "data.train=/nonexistent/train.beton"], "/nonexistent"),
+        (["--set", "scaling.use_gpu=true"], "GPU"),
+        (["--set", "training.batch_size=100000"], "training.batch_size"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, fragment, ray_cluster, small_fashion, mlflow_uri, in_tmp):
     code, _, err = run_orch("submit", DEMO, *data_sets(small_fashion), *args)
     assert code == 2, err
@@ -44,8 +54,16 @@ def test_bad_input_is_one_line_exit_2(args, fragment, ray_cluster, small_fashion
 def test_not_a_beton(tmp_path):
     fake = tmp_path / "train.beton"
     fake.write_text("not a beton")
-    proc = orch("submit", str(DEMO), "--set", f"data.train={fake}", "--set", f"data.val={fake}",
-                cwd=tmp_path, env_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    proc = orch(
+        "submit",
+        str(DEMO),
+        "--set",
+        f"data.train={fake}",
+        "--set",
+        f"data.val={fake}",
+        cwd=tmp_path,
+        env_uri=f"sqlite:///{tmp_path / 'm.db'}",
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(tmp_path) in proc.stderr
 
@@ -66,8 +84,16 @@ def test_every_job_passes_dry_run(job, tmp_path, monkeypatch):
 
 def test_dry_run_with_data_shows_the_plan(fashion_mnist, in_tmp, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///u.db")
-    code, out, err = run_orch("submit", DEMO, *data_sets(fashion_mnist), "--set", "scaling.num_workers=3",
-                              "--set", "scaling.cpus_per_worker=0.5", "--dry-run")
+    code, out, err = run_orch(
+        "submit",
+        DEMO,
+        *data_sets(fashion_mnist),
+        "--set",
+        "scaling.num_workers=3",
+        "--set",
+        "scaling.cpus_per_worker=0.5",
+        "--dry-run",
+    )
     assert code == 0, err
     assert "val_shard_sizes: [3334, 3333, 3333]" in out
     assert "steps_per_epoch: 156" in out  # 60,000 / 3 workers / 128

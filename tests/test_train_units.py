@@ -27,7 +27,7 @@ def test_seeding_depends_on_seed_epoch_and_rank():
         draws.setdefault(key, []).append(torch.rand(3))
     assert torch.equal(draws[(0, 0, 0)][0], draws[(0, 0, 0)][1])
     firsts = [v[0] for v in draws.values()]
-    assert all(not torch.equal(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1:])
+    assert all(not torch.equal(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1 :])
 
 
 def test_no_decay_groups_by_module_type():

@@ -7,7 +7,9 @@ import click
 from orchestrator.cli.options import output_option
 
 workers_option = click.option(
-    "--workers", type=click.IntRange(min=1), default=None,
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
     help="Processes that decode and write images [default: this machine's CPUs].",
 )
 
@@ -26,23 +28,61 @@ def prepare():
 
 
 @prepare.command("imagefolder")
-@click.option("--train", "train_dir", required=True, type=click.Path(file_okay=True), help="Training images: one subfolder per class.")
-@click.option("--val", "val_dir", required=True, type=click.Path(file_okay=True), help="Validation images, same class subfolders.")
+@click.option(
+    "--train",
+    "train_dir",
+    required=True,
+    type=click.Path(file_okay=True),
+    help="Training images: one subfolder per class.",
+)
+@click.option(
+    "--val", "val_dir", required=True, type=click.Path(file_okay=True), help="Validation images, same class subfolders."
+)
 @click.option("--out", required=True, type=click.Path(), help="Folder to write into (created if missing).")
-@click.option("--max-resolution", type=click.IntRange(min=8), default=256, show_default=True,
-              help="Longest side stored; larger images are shrunk to it.")
-@click.option("--write-mode", type=click.Choice(["proportion", "jpg", "raw", "smart"]), default="proportion",
-              show_default=True, help="proportion: JPEG with --compress-probability, else raw pixels.")
-@click.option("--compress-probability", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Share of images stored as JPEG in proportion mode.")
+@click.option(
+    "--max-resolution",
+    type=click.IntRange(min=8),
+    default=256,
+    show_default=True,
+    help="Longest side stored; larger images are shrunk to it.",
+)
+@click.option(
+    "--write-mode",
+    type=click.Choice(["proportion", "jpg", "raw", "smart"]),
+    default="proportion",
+    show_default=True,
+    help="proportion: JPEG with --compress-probability, else raw pixels.",
+)
+@click.option(
+    "--compress-probability",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Share of images stored as JPEG in proportion mode.",
+)
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True)
-@click.option("--smart-threshold", type=click.IntRange(min=1), default=None,
-              help="smart mode: JPEG for images above this many raw bytes (unset: all raw, as in FFCV).")
+@click.option(
+    "--smart-threshold",
+    type=click.IntRange(min=1),
+    default=None,
+    help="smart mode: JPEG for images above this many raw bytes (unset: all raw, as in FFCV).",
+)
 @workers_option
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @output_option
-def prepare_imagefolder(train_dir, val_dir, out, max_resolution, write_mode, compress_probability, jpeg_quality,
-                        smart_threshold, workers, strict, output):
+def prepare_imagefolder(
+    train_dir,
+    val_dir,
+    out,
+    max_resolution,
+    write_mode,
+    compress_probability,
+    jpeg_quality,
+    smart_threshold,
+    workers,
+    strict,
+    output,
+):
     """Image folders in the ImageNet layout (TRAIN/CLASS/IMAGE.jpg|png); class index = sorted folder name.
 
     Unreadable images are skipped with a warning naming each one (--strict: an error).
@@ -50,8 +90,12 @@ def prepare_imagefolder(train_dir, val_dir, out, max_resolution, write_mode, com
     from data_pipeline.imagefolder import WriterOptions, default_workers, write_imagefolder
 
     options = WriterOptions(
-        max_resolution=max_resolution, jpeg_quality=jpeg_quality, compress_probability=compress_probability,
-        write_mode=write_mode, smart_threshold=smart_threshold, workers=workers or default_workers(),
+        max_resolution=max_resolution,
+        jpeg_quality=jpeg_quality,
+        compress_probability=compress_probability,
+        write_mode=write_mode,
+        smart_threshold=smart_threshold,
+        workers=workers or default_workers(),
     )
     summary = write_imagefolder(train_dir, val_dir, out, options, strict=strict)
     _print_summary(out, summary, output)
@@ -59,8 +103,13 @@ def prepare_imagefolder(train_dir, val_dir, out, max_resolution, write_mode, com
 
 @prepare.command("fashion-mnist")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write into (created if missing).")
-@click.option("--source", type=click.Path(), default="/usr/share/datasets/fashion-mnist", show_default=True,
-              help="Folder with the four IDX .gz files.")
+@click.option(
+    "--source",
+    type=click.Path(),
+    default="/usr/share/datasets/fashion-mnist",
+    show_default=True,
+    help="Folder with the four IDX .gz files.",
+)
 @click.option("--limit-train", type=click.IntRange(min=1), default=None, help="Write only the first N training images.")
 @workers_option
 @output_option

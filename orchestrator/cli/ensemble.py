@@ -5,26 +5,46 @@ import json
 import click
 
 from orchestrator.cli.evaluate import (
-    batch_size_option, checkpoint_option, data_option, scales_option, tta_option, workers_option,
+    batch_size_option,
+    checkpoint_option,
+    data_option,
+    scales_option,
+    tta_option,
+    workers_option,
 )
 from orchestrator.cli.options import output_option
 
 
 @click.command()
-@click.option("--runs", required=True, metavar="R1,R2,...",
-              help="Members: MLflow run ids or unique names (or checkpoint directories), at least two.")
+@click.option(
+    "--runs",
+    required=True,
+    metavar="R1,R2,...",
+    help="Members: MLflow run ids or unique names (or checkpoint directories), at least two.",
+)
 @checkpoint_option
-@click.option("--combine", type=click.Choice(["softmax", "logits", "vote"]), default="softmax", show_default=True,
-              help="softmax: weighted mean of probabilities; logits: of logits; vote: majority of top-1 "
-                   "labels, ties by mean softmax.")
-@click.option("--weights", metavar="W1,W2,...", default=None,
-              help="One positive weight per run, normalized to sum to 1.  [default: equal]")
+@click.option(
+    "--combine",
+    type=click.Choice(["softmax", "logits", "vote"]),
+    default="softmax",
+    show_default=True,
+    help="softmax: weighted mean of probabilities; logits: of logits; vote: majority of top-1 "
+    "labels, ties by mean softmax.",
+)
+@click.option(
+    "--weights",
+    metavar="W1,W2,...",
+    default=None,
+    help="One positive weight per run, normalized to sum to 1.  [default: equal]",
+)
 @tta_option
 @scales_option
 @data_option
 @workers_option
 @batch_size_option
-@click.option("--experiment", default="orch-ensembles", show_default=True, help="MLflow experiment of the ensemble's run.")
+@click.option(
+    "--experiment", default="orch-ensembles", show_default=True, help="MLflow experiment of the ensemble's run."
+)
 @click.option("--name", "run_name", default=None, help="Run name.  [default: ensemble-<N>x-<combine>-<tta>]")
 @output_option
 def ensemble(runs, which, combine, weights, tta, scales, data, workers, batch_size, experiment, run_name, output):
@@ -38,9 +58,19 @@ def ensemble(runs, which, combine, weights, tta, scales, data, workers, batch_si
     from orchestrator.evaluation import ensemble as run_ensemble
     from orchestrator.evaluation.tta import parse_scales
 
-    outcome = run_ensemble(runs, which=which, combine=combine, weights=weights, tta=tta, scales=parse_scales(scales),
-                           data=data, workers=workers, batch_size=batch_size, experiment=experiment,
-                           run_name=run_name)
+    outcome = run_ensemble(
+        runs,
+        which=which,
+        combine=combine,
+        weights=weights,
+        tta=tta,
+        scales=parse_scales(scales),
+        data=data,
+        workers=workers,
+        batch_size=batch_size,
+        experiment=experiment,
+        run_name=run_name,
+    )
     if output == "json":
         click.echo(json.dumps(outcome))
     else:
@@ -54,18 +84,41 @@ def format_table(outcome: dict) -> str:
         name = m["run_id"] or m["checkpoint"]
         if m["run_name"]:
             name += f" ({m['run_name']})"
-        rows.append((str(i), name, m["arch"], f"{m['weight']:.3f}", f"{m['top1_error']:.2f}%",
-                     f"{m['top5_error']:.2f}%", f"{m['loss']:.4f}"))
+        rows.append(
+            (
+                str(i),
+                name,
+                m["arch"],
+                f"{m['weight']:.3f}",
+                f"{m['top1_error']:.2f}%",
+                f"{m['top5_error']:.2f}%",
+                f"{m['loss']:.4f}",
+            )
+        )
     loss = f"{ens['loss']:.4f}" if "loss" in ens else "-"
-    rows.append(("", f"ensemble ({ens['combine']}, tta {ens['tta']})", "", "1.000", f"{ens['top1_error']:.2f}%",
-                 f"{ens['top5_error']:.2f}%", loss))
+    rows.append(
+        (
+            "",
+            f"ensemble ({ens['combine']}, tta {ens['tta']})",
+            "",
+            "1.000",
+            f"{ens['top1_error']:.2f}%",
+            f"{ens['top5_error']:.2f}%",
+            loss,
+        )
+    )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-             for r in rows]
+    lines = [
+        "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows
+    ]
     best = members[ens["best_member"]]
-    lines.append(f"gain over the best member ({ens['best_member']}): {ens['gain_top1_error']:+.2f} points of top-1 "
-                 f"error ({best['top1_error']:.2f}% -> {ens['top1_error']:.2f}%)")
-    lines.append(f"{ens['samples']:,} images of {ens['data']}, {ens['images_per_second']:,.0f} images/s "
-                 f"through all members over {ens['workers']} worker(s), {ens['seconds']:.1f} s in all")
+    lines.append(
+        f"gain over the best member ({ens['best_member']}): {ens['gain_top1_error']:+.2f} points of top-1 "
+        f"error ({best['top1_error']:.2f}% -> {ens['top1_error']:.2f}%)"
+    )
+    lines.append(
+        f"{ens['samples']:,} images of {ens['data']}, {ens['images_per_second']:,.0f} images/s "
+        f"through all members over {ens['workers']} worker(s), {ens['seconds']:.1f} s in all"
+    )
     lines.append(f"MLflow run {outcome['run_id']}")
     return "\n".join(lines)

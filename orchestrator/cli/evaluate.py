@@ -9,29 +9,48 @@ from orchestrator.cli.options import output_option
 TTA_CHOICES = ("none", "flip", "10crop", "multiscale")
 
 tta_option = click.option(
-    "--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
+    "--tta",
+    type=click.Choice(TTA_CHOICES),
+    default="none",
+    show_default=True,
     help="Test-time views, softmax averaged: none; flip (and mirror); 10crop (4 corners + center, "
-         "and mirrors); multiscale (fully convolutional at each of --scales).",
+    "and mirrors); multiscale (fully convolutional at each of --scales).",
 )
 scales_option = click.option(
-    "--scales", metavar="S1,S2,...", default=None,
-    help="multiscale: shorter sides in pixels.  [default: the paper's 224,256,384,480,640 scaled by "
-         "test size/224]",
+    "--scales",
+    metavar="S1,S2,...",
+    default=None,
+    help="multiscale: shorter sides in pixels.  [default: the paper's 224,256,384,480,640 scaled by test size/224]",
 )
 data_option = click.option(
-    "--data", type=click.Path(dir_okay=False), default=None, metavar="VAL.beton",
+    "--data",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="VAL.beton",
     help="Validation set.  [default: the one the run was trained with, spec data.val]",
 )
 workers_option = click.option(
-    "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
     help="Ray tasks; each scores a contiguous shard, counts are summed.",
 )
 checkpoint_option = click.option(
-    "--checkpoint", "which", type=click.Choice(["best", "latest"]), default="best", show_default=True,
+    "--checkpoint",
+    "which",
+    type=click.Choice(["best", "latest"]),
+    default="best",
+    show_default=True,
     help="Within a run: best by val_top1_error, or latest by epoch.",
 )
-batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
-                                 help="Images per batch (each gives one batch per view).")
+batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Images per batch (each gives one batch per view).",
+)
 
 
 @click.command()
@@ -54,8 +73,9 @@ def evaluate(target, data, tta, scales, workers, which, batch_size, output):
     from orchestrator.evaluation import evaluate as run_evaluation
     from orchestrator.evaluation.tta import parse_scales
 
-    outcome = run_evaluation(target, data=data, tta=tta, scales=parse_scales(scales), workers=workers,
-                             which=which, batch_size=batch_size)
+    outcome = run_evaluation(
+        target, data=data, tta=tta, scales=parse_scales(scales), workers=workers, which=which, batch_size=batch_size
+    )
     if output == "json":
         click.echo(json.dumps(outcome))
     else:
@@ -69,7 +89,8 @@ def format_evaluation(o: dict) -> str:
         views += f" at {','.join(map(str, o['scales']))}"
     lines = [
         f"{run}",
-        f"  checkpoint   {o['checkpoint']}  (epoch {o['epoch']}, {o['arch']}, sha256 {o['sha256'][:12]} {o['checksums']})",
+        f"  checkpoint   {o['checkpoint']}  "
+        f"(epoch {o['epoch']}, {o['arch']}, sha256 {o['sha256'][:12]} {o['checksums']})",
         f"  data         {o['data']}  ({o['samples']:,} images)",
         f"  protocol     {o['tta']}, {o['style']} style, test size {o['size']}, {views}",
         f"  top-1 error  {o['top1_error']:.2f}%",

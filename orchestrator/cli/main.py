@@ -23,8 +23,15 @@ def cli():
 def _attach_commands():
     from orchestrator.cli import data, ensemble, evaluate, models, resume, runs, submit
 
-    commands = (models.models, data.data, submit.submit, *runs.COMMANDS, resume.resume,
-                evaluate.evaluate, ensemble.ensemble)
+    commands = (
+        models.models,
+        data.data,
+        submit.submit,
+        *runs.COMMANDS,
+        resume.resume,
+        evaluate.evaluate,
+        ensemble.ensemble,
+    )
     for command in commands:
         cli.add_command(command)
 

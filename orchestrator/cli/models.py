@@ -14,12 +14,26 @@ COLUMNS = ("arch", "family", "block", "shortcut", "input", "classes", "params", 
 
 @click.command()
 @click.argument("archs", nargs=-1, metavar="[ARCH]...")
-@click.option("--input-size", type=click.IntRange(min=1), metavar="N",
-              help="Image side in pixels.  [default: 224 for ImageNet nets, 32 for CIFAR nets]")
-@click.option("--num-classes", type=click.IntRange(min=1), metavar="K",
-              help="Outputs of the fc layer.  [default: 1000 for ImageNet nets, 10 for CIFAR nets]")
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="json: one JSON object on stdout, exact counts.")
+@click.option(
+    "--input-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Image side in pixels.  [default: 224 for ImageNet nets, 32 for CIFAR nets]",
+)
+@click.option(
+    "--num-classes",
+    type=click.IntRange(min=1),
+    metavar="K",
+    help="Outputs of the fc layer.  [default: 1000 for ImageNet nets, 10 for CIFAR nets]",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: one JSON object on stdout, exact counts.",
+)
 def models(archs, input_size, num_classes, output):
     """List the architectures (or just ARCH..., any cifar_resnet{6n+2} depth too) with
     parameters and multiply-adds of the convs and fc for one image.
@@ -59,8 +73,15 @@ def _describe(arch: str, input_size: int | None, num_classes: int | None) -> dic
 def _table(rows: list[dict]) -> str:
     cells = [COLUMNS] + [
         (
-            row["arch"], row["family"], row["block"], row["shortcut"] or "-", str(row["input_size"]),
-            str(row["num_classes"]), f"{row['params']:,}", _gmacs(row["macs"]), _gmacs(row.get("macs_v1")),
+            row["arch"],
+            row["family"],
+            row["block"],
+            row["shortcut"] or "-",
+            str(row["input_size"]),
+            str(row["num_classes"]),
+            f"{row['params']:,}",
+            _gmacs(row["macs"]),
+            _gmacs(row.get("macs_v1")),
         )
         for row in rows
     ]

@@ -10,11 +10,16 @@ import time
 import click
 
 from orchestrator import lifecycle
-from orchestrator.run_lookup import find_run, list_runs
 from orchestrator.cli.options import output_option
+from orchestrator.run_lookup import find_run, list_runs
 
-uri_option = click.option("--tracking-uri", "uri", default=None, metavar="URI",
-                          help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+uri_option = click.option(
+    "--tracking-uri",
+    "uri",
+    default=None,
+    metavar="URI",
+    help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).",
+)
 
 
 def _uri(uri):
@@ -49,8 +54,10 @@ def runs_command(uri, output):
         return
     click.echo(f"{'RUN ID':<32}  {'NAME':<24} {'STATUS':<9} {'EPOCH':>7}  {'TOP-1 ERR':>9} {'TOP-5 ERR':>9}  WHERE")
     for r in rows:
-        click.echo(f"{r['run_id']:<32}  {r['name'][:24]:<24} {r['status']:<9} {_epoch(r):>7}  "
-                   f"{_pct(r['best_val_top1_error']):>9} {_pct(r['best_val_top5_error']):>9}  {r['where']}")
+        click.echo(
+            f"{r['run_id']:<32}  {r['name'][:24]:<24} {r['status']:<9} {_epoch(r):>7}  "
+            f"{_pct(r['best_val_top1_error']):>9} {_pct(r['best_val_top5_error']):>9}  {r['where']}"
+        )
 
 
 @click.command()
@@ -109,8 +116,10 @@ def logs(run, follow, interval, uri, output):
         if not follow or current.info.status != lifecycle.ACTIVE:
             break
         if lifecycle.driver_alive(current) is False:
-            click.echo(f"run {run_id} is RUNNING but its driver is gone: `orch resume {run_id}` "
-                       f"or `orch stop {run_id}`", err=True)
+            click.echo(
+                f"run {run_id} is RUNNING but its driver is gone: `orch resume {run_id}` or `orch stop {run_id}`",
+                err=True,
+            )
             break
         time.sleep(interval)
     if output == "json":
@@ -137,8 +146,13 @@ def _job_logs(uri, run, follow: bool, interval: float, output: str) -> None:
 
 @click.command()
 @click.argument("run")
-@click.option("--wait", "wait_s", default=120.0, show_default=True,
-              help="Seconds to wait for the driver (or the cluster job) to end the run.")
+@click.option(
+    "--wait",
+    "wait_s",
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the driver (or the cluster job) to end the run.",
+)
 @uri_option
 @output_option
 def stop(run, wait_s, uri, output):

@@ -18,17 +18,28 @@ from orchestrator.spec import load_spec
 @click.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @set_option
-@click.option("--target", type=click.Choice(["local", "ray", "k8s"]), default=None,
-              help="Where to run: local (default), ray (a Ray cluster's Jobs API; implied by an "
-                   "http(s) address), k8s (a KubeRay RayJob).")
-@click.option("--address", metavar="URL", default=None,
-              help="Ray Jobs API of a cluster, http://HEAD:8265 (default: $RAY_ADDRESS when it is "
-                   "http(s)://..., else the spec's cluster.address).")
+@click.option(
+    "--target",
+    type=click.Choice(["local", "ray", "k8s"]),
+    default=None,
+    help="Where to run: local (default), ray (a Ray cluster's Jobs API; implied by an "
+    "http(s) address), k8s (a KubeRay RayJob).",
+)
+@click.option(
+    "--address",
+    metavar="URL",
+    default=None,
+    help="Ray Jobs API of a cluster, http://HEAD:8265 (default: $RAY_ADDRESS when it is "
+    "http(s)://..., else the spec's cluster.address).",
+)
 @click.option("--namespace", default=None, help="k8s: namespace (default: cluster.kubernetes.namespace).")
 @click.option("--image", default=None, help="k8s: training image (default: cluster.kubernetes.image).")
 @click.option("--detach", is_flag=True, help="ray/k8s: submit, print the run id and return.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved spec and what follows from it "
-                                              "(with --target k8s, the RayJob manifest); start nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the resolved spec and what follows from it (with --target k8s, the RayJob manifest); start nothing.",
+)
 @output_option
 def submit(spec_path, overrides, target, address, namespace, image, detach, dry_run, output):
     """Train the job described by the YAML file SPEC on Ray (embedded when none is running).
@@ -43,8 +54,9 @@ def submit(spec_path, overrides, target, address, namespace, image, detach, dry_
     if target == "k8s":
         from orchestrator.targets.kuberay import submit_k8s
 
-        outcome = submit_k8s(spec, spec_path, namespace=namespace, image=image, dry_run=dry_run,
-                             detach=detach, output=output)
+        outcome = submit_k8s(
+            spec, spec_path, namespace=namespace, image=image, dry_run=dry_run, detach=detach, output=output
+        )
     elif dry_run:
         from orchestrator.preflight import plan
 
@@ -53,8 +65,7 @@ def submit(spec_path, overrides, target, address, namespace, image, detach, dry_
     elif target == "ray":
         from orchestrator.targets.ray_cluster import submit_remote
 
-        outcome = submit_remote(spec, spec_path, address=address, detach=detach,
-                                progress_to_stderr=progress_to_stderr)
+        outcome = submit_remote(spec, spec_path, address=address, detach=detach, progress_to_stderr=progress_to_stderr)
     else:
         from orchestrator.targets.local import run_local
 

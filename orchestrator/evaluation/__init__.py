@@ -1,12 +1,12 @@
 """Evaluating checkpoints: exact metrics under the paper's test-time protocols, and ensembles.
 
-    checkpoints  RUN (id or name) or CHECKPOINT (directory) -> a checkpoint, checksums checked
-    tta          the protocols: none, flip, 10crop, multiscale
-    scoring      view averaging, combining members (softmax, logits, vote), exact counts
-    loading      a worker's shard of the validation set as raw batches
-    runner       shards over Ray tasks, counts summed in the driver
-    records      what is logged to MLflow
-    api          evaluate() and ensemble(), which the CLI calls
+checkpoints  RUN (id or name) or CHECKPOINT (directory) -> a checkpoint, checksums checked
+tta          the protocols: none, flip, 10crop, multiscale
+scoring      view averaging, combining members (softmax, logits, vote), exact counts
+loading      a worker's shard of the validation set as raw batches
+runner       shards over Ray tasks, counts summed in the driver
+records      what is logged to MLflow
+api          evaluate() and ensemble(), which the CLI calls
 """
 
 from orchestrator.evaluation.api import ensemble, evaluate

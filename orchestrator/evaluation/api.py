@@ -22,8 +22,17 @@ DEFAULT_BATCH_SIZE = 128
 ENSEMBLE_EXPERIMENT = "orch-ensembles"
 
 
-def evaluate(ref: str, *, data: str | None = None, tta: str = "none", scales=None, workers: int = 1,
-             which: str = "best", batch_size: int = DEFAULT_BATCH_SIZE, log: bool = True) -> dict:
+def evaluate(
+    ref: str,
+    *,
+    data: str | None = None,
+    tta: str = "none",
+    scales=None,
+    workers: int = 1,
+    which: str = "best",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    log: bool = True,
+) -> dict:
     """Exact top-1/top-5 error and loss of one checkpoint; logged to its run when it has one."""
     _check_counts(workers, batch_size)
     uri = tracking_uri()
@@ -53,10 +62,20 @@ def evaluate(ref: str, *, data: str | None = None, tta: str = "none", scales=Non
     return outcome
 
 
-def ensemble(runs: str, *, which: str = "best", combine: str = "softmax", weights: str | None = None,
-             tta: str = "none", scales=None, data: str | None = None, workers: int = 1,
-             batch_size: int = DEFAULT_BATCH_SIZE, experiment: str = ENSEMBLE_EXPERIMENT,
-             run_name: str | None = None) -> dict:
+def ensemble(
+    runs: str,
+    *,
+    which: str = "best",
+    combine: str = "softmax",
+    weights: str | None = None,
+    tta: str = "none",
+    scales=None,
+    data: str | None = None,
+    workers: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    experiment: str = ENSEMBLE_EXPERIMENT,
+    run_name: str | None = None,
+) -> dict:
     """Members and their combination scored in one pass; one MLflow run records it."""
     refs = parse_runs(runs)
     if combine not in COMBINES:
@@ -74,13 +93,21 @@ def ensemble(runs: str, *, which: str = "best", combine: str = "softmax", weight
     request = runner.Request(data, protocol, [model_entry(m) for m in members], weight_list, combine, batch_size)
     result = runner.run(request, states, workers)
 
-    member_rows = [_member_row(m, w, metrics_from_counts(counts))
-                   for m, w, counts in zip(members, weight_list, result["counts"][:-1])]
+    member_rows = [
+        _member_row(m, w, metrics_from_counts(counts))
+        for m, w, counts in zip(members, weight_list, result["counts"][:-1])
+    ]
     combined = metrics_from_counts(result["counts"][-1], with_loss=combine != "vote")
     best = min(range(len(members)), key=lambda i: member_rows[i]["top1_error"])
     combined.update(
-        combine=combine, best_member=best, gain_top1_error=member_rows[best]["top1_error"] - combined["top1_error"],
-        **protocol.describe(), data=data, workers=workers, checkpoint_choice=which, **_speed(result),
+        combine=combine,
+        best_member=best,
+        gain_top1_error=member_rows[best]["top1_error"] - combined["top1_error"],
+        **protocol.describe(),
+        data=data,
+        workers=workers,
+        checkpoint_choice=which,
+        **_speed(result),
     )
     outcome = {"run_id": None, "members": member_rows, "ensemble": combined}
     outcome["run_id"] = records.record_ensemble(uri, experiment, run_name, outcome)
@@ -90,8 +117,9 @@ def ensemble(runs: str, *, which: str = "best", combine: str = "softmax", weight
 def parse_runs(text: str) -> list[str]:
     refs = [part.strip() for part in (text or "").split(",") if part.strip()]
     if len(refs) < 2:
-        raise OrchError(f"--runs {text}: an ensemble needs at least two runs, comma-separated "
-                        "(for one, use `orch evaluate`)")
+        raise OrchError(
+            f"--runs {text}: an ensemble needs at least two runs, comma-separated (for one, use `orch evaluate`)"
+        )
     seen = set()
     for ref in refs:
         if ref in seen:
@@ -105,8 +133,9 @@ def check_distinct(members: list[Member]) -> None:
     for i, m in enumerate(members):
         for other in members[:i]:
             if m.checkpoint == other.checkpoint or (m.run_id and m.run_id == other.run_id):
-                raise OrchError(f"--runs: {other.ref} and {m.ref} are the same {m.label}; "
-                                "each member must be a different run")
+                raise OrchError(
+                    f"--runs: {other.ref} and {m.ref} are the same {m.label}; each member must be a different run"
+                )
 
 
 def check_compatible(members: list[Member], data_given: bool) -> None:
@@ -114,19 +143,26 @@ def check_compatible(members: list[Member], data_given: bool) -> None:
     first = members[0]
     for m in members[1:]:
         if int(m.meta["num_classes"]) != int(first.meta["num_classes"]):
-            raise OrchError(f"{m.label} has {m.meta['num_classes']} classes but {first.label} has "
-                            f"{first.meta['num_classes']}; ensemble members must share the number of classes")
+            raise OrchError(
+                f"{m.label} has {m.meta['num_classes']} classes but {first.label} has "
+                f"{first.meta['num_classes']}; ensemble members must share the number of classes"
+            )
         if m.meta.get("classes") and first.meta.get("classes") and m.meta["classes"] != first.meta["classes"]:
-            raise OrchError(f"{m.label} names its classes differently from {first.label}; "
-                            "ensemble members must share the classes")
+            raise OrchError(
+                f"{m.label} names its classes differently from {first.label}; ensemble members must share the classes"
+            )
         for key in ("augment", "size"):
             if m.meta["preprocess"].get(key) != first.meta["preprocess"].get(key):
-                raise OrchError(f"{m.label} was trained with preprocess {key} {m.meta['preprocess'].get(key)!r}, "
-                                f"{first.label} with {first.meta['preprocess'].get(key)!r}; "
-                                "ensemble members must share the test preprocessing")
+                raise OrchError(
+                    f"{m.label} was trained with preprocess {key} {m.meta['preprocess'].get(key)!r}, "
+                    f"{first.label} with {first.meta['preprocess'].get(key)!r}; "
+                    "ensemble members must share the test preprocessing"
+                )
         if not data_given and _val_path(m) != _val_path(first):
-            raise OrchError(f"{m.label} was validated on {_val_path(m)}, {first.label} on {_val_path(first)}; "
-                            "ensemble members must share the validation set (or pass --data)")
+            raise OrchError(
+                f"{m.label} was validated on {_val_path(m)}, {first.label} on {_val_path(first)}; "
+                "ensemble members must share the validation set (or pass --data)"
+            )
 
 
 def validation_data(members: list[Member], data: str | None) -> str:
@@ -145,21 +181,25 @@ def check_data(data: str, members: list[Member], protocol) -> None:
     info = read_dataset_info(data)
     for m in members:
         if info.num_classes > int(m.meta["num_classes"]):
-            raise OrchError(f"{data} has {info.num_classes} classes but {m.label}'s model has "
-                            f"{m.meta['num_classes']} outputs")
-        if m.meta.get("classes") and list(m.meta["classes"][:info.num_classes]) != list(info.classes):
+            raise OrchError(
+                f"{data} has {info.num_classes} classes but {m.label}'s model has {m.meta['num_classes']} outputs"
+            )
+        if m.meta.get("classes") and list(m.meta["classes"][: info.num_classes]) != list(info.classes):
             raise OrchError(f"{data}: its classes differ from those {m.label} was trained on")
     if protocol.style == "cifar" and info.image_size != protocol.size:
         stored = f"{info.image_size}x{info.image_size} images" if info.image_size else "images of several sizes"
-        raise DataError(f"{data}: {stored}, but the checkpoint was trained cifar-style at "
-                        f"{protocol.size}x{protocol.size}; pass the data it was trained for")
+        raise DataError(
+            f"{data}: {stored}, but the checkpoint was trained cifar-style at "
+            f"{protocol.size}x{protocol.size}; pass the data it was trained for"
+        )
 
 
 def model_entry(member: Member) -> runner.ModelEntry:
     options = member.meta.get("spec", {}).get("model", {}).get("options", {}) or {}
     pre = member.meta["preprocess"]
-    return runner.ModelEntry(member.meta["arch"], int(member.meta["num_classes"]), dict(options),
-                             tuple(pre["mean"]), tuple(pre["std"]))
+    return runner.ModelEntry(
+        member.meta["arch"], int(member.meta["num_classes"]), dict(options), tuple(pre["mean"]), tuple(pre["std"])
+    )
 
 
 def model_state(member: Member) -> dict:
@@ -181,9 +221,15 @@ def model_state(member: Member) -> dict:
 
 def _member_row(member: Member, weight: float, metrics: dict) -> dict:
     return {
-        "run_id": member.run_id, "run_name": member.run_name, "arch": member.meta["arch"],
-        "checkpoint": str(member.checkpoint), "epoch": member.meta.get("epoch"), "sha256": member.sha256,
-        "checksums": member.checksums, "weight": weight, **metrics,
+        "run_id": member.run_id,
+        "run_name": member.run_name,
+        "arch": member.meta["arch"],
+        "checkpoint": str(member.checkpoint),
+        "epoch": member.meta.get("epoch"),
+        "sha256": member.sha256,
+        "checksums": member.checksums,
+        "weight": weight,
+        **metrics,
     }
 
 
@@ -193,8 +239,11 @@ def _val_path(member: Member) -> str | None:
 
 
 def _speed(result: dict) -> dict:
-    return {"images_per_second": result["images_per_second"], "seconds": result["seconds"],
-            "threads_per_worker": result["threads_per_worker"]}
+    return {
+        "images_per_second": result["images_per_second"],
+        "seconds": result["seconds"],
+        "threads_per_worker": result["threads_per_worker"],
+    }
 
 
 def _check_counts(workers: int, batch_size: int) -> None:

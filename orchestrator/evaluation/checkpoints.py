@@ -13,7 +13,14 @@ from pathlib import Path
 from orchestrator.errors import OrchError
 from orchestrator.run_lookup import find_run, list_runs, store_exists
 from orchestrator.train.checkpoint import (
-    CHECKSUMS_FILE, META_FILE, MODEL_FILE, DamagedCheckpoint, epoch_of, list_checkpoints, load_meta, sha256_file,
+    CHECKSUMS_FILE,
+    META_FILE,
+    MODEL_FILE,
+    DamagedCheckpoint,
+    epoch_of,
+    list_checkpoints,
+    load_meta,
+    sha256_file,
     verify,
 )
 
@@ -58,8 +65,9 @@ def resolve(ref: str, which: str, uri: str) -> Member:
     checkpoint = checkpoint.resolve()
     meta = read_meta(checkpoint)
     sha256, status = verify_checksums(checkpoint)
-    return Member(ref, run.info.run_id if run else None, run.info.run_name if run else None,
-                  checkpoint, meta, sha256, status)
+    return Member(
+        ref, run.info.run_id if run else None, run.info.run_name if run else None, checkpoint, meta, sha256, status
+    )
 
 
 def run_checkpoint(run, which: str) -> Path:
@@ -68,8 +76,10 @@ def run_checkpoint(run, which: str) -> Path:
     run_id = run.info.run_id
     root = tags.get("orch.checkpoint_dir")
     if root and "://" in root:
-        raise CheckpointError(f"run {run_id} keeps its checkpoints at {root}: copy the one to evaluate "
-                              "to a local directory and pass that path")
+        raise CheckpointError(
+            f"run {run_id} keeps its checkpoints at {root}: copy the one to evaluate "
+            "to a local directory and pass that path"
+        )
     if root and list_checkpoints(root):
         return pick(root, which, f"run {run_id}")
     # Runs recorded before orch.checkpoint_dir existed name their checkpoints directly.

@@ -22,9 +22,18 @@ def shard_batches(path: str, protocol: Protocol, *, batch_size: int, threads: in
     """(images, labels) for this rank's contiguous shard (data_pipeline.val_shard)."""
     side, ratio = protocol.load_geometry()
     if ratio is None or ratio == IMAGENET_CROP_RATIO:
-        return build_val_loader(path, augment=protocol.style, batch_size=batch_size, num_workers=threads,
-                                resolution=side, rank=rank, world_size=world, device="cpu",
-                                channels_last=True, **_RAW)
+        return build_val_loader(
+            path,
+            augment=protocol.style,
+            batch_size=batch_size,
+            num_workers=threads,
+            resolution=side,
+            rank=rank,
+            world_size=world,
+            device="cpu",
+            channels_last=True,
+            **_RAW,
+        )
     return _whole_square(path, side, batch_size, threads, val_shard(num_samples(path), rank, world))
 
 
@@ -41,12 +50,21 @@ def _whole_square(path: str, side: int, batch_size: int, threads: int, shard: tu
     reader = open_reader(path)
     image_field, label_field = image_and_label_fields(reader, path)
     pipelines = {name: None for name in reader.handlers}
-    pipelines[image_field] = [CenterCropRGBImageDecoder((side, side), ratio=1.0), ToTensor(),
-                              ToTorchImage(channels_last=True)]
+    pipelines[image_field] = [
+        CenterCropRGBImageDecoder((side, side), ratio=1.0),
+        ToTensor(),
+        ToTorchImage(channels_last=True),
+    ]
     pipelines[label_field] = [IntDecoder(), ToTensor(), Squeeze(1)]  # Squeeze(1): a batch of one stays 1-D
-    loader = Loader(str(path), batch_size=batch_size, num_workers=loader_threads(threads),
-                    order=OrderOption.SEQUENTIAL, indices=np.arange(*shard, dtype=np.uint64),
-                    drop_last=False, pipelines=pipelines)
+    loader = Loader(
+        str(path),
+        batch_size=batch_size,
+        num_workers=loader_threads(threads),
+        order=OrderOption.SEQUENTIAL,
+        indices=np.arange(*shard, dtype=np.uint64),
+        drop_last=False,
+        pipelines=pipelines,
+    )
     image_first = reader.field_names.index(image_field) < reader.field_names.index(label_field)
     for first, second in loader:
         images, labels = (first, second) if image_first else (second, first)

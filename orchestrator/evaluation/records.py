@@ -54,7 +54,7 @@ def record_ensemble(uri: str, experiment: str, run_name: str | None, outcome: di
         client.log_batch(run_id, metrics=_metrics(members, ens))
         params = _params(members, ens)
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            client.log_batch(run_id, params=params[i:i + 100])
+            client.log_batch(run_id, params=params[i : i + 100])
         client.log_dict(run_id, dict(outcome, run_id=run_id), "ensemble.json")
         status = "FINISHED"
     finally:
@@ -63,8 +63,14 @@ def record_ensemble(uri: str, experiment: str, run_name: str | None, outcome: di
 
 
 def _params(members: list[dict], ens: dict) -> list[Param]:
-    params = {"combine": ens["combine"], "tta": ens["tta"], "data": ens["data"], "workers": ens["workers"],
-              "members": len(members), "checkpoint_choice": ens["checkpoint_choice"]}
+    params = {
+        "combine": ens["combine"],
+        "tta": ens["tta"],
+        "data": ens["data"],
+        "workers": ens["workers"],
+        "members": len(members),
+        "checkpoint_choice": ens["checkpoint_choice"],
+    }
     if "scales" in ens:
         params["scales"] = ",".join(map(str, ens["scales"]))
     for i, m in enumerate(members):

@@ -74,7 +74,9 @@ def run(request: Request, states: list[dict], workers: int) -> dict:
         if isinstance(cause, OrchError):
             raise type(cause)(str(cause)) from None
         lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-        raise EvaluationFailed(f"evaluation failed on a worker: {lines[-1] if lines else type(cause).__name__}") from None
+        raise EvaluationFailed(
+            f"evaluation failed on a worker: {lines[-1] if lines else type(cause).__name__}"
+        ) from None
     seconds = time.perf_counter() - started
     images = sum(s["images"] for s in shards)
     busy = [s for s in shards if s["images"]]
@@ -100,8 +102,9 @@ def evaluate_shard(request: Request, states: list[dict], rank: int, world: int, 
     torch.set_num_threads(threads)
     models = [_ready(entry, state) for entry, state in zip(request.models, states)]
     tally = Tally(len(models), request.weights, request.combine)
-    batches = shard_batches(request.data, request.protocol, batch_size=request.batch_size,
-                            threads=threads, rank=rank, world=world)
+    batches = shard_batches(
+        request.data, request.protocol, batch_size=request.batch_size, threads=threads, rank=rank, world=world
+    )
     torch.set_num_threads(threads)  # importing ffcv may have changed it
     images, start = 0, None
     with torch.inference_mode():
@@ -109,8 +112,7 @@ def evaluate_shard(request: Request, states: list[dict], rank: int, world: int, 
             # The clock starts at the first batch: FFCV compiles its pipeline (seconds) before it.
             start = start or time.time()
             views = list(request.protocol.views(raw))
-            scores = [mean_softmax_log([model(normalize(v, mean, std)) for v in views])
-                      for model, mean, std in models]
+            scores = [mean_softmax_log([model(normalize(v, mean, std)) for v in views]) for model, mean, std in models]
             tally.update(scores, labels)
             images += labels.numel()
     end = time.time()

@@ -32,8 +32,8 @@ cifar style (one fixed size; training used 4-pixel padding and random crops)
   multiscale  the stored image resized to each scale (default: as above, relative to 224).
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -79,8 +79,14 @@ class Protocol:
 
     def describe(self) -> dict:
         side, ratio = self.load_geometry()
-        described = {"tta": self.name, "style": self.style, "size": self.size, "views": self.num_views,
-                     "load_side": side, "load_crop_ratio": ratio}
+        described = {
+            "tta": self.name,
+            "style": self.style,
+            "size": self.size,
+            "views": self.num_views,
+            "load_side": side,
+            "load_crop_ratio": ratio,
+        }
         if self.name == "multiscale":
             described["scales"] = list(self.scales)
         return described
@@ -134,7 +140,7 @@ def five_crops(images: torch.Tensor, size: int, pad: int = 0) -> list[torch.Tens
         raise OrchError(f"10crop: crops of {size} do not fit images of {h}x{w}")
     top, left = round((h - size) / 2), round((w - size) / 2)
     corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), (top, left)]
-    return [images[..., y:y + size, x:x + size] for y, x in corners]
+    return [images[..., y : y + size, x : x + size] for y, x in corners]
 
 
 def rescaled(images: torch.Tensor, scales) -> Iterator[torch.Tensor]:

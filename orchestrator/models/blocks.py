@@ -122,8 +122,9 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
-def make_layer(block: type[nn.Module], inplanes: int, planes: int, blocks: int, stride: int = 1,
-               **block_options) -> nn.Sequential:
+def make_layer(
+    block: type[nn.Module], inplanes: int, planes: int, blocks: int, stride: int = 1, **block_options
+) -> nn.Sequential:
     """A stage of `blocks` blocks; only the first one changes the resolution and the width."""
     layers = [block(inplanes, planes, stride, **block_options)]
     layers += [block(planes * block.expansion, planes, **block_options) for _ in range(1, blocks)]

@@ -13,8 +13,14 @@ class CifarResNet(nn.Module):
     `shortcut` is the paper's option ("A" there), or None for the plain nets.
     """
 
-    def __init__(self, n: int, num_classes: int = 10, in_channels: int = 3, zero_init_residual: bool = False,
-                 shortcut: str | None = "A") -> None:
+    def __init__(
+        self,
+        n: int,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        zero_init_residual: bool = False,
+        shortcut: str | None = "A",
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_channels, 16)
         self.bn1 = nn.BatchNorm2d(16)

@@ -37,9 +37,14 @@ def layer_output_shapes(model: nn.Module, input_size: int, in_channels: int = 3)
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _COUNTED)]
     first = next(model.parameters(), None)
-    x = torch.zeros(1, in_channels, input_size, input_size,
-                    device=first.device if first is not None else None,
-                    dtype=first.dtype if first is not None else None)
+    x = torch.zeros(
+        1,
+        in_channels,
+        input_size,
+        input_size,
+        device=first.device if first is not None else None,
+        dtype=first.dtype if first is not None else None,
+    )
     was_training = model.training
     try:
         model.eval()
@@ -84,4 +89,3 @@ def macs_with_stride_in_v1(model: nn.Module, shapes: LayerShapes) -> int:
         if isinstance(block, Bottleneck):
             out[block.conv1] = out[block.conv1][:1] + out[block.conv2][1:]
     return macs_of(list(out.items()))
-

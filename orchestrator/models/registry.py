@@ -92,8 +92,12 @@ def build_model(arch: str, num_classes: int, **options) -> nn.Module:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise SpecError(f"{info.name}: num_classes must be a positive integer, got {num_classes!r}")
     opts = _resolve_options(info, options)
-    common = dict(num_classes=num_classes, in_channels=opts["in_channels"],
-                  zero_init_residual=opts.get("zero_init_residual", False), shortcut=opts.get("shortcut"))
+    common = dict(
+        num_classes=num_classes,
+        in_channels=opts["in_channels"],
+        zero_init_residual=opts.get("zero_init_residual", False),
+        shortcut=opts.get("shortcut"),
+    )
     if info.family == "cifar":
         return CifarResNet((info.depth - 2) // 6, **common)
     block, layers = IMAGENET_LAYERS[info.depth]
@@ -115,8 +119,9 @@ def _resolve_options(info: ArchInfo, options: dict) -> dict:
         _check_choice(info, "shortcut", opts["shortcut"], SHORTCUTS)
     _check_choice(info, "stride_in", opts["stride_in"], STRIDE_IN)
     if not isinstance(opts.get("zero_init_residual", False), bool):
-        raise SpecError(f"{info.name}: option zero_init_residual must be true or false, "
-                        f"got {opts['zero_init_residual']!r}")
+        raise SpecError(
+            f"{info.name}: option zero_init_residual must be true or false, got {opts['zero_init_residual']!r}"
+        )
     channels = opts["in_channels"]
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise SpecError(f"{info.name}: option in_channels must be a positive integer, got {channels!r}")

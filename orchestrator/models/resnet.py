@@ -13,8 +13,15 @@ class ResNet(nn.Module):
     bottlenecks, `stride_in`.
     """
 
-    def __init__(self, block: type[nn.Module], layers: list[int], num_classes: int = 1000, in_channels: int = 3,
-                 zero_init_residual: bool = False, **block_options) -> None:
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: list[int],
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        zero_init_residual: bool = False,
+        **block_options,
+    ) -> None:
         super().__init__()
         width = block.expansion
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

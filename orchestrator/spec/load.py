@@ -10,7 +10,6 @@ from orchestrator.errors import SpecError
 from orchestrator.spec.schema import PATH_FIELDS, JobSpec
 
 
-
 def load_spec(path, overrides=()) -> JobSpec:
     """Read, override and validate a spec file. Raises SpecError naming the file or key."""
     raw = _read_yaml(Path(path))

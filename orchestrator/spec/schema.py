@@ -4,10 +4,9 @@ Unknown keys are errors (extra="forbid"), so a misspelled option never silently 
 Learning rates are given per 256 images and scaled with the global batch (Goyal et al.).
 """
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 
 # Paths a worker opens: made absolute when the spec is read (Ray workers run in another
 # directory) and placed on the data volume for Kubernetes pods.
@@ -20,7 +19,7 @@ class _Section(BaseModel):
 
 class ModelSpec(_Section):
     arch: str
-    num_classes: Optional[int] = Field(None, ge=2, description="default: the dataset's")
+    num_classes: int | None = Field(None, ge=2, description="default: the dataset's")
     options: dict[str, object] = Field(default_factory=dict)
 
 
@@ -46,8 +45,8 @@ class DataSpec(_Section):
     train: str
     val: str
     augment: Literal["imagenet", "cifar"] = "imagenet"
-    num_workers: Optional[int] = Field(None, ge=1, description="loader threads per worker; default: its CPUs")
-    max_train_samples: Optional[int] = Field(None, ge=1)
+    num_workers: int | None = Field(None, ge=1, description="loader threads per worker; default: its CPUs")
+    max_train_samples: int | None = Field(None, ge=1)
     resolution: ResolutionSpec = Field(default_factory=ResolutionSpec)
 
 
@@ -97,14 +96,14 @@ class ScalingSpec(_Section):
 class CheckpointSpec(_Section):
     storage: str = "checkpoints"
     shared: bool = Field(False, description="checkpoint.storage is on a filesystem every node mounts (NFS, a PVC)")
-    num_to_keep: Optional[int] = Field(None, ge=1, description="best by metric, plus the latest")
+    num_to_keep: int | None = Field(None, ge=1, description="best by metric, plus the latest")
     metric: str = "val_top1_error"
     mode: Literal["min", "max"] = "min"
 
 
 class TrackingSpec(_Section):
-    tracking_uri: Optional[str] = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    run_name: Optional[str] = None
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    run_name: str | None = None
     system_metrics: bool = True
 
 
@@ -118,27 +117,33 @@ class KubernetesSpec(_Section):
     """How `orch submit --target k8s` shapes the KubeRay RayJob (see k8s/README.md)."""
 
     namespace: str = Field("orch", pattern=_DNS_LABEL, description="--namespace overrides; k8s/ uses orch")
-    image: Optional[str] = Field(None, description="the training image (see Dockerfile); --image overrides")
+    image: str | None = Field(None, description="the training image (see Dockerfile); --image overrides")
     service_account: str = Field("orch", pattern=_DNS_LABEL, description="the pods' account (k8s/rbac.yaml)")
     gpus_per_node: int = Field(8, ge=1, description="GPUs of one worker pod; workers are grouped into pods")
     worker_memory: str = Field("128Gi", pattern=_QUANTITY, description="one worker pod's, /dev/shm included")
     head_cpu: str = Field("2", pattern=_QUANTITY)
     head_memory: str = Field("8Gi", pattern=_QUANTITY)
     shm_size: str = Field("16Gi", pattern=_QUANTITY, description="/dev/shm of a worker pod (FFCV loaders, NCCL)")
-    data_claim: str = Field("orch-data", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-                            description="PersistentVolumeClaim with datasets and checkpoints (k8s/storage.yaml)")
-    data_mount: str = Field("/data", pattern=r"^/",
-                            description="where the claim is mounted; relative spec paths land under it")
-    tracking_uri: Optional[str] = Field(
-        None, description="MLflow as the pods reach it; default: tracking.tracking_uri when that is a server "
-                          "the pods can reach, else http://mlflow:5000 (the Service of k8s/mlflow.yaml)")
+    data_claim: str = Field(
+        "orch-data",
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="PersistentVolumeClaim with datasets and checkpoints (k8s/storage.yaml)",
+    )
+    data_mount: str = Field(
+        "/data", pattern=r"^/", description="where the claim is mounted; relative spec paths land under it"
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow as the pods reach it; default: tracking.tracking_uri when that is a server "
+        "the pods can reach, else http://mlflow:5000 (the Service of k8s/mlflow.yaml)",
+    )
     ttl_seconds_after_finished: int = Field(3600, ge=0, description="how long a finished job's pods stay (logs)")
 
 
 class ClusterSpec(_Section):
     """Where a job runs when it is not the embedded local Ray."""
 
-    address: Optional[str] = Field(None, description="Ray Jobs API, http://HEAD:8265; --address and $RAY_ADDRESS override")
+    address: str | None = Field(None, description="Ray Jobs API, http://HEAD:8265; --address and $RAY_ADDRESS override")
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
 
 

@@ -80,8 +80,15 @@ def train(spec, uri: str, run):
     cluster.check_resources(spec.scaling)
     run_id = run.info.run_id
     run_dir = run.data.tags.get("orch.checkpoint_dir") or checkpoint_dir(spec, run_id)
-    tracking.set_tags(uri, run_id, {**driver_tags(), "orch.checkpoint_dir": run_dir,
-                                    "orch.driver_node_id": ray.get_runtime_context().get_node_id()})
+    tracking.set_tags(
+        uri,
+        run_id,
+        {
+            **driver_tags(),
+            "orch.checkpoint_dir": run_dir,
+            "orch.driver_node_id": ray.get_runtime_context().get_node_id(),
+        },
+    )
     return drive(spec, uri, run_id, run_dir)
 
 
@@ -89,8 +96,10 @@ def _running_run(uri: str, run_id: str):
     try:
         run = MlflowClient(uri).get_run(run_id)
     except MlflowException as exc:
-        raise OrchError(f"--run-id {run_id}: no such run in {uri} ({str(exc).splitlines()[0]}); is the "
-                        "tracking URI one this node reaches?") from None
+        raise OrchError(
+            f"--run-id {run_id}: no such run in {uri} ({str(exc).splitlines()[0]}); is the "
+            "tracking URI one this node reaches?"
+        ) from None
     if run.info.status != "RUNNING":
         raise OrchError(f"--run-id {run_id} is {run.info.status}: the submitter creates a RUNNING run to train")
     return run
@@ -99,6 +108,7 @@ def _running_run(uri: str, run_id: str):
 def _stop_on_sigterm() -> None:
     """`ray job stop` and a deleted pod send SIGTERM: handle it as Ctrl-C, so that Ray Train's
     SIGINT handler aborts the workers and drive() ends the run KILLED instead of leaving it RUNNING."""
+
     def handler(signum, frame):
         on_sigint = signal.getsignal(signal.SIGINT)
         if callable(on_sigint):

@@ -23,9 +23,18 @@ TERMINAL = ("Complete", "Failed", "ValidationFailed")  # jobDeploymentStatus val
 _RUN_STATUS = {"SUCCEEDED": "FINISHED", "STOPPED": "KILLED"}  # any other end is FAILED
 
 
-def submit_k8s(spec: JobSpec, spec_path: str | None, *, namespace: str | None = None, image: str | None = None,
-               dry_run: bool = False, detach: bool = False, output: str = "text", api=None,
-               poll_s: float = 5.0):
+def submit_k8s(
+    spec: JobSpec,
+    spec_path: str | None,
+    *,
+    namespace: str | None = None,
+    image: str | None = None,
+    dry_run: bool = False,
+    detach: bool = False,
+    output: str = "text",
+    api=None,
+    poll_s: float = 5.0,
+):
     """Validate, then print the RayJob (dry run: nothing is created, not even an MLflow run) or
     create the run and the RayJob and, unless detached, follow it to its end."""
     from orchestrator import preflight, tracking
@@ -42,16 +51,21 @@ def submit_k8s(spec: JobSpec, spec_path: str | None, *, namespace: str | None = 
         print_manifest(pods, image, pod_uri, namespace, output)
         return None
     if not image:
-        raise SpecError("cluster.kubernetes.image: no training image; pass --image or set it "
-                        "(build one from the Dockerfile)")
+        raise SpecError(
+            "cluster.kubernetes.image: no training image; pass --image or set it (build one from the Dockerfile)"
+        )
     if preflight.is_local_store(uri):
-        raise SpecError(f"tracking.tracking_uri: {uri} is a local store the pods cannot reach; set it (or "
-                        f"$MLFLOW_TRACKING_URI) to the MLflow server of k8s/mlflow.yaml, e.g. after "
-                        f"`kubectl -n {namespace} port-forward svc/mlflow 5000`: http://localhost:5000")
+        raise SpecError(
+            f"tracking.tracking_uri: {uri} is a local store the pods cannot reach; set it (or "
+            f"$MLFLOW_TRACKING_URI) to the MLflow server of k8s/mlflow.yaml, e.g. after "
+            f"`kubectl -n {namespace} port-forward svc/mlflow 5000`: http://localhost:5000"
+        )
     api = api or api_client()
     run_id, name = launch(pods, spec_path, uri=uri, pod_uri=pod_uri, namespace=namespace, image=image, api=api)
-    _say(f"RayJob {namespace}/{name} created for run {run_id} "
-         f"(orch status/logs/stop {run_id}; kubectl -n {namespace} get rayjob {name})")
+    _say(
+        f"RayJob {namespace}/{name} created for run {run_id} "
+        f"(orch status/logs/stop {run_id}; kubectl -n {namespace} get rayjob {name})"
+    )
     if detach:
         return read_outcome(uri, run_id, status="RUNNING")
     return follow(api, namespace, name, uri=uri, run_id=run_id, poll_s=poll_s)
@@ -60,11 +74,17 @@ def submit_k8s(spec: JobSpec, spec_path: str | None, *, namespace: str | None = 
 def print_manifest(pods: JobSpec, image: str | None, pod_uri: str, namespace: str, output: str) -> None:
     """The dry run's RayJob, with placeholders for what only a real submission knows."""
     if not image:
-        _say("orch: warning: cluster.kubernetes.image: no training image; the manifest says "
-             f"{manifest.PLACEHOLDER_IMAGE} (pass --image)")
-    body = manifest.rayjob_manifest(pods, run_id=manifest.PLACEHOLDER_RUN_ID,
-                                    image=image or manifest.PLACEHOLDER_IMAGE,
-                                    tracking_uri=pod_uri, namespace=namespace)
+        _say(
+            "orch: warning: cluster.kubernetes.image: no training image; the manifest says "
+            f"{manifest.PLACEHOLDER_IMAGE} (pass --image)"
+        )
+    body = manifest.rayjob_manifest(
+        pods,
+        run_id=manifest.PLACEHOLDER_RUN_ID,
+        image=image or manifest.PLACEHOLDER_IMAGE,
+        tracking_uri=pod_uri,
+        namespace=namespace,
+    )
     if output == "json":
         click.echo(json.dumps(body))
         return
@@ -72,16 +92,25 @@ def print_manifest(pods: JobSpec, image: str | None, pod_uri: str, namespace: st
     click.echo(yaml.safe_dump(body, sort_keys=False, width=1_000_000).rstrip())
 
 
-def launch(pods: JobSpec, spec_path: str | None, *, uri: str, pod_uri: str, namespace: str, image: str,
-           api) -> tuple[str, str]:
+def launch(
+    pods: JobSpec, spec_path: str | None, *, uri: str, pod_uri: str, namespace: str, image: str, api
+) -> tuple[str, str]:
     """Create the MLflow run, then the RayJob; a RayJob the API refuses ends the run FAILED."""
     from orchestrator import tracking
     from orchestrator.targets.local import checkpoint_dir
 
     run_id = tracking.start_run(pods, spec_path, uri)
     name = manifest.rayjob_name(pods.name, run_id)
-    tracking.set_tags(uri, run_id, {"orch.target": "k8s", "orch.k8s_namespace": namespace, "orch.rayjob": name,
-                                    "orch.checkpoint_dir": checkpoint_dir(pods, run_id)})
+    tracking.set_tags(
+        uri,
+        run_id,
+        {
+            "orch.target": "k8s",
+            "orch.k8s_namespace": namespace,
+            "orch.rayjob": name,
+            "orch.checkpoint_dir": checkpoint_dir(pods, run_id),
+        },
+    )
     body = manifest.rayjob_manifest(pods, run_id=run_id, image=image, tracking_uri=pod_uri, namespace=namespace)
     try:
         _custom(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
@@ -112,8 +141,10 @@ def wait(api, namespace: str, name: str, *, poll_s: float = 5.0) -> dict:
         state = read_state(api, namespace, name)
         seen = (state["jobDeploymentStatus"], state["jobStatus"])
         if seen != last:
-            _say(f"RayJob {name}: {state['jobDeploymentStatus'] or 'New'}, job {state['jobStatus'] or '-'}"
-                 + (f" ({state['message']})" if state["message"] else ""))
+            _say(
+                f"RayJob {name}: {state['jobDeploymentStatus'] or 'New'}, job {state['jobStatus'] or '-'}"
+                + (f" ({state['message']})" if state["message"] else "")
+            )
             last = seen
         if not state["found"] or state["jobDeploymentStatus"] in TERMINAL:
             return state
@@ -165,21 +196,23 @@ def job_logs(run, *, tail_lines: int | None = None, api=None) -> str:
     api = api or api_client()
     state = read_state(api, namespace, name)
     if not state["found"] or not state["rayClusterName"]:
-        raise OrchError(f"RayJob {namespace}/{name}: no Ray cluster to read logs from "
-                        f"({state['message'] or state['jobDeploymentStatus'] or 'not started yet'}); "
-                        f"the run's metrics are in MLflow")
+        raise OrchError(
+            f"RayJob {namespace}/{name}: no Ray cluster to read logs from "
+            f"({state['message'] or state['jobDeploymentStatus'] or 'not started yet'}); "
+            f"the run's metrics are in MLflow"
+        )
     core = _core(api)
     selector = f"ray.io/cluster={state['rayClusterName']},ray.io/node-type=head"
     try:
         pods = core.list_namespaced_pod(namespace, label_selector=selector).items
         if not pods:
-            raise OrchError(f"RayJob {namespace}/{name}: its head pod is not there yet "
-                            f"({state['jobDeploymentStatus'] or 'New'})")
+            raise OrchError(
+                f"RayJob {namespace}/{name}: its head pod is not there yet ({state['jobDeploymentStatus'] or 'New'})"
+            )
         pod = pods[0]
         names = [c.name for c in pod.spec.containers]
         container = manifest.LOG_CONTAINER if manifest.LOG_CONTAINER in names else names[0]
-        return core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container,
-                                            tail_lines=tail_lines)
+        return core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container, tail_lines=tail_lines)
     except OrchError:
         raise
     except Exception as exc:
@@ -228,14 +261,18 @@ def _api_error(exc: Exception, doing: str) -> OrchError:
     """One line from an API failure: the server's own message, and the fix when it is ours."""
     status = getattr(exc, "status", None)
     if status is None:  # no answer at all: DNS, refused connection, TLS
-        return OrchError(f"{doing}: the Kubernetes API did not answer ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})")
+        return OrchError(
+            f"{doing}: the Kubernetes API did not answer ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        )
     try:
         detail = json.loads(exc.body).get("message") or exc.reason
     except (TypeError, ValueError, AttributeError):
         detail = getattr(exc, "reason", "") or ""
-    hint = {403: "; the Role in k8s/rbac.yaml grants what orch needs",
-            404: "; is the KubeRay operator installed (k8s/README.md)?"}.get(status, "")
+    hint = {
+        403: "; the Role in k8s/rbac.yaml grants what orch needs",
+        404: "; is the KubeRay operator installed (k8s/README.md)?",
+    }.get(status, "")
     return OrchError(f"{doing}: {status} {getattr(exc, 'reason', '')}: {detail}{hint}")
 
 
@@ -248,8 +285,7 @@ def _job_ref(run) -> tuple[str, str]:
 
 def _namespace(value: str) -> str:
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
-        raise SpecError(f"--namespace: {value!r} is not a Kubernetes namespace name "
-                        "(lowercase letters, digits, '-')")
+        raise SpecError(f"--namespace: {value!r} is not a Kubernetes namespace name (lowercase letters, digits, '-')")
     return value
 
 

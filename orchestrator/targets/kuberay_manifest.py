@@ -23,8 +23,22 @@ IN_CLUSTER_MLFLOW = "http://mlflow:5000"  # the Service of k8s/mlflow.yaml, same
 LOG_CONTAINER = "job-logs"
 MAX_RAYJOB_NAME = 47  # KubeRay appends "-xxxxx" for the RayCluster, whose name may not exceed 53
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
-_SUFFIX = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18, "Ki": 2**10,
-           "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "m": 1e-3}
+_SUFFIX = {
+    "": 1,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "m": 1e-3,
+}
 
 
 def rayjob_manifest(spec: JobSpec, *, run_id: str, image: str, tracking_uri: str, namespace: str) -> dict:
@@ -35,8 +49,12 @@ def rayjob_manifest(spec: JobSpec, *, run_id: str, image: str, tracking_uri: str
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
-        "metadata": {"name": name, "namespace": namespace, "labels": _labels(spec, run_id),
-                     "annotations": _annotations(spec, tracking_uri)},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": _labels(spec, run_id),
+            "annotations": _annotations(spec, tracking_uri),
+        },
         "spec": {
             "entrypoint": entrypoint(spec, run_id, tracking_uri),
             "jobId": job_id(run_id),
@@ -58,7 +76,7 @@ def rayjob_name(spec_name: str, run_id: str) -> str:
     base = re.sub(r"[^a-z0-9-]+", "-", spec_name.lower()).strip("-")
     base = re.sub(r"^[^a-z]+", "", base) or "orch"
     suffix = re.sub(r"[^a-z0-9]+", "-", run_id[:8].lower()).strip("-")
-    return f"{base[:MAX_RAYJOB_NAME - len(suffix) - 1].rstrip('-')}-{suffix}"
+    return f"{base[: MAX_RAYJOB_NAME - len(suffix) - 1].rstrip('-')}-{suffix}"
 
 
 def job_id(run_id: str) -> str:
@@ -69,8 +87,10 @@ def job_id(run_id: str) -> str:
 def entrypoint(spec: JobSpec, run_id: str, tracking_uri: str) -> str:
     """The driver command: orch's trainer attached to the MLflow run the submitting CLI created."""
     spec_b64 = base64.b64encode(json.dumps(spec.model_dump(mode="json")).encode()).decode()
-    return (f"python -m orchestrator.targets.entrypoint --run-id {shlex.quote(run_id)} "
-            f"--tracking-uri {shlex.quote(tracking_uri)} --spec-b64 {spec_b64}")
+    return (
+        f"python -m orchestrator.targets.entrypoint --run-id {shlex.quote(run_id)} "
+        f"--tracking-uri {shlex.quote(tracking_uri)} --spec-b64 {spec_b64}"
+    )
 
 
 def worker_layout(scaling: ScalingSpec, gpus_per_node: int) -> dict:
@@ -84,17 +104,24 @@ def worker_layout(scaling: ScalingSpec, gpus_per_node: int) -> dict:
         return {"replicas": n, "workers_per_pod": 1, "gpus": 0, "cpus": scaling.cpus_per_worker}
     per_worker = scaling.gpus_per_worker
     if per_worker > gpus_per_node:
-        raise SpecError(f"scaling.gpus_per_worker: {per_worker:g} GPUs do not fit a pod of "
-                        f"cluster.kubernetes.gpus_per_node={gpus_per_node}; raise gpus_per_node")
+        raise SpecError(
+            f"scaling.gpus_per_worker: {per_worker:g} GPUs do not fit a pod of "
+            f"cluster.kubernetes.gpus_per_node={gpus_per_node}; raise gpus_per_node"
+        )
     fit = 1 if scaling.placement == "STRICT_SPREAD" else math.floor(gpus_per_node / per_worker + 1e-9)
     replicas = math.ceil(n / fit)
     if scaling.placement == "STRICT_PACK" and replicas > 1:
-        raise SpecError(f"scaling.placement: STRICT_PACK puts all {n} workers ({n * per_worker:g} GPUs) in "
-                        f"one pod, more than cluster.kubernetes.gpus_per_node={gpus_per_node}; use PACK")
+        raise SpecError(
+            f"scaling.placement: STRICT_PACK puts all {n} workers ({n * per_worker:g} GPUs) in "
+            f"one pod, more than cluster.kubernetes.gpus_per_node={gpus_per_node}; use PACK"
+        )
     per_pod = math.ceil(n / replicas)
-    return {"replicas": replicas, "workers_per_pod": per_pod,
-            "gpus": min(gpus_per_node, math.ceil(per_pod * per_worker - 1e-9)),
-            "cpus": per_pod * scaling.cpus_per_worker}
+    return {
+        "replicas": replicas,
+        "workers_per_pod": per_pod,
+        "gpus": min(gpus_per_node, math.ceil(per_pod * per_worker - 1e-9)),
+        "cpus": per_pod * scaling.cpus_per_worker,
+    }
 
 
 def pod_spec(spec: JobSpec, cwd: str | None = None) -> JobSpec:
@@ -122,8 +149,10 @@ def pod_tracking_uri(k8s: KubernetesSpec, submit_uri: str) -> str:
 
     if k8s.tracking_uri:
         if is_local_store(k8s.tracking_uri) or _loopback(k8s.tracking_uri):
-            raise SpecError(f"cluster.kubernetes.tracking_uri: the pods cannot reach {k8s.tracking_uri}; "
-                            f"give the MLflow server's in-cluster address, e.g. {IN_CLUSTER_MLFLOW}")
+            raise SpecError(
+                f"cluster.kubernetes.tracking_uri: the pods cannot reach {k8s.tracking_uri}; "
+                f"give the MLflow server's in-cluster address, e.g. {IN_CLUSTER_MLFLOW}"
+            )
         return k8s.tracking_uri
     if is_local_store(submit_uri) or _loopback(submit_uri):
         return IN_CLUSTER_MLFLOW
@@ -141,8 +170,10 @@ def _pod_path(value: str, where: str, mount: str, cwd: str) -> str:
         return value
     if cwd != "/" and _under(value, cwd):
         return posixpath.normpath(posixpath.join(mount, os.path.relpath(value, cwd)))
-    raise SpecError(f"{where}: {value} is not on the pods' data volume; use a path under "
-                    f"cluster.kubernetes.data_mount ({mount}), a relative path (placed under it) or a URI")
+    raise SpecError(
+        f"{where}: {value} is not on the pods' data volume; use a path under "
+        f"cluster.kubernetes.data_mount ({mount}), a relative path (placed under it) or a URI"
+    )
 
 
 def _under(path: str, root: str) -> bool:
@@ -155,14 +186,22 @@ def _loopback(uri: str) -> bool:
 
 def _labels(spec: JobSpec, run_id: str) -> dict:
     job = re.sub(r"[^A-Za-z0-9._-]+", "-", spec.name)[:63].strip("-._") or "orch"
-    return {"app.kubernetes.io/name": "orch", "app.kubernetes.io/managed-by": "orch",
-            "orch/job": job, "orch/run-id": run_id}
+    return {
+        "app.kubernetes.io/name": "orch",
+        "app.kubernetes.io/managed-by": "orch",
+        "orch/job": job,
+        "orch/run-id": run_id,
+    }
 
 
 def _annotations(spec: JobSpec, tracking_uri: str) -> dict:
     """What the base64 spec in the entrypoint says about places, for `kubectl describe`."""
-    return {"orch/tracking-uri": tracking_uri, "orch/data-train": spec.data.train,
-            "orch/data-val": spec.data.val, "orch/checkpoint-storage": spec.checkpoint.storage}
+    return {
+        "orch/tracking-uri": tracking_uri,
+        "orch/data-train": spec.data.train,
+        "orch/data-val": spec.data.val,
+        "orch/checkpoint-storage": spec.checkpoint.storage,
+    }
 
 
 def _head_group(k8s: KubernetesSpec, image: str, tracking_uri: str, ray_job_id: str) -> dict:
@@ -173,8 +212,11 @@ def _head_group(k8s: KubernetesSpec, image: str, tracking_uri: str, ray_job_id: 
     head = {
         "name": "ray-head",
         "image": image,
-        "ports": [{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
-                  {"containerPort": 10001, "name": "client"}],
+        "ports": [
+            {"containerPort": 6379, "name": "gcs-server"},
+            {"containerPort": 8265, "name": "dashboard"},
+            {"containerPort": 10001, "name": "client"},
+        ],
         "env": _env(tracking_uri),
         "resources": {"requests": resources, "limits": dict(resources)},
         "volumeMounts": [_data_mount(k8s), {"name": "ray-logs", "mountPath": "/tmp/ray"}],
@@ -226,8 +268,12 @@ def _worker_group(scaling: ScalingSpec, k8s: KubernetesSpec, image: str, trackin
 
 def _pod(k8s: KubernetesSpec, containers: list, volumes: list) -> dict:
     # fsGroup 1000: the image's non-root user (see Dockerfile) can write checkpoints to the volume.
-    return {"serviceAccountName": k8s.service_account, "securityContext": {"fsGroup": 1000},
-            "containers": containers, "volumes": volumes}
+    return {
+        "serviceAccountName": k8s.service_account,
+        "securityContext": {"fsGroup": 1000},
+        "containers": containers,
+        "volumes": volumes,
+    }
 
 
 def _env(tracking_uri: str) -> list:

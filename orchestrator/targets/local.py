@@ -11,9 +11,9 @@ from ray.train.torch import TorchTrainer
 
 from orchestrator import cluster, preflight, tracking
 from orchestrator.epoch_logger import EpochLogger
+from orchestrator.errors import JobFailed, JobInterrupted
 from orchestrator.lifecycle import driver_tags
 from orchestrator.outcome import JobOutcome, read_outcome
-from orchestrator.errors import JobFailed, JobInterrupted
 from orchestrator.progress import EpochPrinter
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train import faults
@@ -31,13 +31,21 @@ def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr
     cluster.check_resources(spec.scaling)
     uri = tracking.tracking_uri(spec)
     run_id = tracking.start_run(spec, spec_path, uri)
-    tracking.set_tags(uri, run_id, {"orch.checkpoint_dir": checkpoint_dir(spec, run_id), "orch.target": "local",
-                                    **driver_tags()})
+    tracking.set_tags(
+        uri, run_id, {"orch.checkpoint_dir": checkpoint_dir(spec, run_id), "orch.target": "local", **driver_tags()}
+    )
     return drive(spec, uri, run_id, checkpoint_dir(spec, run_id), progress_to_stderr=progress_to_stderr)
 
 
-def drive(spec: JobSpec, uri: str, run_id: str, run_dir: str, *,
-          resume_from: str | None = None, progress_to_stderr: bool = False) -> JobOutcome:
+def drive(
+    spec: JobSpec,
+    uri: str,
+    run_id: str,
+    run_dir: str,
+    *,
+    resume_from: str | None = None,
+    progress_to_stderr: bool = False,
+) -> JobOutcome:
     """Fit the trainer for an existing, RUNNING MLflow run whose checkpoints live in `run_dir`,
     and end the run FINISHED, FAILED or KILLED."""
     done = set(tracking.epoch_history(uri, run_id))
@@ -78,8 +86,9 @@ def checkpoint_dir(spec: JobSpec, run_id: str) -> str:
     return f"{spec.checkpoint.storage.rstrip('/')}/{ray_run_name(spec, run_id)}"
 
 
-def build_trainer(spec: JobSpec, uri: str, run_id: str, resume_from: str | None = None,
-                  run_dir: str | None = None) -> TorchTrainer:
+def build_trainer(
+    spec: JobSpec, uri: str, run_id: str, resume_from: str | None = None, run_dir: str | None = None
+) -> TorchTrainer:
     scaling = spec.scaling
     # Ray Train's folder for the run is storage_path/name; a resumed run reuses it, so Ray's
     # own checkpoint bookkeeping (retention, the latest checkpoint after a failure) carries on.
@@ -87,8 +96,11 @@ def build_trainer(spec: JobSpec, uri: str, run_id: str, resume_from: str | None 
     storage, name = run_dir.rstrip("/").rsplit("/", 1)
     return TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "resume_from": resume_from,
-                           "fault": faults.from_env(run_dir)},
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "resume_from": resume_from,
+            "fault": faults.from_env(run_dir),
+        },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,

@@ -39,8 +39,22 @@ STOP_WAIT_S = 60  # how long Ray lets the entrypoint end the run KILLED after `r
 # Left out of the uploaded working_dir (Ray also skips what .gitignore lists): data, outputs,
 # envs, tests. No trailing slashes: Ray tests each folder itself against these, and "dir/"
 # matches only what is inside, so Ray would still walk every file of a virtualenv.
-EXCLUDES = ["/.git", ".venv", "venv", "__pycache__", "/data", "/checkpoints", "/mlruns", "/mlartifacts",
-            "*.db", "*.beton", "*.egg-info", ".pytest_cache", "/tests", "/bench"]
+EXCLUDES = [
+    "/.git",
+    ".venv",
+    "venv",
+    "__pycache__",
+    "/data",
+    "/checkpoints",
+    "/mlruns",
+    "/mlartifacts",
+    "*.db",
+    "*.beton",
+    "*.egg-info",
+    ".pytest_cache",
+    "/tests",
+    "/bench",
+]
 _ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 # "Uploading package ...", "Ignoring upload ... .gitignore", "Directory '.venv' is now ignored by
 # default" (orch leaves it out anyway): news to nobody who runs `orch submit`.
@@ -55,8 +69,10 @@ _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 # --- submitting a job ------------------------------------------------------------------------
 
-def submit_remote(spec: JobSpec, spec_path: str | None, *, address: str, detach: bool = False,
-                  progress_to_stderr: bool = False):
+
+def submit_remote(
+    spec: JobSpec, spec_path: str | None, *, address: str, detach: bool = False, progress_to_stderr: bool = False
+):
     """Submit `spec` to the Ray cluster whose Jobs API is at `address`; unless `detach`, print its
     epochs and return its JobOutcome once the job ends.
 
@@ -75,8 +91,11 @@ def submit_remote(spec: JobSpec, spec_path: str | None, *, address: str, detach:
     preflight.check_multi_node(spec, uri, len(nodes))
     jobs = client(address)
     run_id = tracking.start_run(spec, spec_path, uri)
-    tracking.set_tags(uri, run_id, {"orch.target": "ray", "orch.ray_address": address,
-                                    "orch.checkpoint_dir": checkpoint_dir(spec, run_id)})
+    tracking.set_tags(
+        uri,
+        run_id,
+        {"orch.target": "ray", "orch.ray_address": address, "orch.checkpoint_dir": checkpoint_dir(spec, run_id)},
+    )
     job_id = _submit(jobs, spec, uri, run_id, address)
     if detach:
         state = jobs.get_job_status(job_id)
@@ -85,8 +104,9 @@ def submit_remote(spec: JobSpec, spec_path: str | None, *, address: str, detach:
 
 
 def entrypoint_command(run_id: str, uri: str, address: str) -> str:
-    return shlex.join([cluster_python(address), "-m", "orchestrator.targets.entrypoint",
-                       "--run-id", run_id, "--tracking-uri", uri])
+    return shlex.join(
+        [cluster_python(address), "-m", "orchestrator.targets.entrypoint", "--run-id", run_id, "--tracking-uri", uri]
+    )
 
 
 def cluster_python(address: str) -> str:
@@ -134,18 +154,25 @@ def _submit(jobs, spec: JobSpec, uri: str, run_id: str, address: str) -> str:
 
     job_id = ray_run_name(spec, run_id)
     try:
-        jobs.submit_job(entrypoint=entrypoint_command(run_id, uri, address), submission_id=job_id,
-                        runtime_env=runtime_env(spec, uri), metadata={"orch.run_id": run_id})
+        jobs.submit_job(
+            entrypoint=entrypoint_command(run_id, uri, address),
+            submission_id=job_id,
+            runtime_env=runtime_env(spec, uri),
+            metadata={"orch.run_id": run_id},
+        )
         tracking.set_tags(uri, run_id, {"orch.ray_job_id": job_id})
     except KeyboardInterrupt:
         tracking.end_run(uri, run_id, "KILLED", "interrupted while submitting the Ray job")
         raise JobInterrupted(f"run {run_id} interrupted while submitting: marked KILLED") from None
     except Exception as exc:
         tracking.end_run(uri, run_id, "FAILED", f"submitting the Ray job failed: {exc}")
-        raise JobFailed(f"run {run_id} FAILED: the Ray Jobs API at {jobs.get_address()} did not take the job: "
-                        f"{last_line(str(exc), 'no cause recorded')}") from None
-    click.echo(f"run {run_id}: Ray job {job_id} on {jobs.get_address()} (`orch logs {run_id}` shows its output)",
-               err=True)
+        raise JobFailed(
+            f"run {run_id} FAILED: the Ray Jobs API at {jobs.get_address()} did not take the job: "
+            f"{last_line(str(exc), 'no cause recorded')}"
+        ) from None
+    click.echo(
+        f"run {run_id}: Ray job {job_id} on {jobs.get_address()} (`orch logs {run_id}` shows its output)", err=True
+    )
     return job_id
 
 
@@ -168,19 +195,23 @@ def _follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to
         jobs.stop_job(job_id)
         wait(jobs, job_id, timeout_s=STOP_WAIT_S + 15)
         tracking.end_if_running(uri, run_id, "KILLED", "stopped by Ctrl-C in `orch submit`")
-        raise JobInterrupted(f"run {run_id} interrupted: Ray job {job_id} stopped, run marked KILLED, "
-                             "checkpoints kept") from None
+        raise JobInterrupted(
+            f"run {run_id} interrupted: Ray job {job_id} stopped, run marked KILLED, checkpoints kept"
+        ) from None
     finally:
         printer.stop()
-    tracking.end_if_running(uri, run_id, "KILLED" if str(state) == "STOPPED" else "FAILED",
-                            lambda: _job_failure(jobs, job_id))
+    tracking.end_if_running(
+        uri, run_id, "KILLED" if str(state) == "STOPPED" else "FAILED", lambda: _job_failure(jobs, job_id)
+    )
     result = read_outcome(uri, run_id)
     if result.status == "KILLED":
         raise JobInterrupted(f"run {run_id} was stopped (Ray job {job_id} {state}): marked KILLED, checkpoints kept")
     if result.status != "FINISHED":
         error = MlflowClient(uri).get_run(run_id).data.tags.get("orch.error", "")
-        raise JobFailed(f"run {run_id} {result.status}: {last_line(error, 'no cause recorded')} "
-                        f"(`orch logs {run_id}` has the job's output)")
+        raise JobFailed(
+            f"run {run_id} {result.status}: {last_line(error, 'no cause recorded')} "
+            f"(`orch logs {run_id}` has the job's output)"
+        )
     return result
 
 
@@ -200,12 +231,15 @@ def _job_failure(jobs, job_id: str) -> str:
 
 # --- the Jobs API ----------------------------------------------------------------------------
 
+
 def connect(address: str) -> str:
     """Check that the head answers (a public endpoint, so no token is needed yet) and use the
     cluster's token when it asks for one. Returns the address without a trailing slash."""
     if not address:
-        raise OrchError("no Ray cluster to submit to: pass --address http://HEAD:8265 (the head's dashboard), "
-                        "or set RAY_ADDRESS or cluster.address")
+        raise OrchError(
+            "no Ray cluster to submit to: pass --address http://HEAD:8265 (the head's dashboard), "
+            "or set RAY_ADDRESS or cluster.address"
+        )
     address = address.rstrip("/") if "://" in address else f"http://{address.rstrip('/')}"
     try:
         mode = _get(address, "/api/authentication_mode").get("authentication_mode")
@@ -260,11 +294,16 @@ def wait(jobs, job_id: str, poll_s: float = 2.0, timeout_s: float | None = None)
 # --- the lifecycle of a run submitted as a Ray job: `orch status/logs/stop` call these for runs
 # tagged orch.target=ray, as they call targets.kuberay's for orch.target=k8s.
 
+
 def job_status(run) -> dict:
     jobs, job_id = _job_of(run)
     info = jobs.get_job_info(job_id)
-    return {"ray_address": jobs.get_address(), "ray_job_id": job_id, "ray_job_status": str(info.status),
-            "ray_job_message": info.message}
+    return {
+        "ray_address": jobs.get_address(),
+        "ray_job_id": job_id,
+        "ray_job_status": str(info.status),
+        "ray_job_message": info.message,
+    }
 
 
 def job_logs(run) -> str:
@@ -293,8 +332,10 @@ def stop_job(run) -> dict:
     jobs, job_id = _job_of(run)
     if jobs.stop_job(job_id):
         return {"how": f"asked the Ray Jobs API at {jobs.get_address()} to stop job {job_id}", "running": True}
-    return {"how": f"Ray job {job_id} had already ended ({jobs.get_job_status(job_id)}); marked KILLED",
-            "running": False}
+    return {
+        "how": f"Ray job {job_id} had already ended ({jobs.get_job_status(job_id)}); marked KILLED",
+        "running": False,
+    }
 
 
 class _NotFound(OrchError):
@@ -302,29 +343,35 @@ class _NotFound(OrchError):
 
 
 def unreachable(address: str, why: str) -> OrchError:
-    return OrchError(f"cannot reach the Ray Jobs API at {address}: {why}; is the head running? "
-                     "(--address / RAY_ADDRESS)")
+    return OrchError(
+        f"cannot reach the Ray Jobs API at {address}: {why}; is the head running? (--address / RAY_ADDRESS)"
+    )
 
 
 def _job_of(run):
     tags = run.data.tags
     address, job_id = tags.get("orch.ray_address"), tags.get("orch.ray_job_id")
     if not address or not job_id:
-        raise OrchError(f"run {run.info.run_id} has no Ray job recorded (tags orch.ray_address, "
-                        "orch.ray_job_id): its submission did not get that far")
+        raise OrchError(
+            f"run {run.info.run_id} has no Ray job recorded (tags orch.ray_address, "
+            "orch.ray_job_id): its submission did not get that far"
+        )
     return client(connect(address)), job_id
 
 
 def _get(address: str, path: str, **params) -> dict:
     try:
-        reply = requests.get(address + path, params=params, headers=_internal(ray_internals.auth_headers),
-                             timeout=TIMEOUT_S)
+        reply = requests.get(
+            address + path, params=params, headers=_internal(ray_internals.auth_headers), timeout=TIMEOUT_S
+        )
     except requests.RequestException as exc:
         raise unreachable(address, _reason(exc)) from None
     if reply.status_code in (401, 403):
         said = f"{reply.status_code}: {reply.text.strip()[:200]}"
-        raise OrchError(f"the Ray cluster at {address} refused orch ({said}); "
-                        "it checks tokens: put its token in $RAY_AUTH_TOKEN or ~/.ray/auth_token")
+        raise OrchError(
+            f"the Ray cluster at {address} refused orch ({said}); "
+            "it checks tokens: put its token in $RAY_AUTH_TOKEN or ~/.ray/auth_token"
+        )
     if reply.status_code != 200:
         error = _NotFound if reply.status_code == 404 else OrchError
         said = " ".join(filter(None, [f"HTTP {reply.status_code}", reply.text.strip()[:200]]))

@@ -67,16 +67,18 @@ def verify(location: str, fs: pafs.FileSystem | None = None) -> dict:
         with fs.open_input_stream(f"{path}/{CHECKSUMS_FILE}") as f:
             expected = json.loads(f.read().decode())["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DamagedCheckpoint(f"{location}: no readable {CHECKSUMS_FILE} ({type(exc).__name__}); "
-                                "it was not written to the end") from None
+        raise DamagedCheckpoint(
+            f"{location}: no readable {CHECKSUMS_FILE} ({type(exc).__name__}); it was not written to the end"
+        ) from None
     for name, digest in expected.items():
         try:
             actual = _sha256_stream(fs.open_input_stream(f"{path}/{name}"))
         except OSError:
             raise DamagedCheckpoint(f"{location}/{name}: missing") from None
         if actual != digest:
-            raise DamagedCheckpoint(f"{location}/{name}: sha256 {actual[:12]}... does not match "
-                                    f"{CHECKSUMS_FILE} ({digest[:12]}...)")
+            raise DamagedCheckpoint(
+                f"{location}/{name}: sha256 {actual[:12]}... does not match {CHECKSUMS_FILE} ({digest[:12]}...)"
+            )
     return expected
 
 
@@ -116,8 +118,12 @@ def describe(location: str, fs: pafs.FileSystem | None = None) -> dict:
     """What `orch checkpoints` shows: path, epoch, metrics, size, model checksum and whether it verifies."""
     fs, path = _resolve(location, fs)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    entry = {"path": location, "epoch": epoch_of(location), "metrics": {},
-             "size_bytes": sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)}
+    entry = {
+        "path": location,
+        "epoch": epoch_of(location),
+        "metrics": {},
+        "size_bytes": sum(i.size or 0 for i in infos if i.type == pafs.FileType.File),
+    }
     try:
         with fs.open_input_stream(f"{path}/{META_FILE}") as f:
             entry["metrics"] = json.loads(f.read().decode()).get("metrics", {})

@@ -40,8 +40,10 @@ def from_env(run_dir: str) -> dict | None:
         assert isinstance(fault, dict) and fault["action"] in ACTIONS
         fault["epoch"], fault["step"] = int(fault["epoch"]), int(fault["step"])
     except (ValueError, KeyError, TypeError, AssertionError):
-        raise ValueError(f"${FAULT_VARIABLE}: expected JSON like "
-                         '{"action": "kill|interrupt|hold", "epoch": 1, "step": 2}, got ' + repr(text)) from None
+        raise ValueError(
+            f"${FAULT_VARIABLE}: expected JSON like "
+            '{"action": "kill|interrupt|hold", "epoch": 1, "step": 2}, got ' + repr(text)
+        ) from None
     fault.update(driver_pid=os.getpid(), run_dir=run_dir)
     return fault
 

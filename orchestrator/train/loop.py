@@ -22,7 +22,13 @@ from orchestrator.spec.schema import JobSpec
 from orchestrator.train import distributed as dist
 from orchestrator.train import faults
 from orchestrator.train.checkpoint import (
-    DamagedCheckpoint, epoch_of, latest_good, load_model_state, load_train_state, save_checkpoint, verify,
+    DamagedCheckpoint,
+    epoch_of,
+    latest_good,
+    load_model_state,
+    load_train_state,
+    save_checkpoint,
+    verify,
 )
 from orchestrator.train.optim import build_optimizer
 from orchestrator.train.schedule import lr_at, scaled_lr
@@ -70,7 +76,9 @@ def train_worker(config: dict) -> None:
         started = time.perf_counter()
         metrics = train_one_epoch(wrapped, train_loader, optimizer, scaler, ctx, epoch * steps_per_epoch)
         metrics.update(evaluate(wrapped, val_loader, ctx))
-        metrics.update(epoch=epoch, epoch_seconds=time.perf_counter() - started, train_resolution=train_loader.resolution)
+        metrics.update(
+            epoch=epoch, epoch_seconds=time.perf_counter() - started, train_resolution=train_loader.resolution
+        )
         if restored:  # told once, with the first epoch after a restore, for the run's record
             metrics.update(restored)
             restored = {}
@@ -82,8 +90,11 @@ def train_worker(config: dict) -> None:
 def worker_placement() -> dict:
     """This worker's rank, host and Ray node, reported once per worker group (the controller
     sees every rank's report, so no collective is needed to gather them)."""
-    return {"worker_rank": dist.rank(), "worker_hostname": socket.gethostname(),
-            "worker_node_id": ray.get_runtime_context().get_node_id()}
+    return {
+        "worker_rank": dist.rank(),
+        "worker_hostname": socket.gethostname(),
+        "worker_node_id": ray.get_runtime_context().get_node_id(),
+    }
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -134,9 +145,7 @@ def _loaders(spec: JobSpec, info, device: torch.device):
         max_samples=data.max_train_samples,
         **common,
     )
-    val = build_val_loader(
-        data.val, resolution=res.val_res, rank=dist.rank(), world_size=dist.world_size(), **common
-    )
+    val = build_val_loader(data.val, resolution=res.val_res, rank=dist.rank(), world_size=dist.world_size(), **common)
     return train, val
 
 
