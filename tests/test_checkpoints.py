@@ -158,13 +158,13 @@ def test_stop_signals_the_driver_and_waits_for_it(mlflow_uri, tmp_path):
             sys.executable,
             "-c",
             f"""
-import signal, sys, time
+import signal, sys
 from mlflow.tracking import MlflowClient
 def stop(*_):
     MlflowClient({mlflow_uri!r}).set_terminated({run_id!r}, status="KILLED"); sys.exit(130)
 signal.signal(signal.SIGINT, stop)
-print("ready", flush=True)
-time.sleep(120)
+print("ready", flush=True)  # the handler is in place: the signal can come
+signal.pause()
 """,
         ],
         stdout=subprocess.PIPE,
