@@ -25,6 +25,7 @@ def test_the_token_helpers_answer(monkeypatch):
     assert isinstance(ray_internals.auth_headers(), dict)
 
 
+@pytest.mark.slow
 def test_a_real_runs_checkpoint_record_has_the_shape_orch_edits(trained_run):
     path = Path(trained_run["run_dir"]) / ray_internals.CHECKPOINT_RECORD
     record = json.loads(path.read_text())
