@@ -1,11 +1,19 @@
 """The one place that imports ffcv, imported lazily: it costs seconds (numba) and has a side effect.
 
-FFCV's Compiler.set_num_threads also calls torch.set_num_threads, which is process-wide:
-importing ffcv drops torch to 1 thread and every Loader epoch resets it to the loader's
-worker count, so CPU training would run at the data loader's thread count. We keep the
-numba half (thread-local, what the jitted pipeline needs) and leave torch's setting alone.
+Two of FFCV's Compiler methods are replaced when it is imported:
+- set_num_threads also calls torch.set_num_threads, which is process-wide: importing ffcv
+  drops torch to 1 thread and every Loader epoch resets it to the loader's worker count, so CPU
+  training would run at the data loader's thread count. We keep the numba half (thread-local,
+  what the jitted pipeline needs) and leave torch's setting alone.
+- compile jits every pipeline operation afresh in each process: 10-15 s of a 2-core machine
+  for each Ray Train worker of each job, before its first step. Operations defined in FFCV's
+  files are now compiled with numba's on-disk cache (cache=True: keyed by the function's code,
+  the values it closes over and its signature, invalidated when the file changes), so later
+  processes load them in about a second. The stage code FFCV generates at run time has no file
+  to key a cache on and is compiled as before.
 """
 
+import inspect
 from multiprocessing import cpu_count
 
 _patched = False
@@ -30,6 +38,7 @@ def import_ffcv():
             numba.set_num_threads(n)
 
         Compiler.set_num_threads = classmethod(set_num_threads)
+        Compiler.compile = classmethod(_compile_cached)
         _patched = True
         torch.set_num_threads(threads)
     return ffcv
@@ -42,3 +51,22 @@ def loader_threads(num_workers: int) -> int:
     if num_workers < 1:
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
     return min(num_workers, numba.config.NUMBA_NUM_THREADS)
+
+
+def _compile_cached(cls, code, signature=None):
+    """FFCV's Compiler.compile, with numba's on-disk cache for functions defined in a file."""
+    from numba import njit
+
+    if not cls.is_enabled:
+        return code
+    parallel = bool(getattr(code, "is_parallel", False)) and cls.num_threads > 1
+    return njit(
+        signature, fastmath=True, nogil=True, error_model="numpy", parallel=parallel, cache=_has_source_file(code)
+    )(code)
+
+
+def _has_source_file(function) -> bool:
+    try:
+        return not inspect.getfile(function).startswith("<")  # "<string>": made by exec
+    except TypeError:
+        return False

@@ -18,13 +18,9 @@ from mlflow.tracking import MlflowClient
 from job_fixtures import DEMO, FASHION, SMALL_TRAIN, SMALL_VAL, small_job, write_fashion_subset
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# Settings for this machine's tests, inherited by every Ray and `orch` process they start:
-# - numba compiles FFCV's pipelines once per worker process, about 10 s of each short job here;
-#   at optimization level 1 it compiles in about two thirds of the time, and the loaders of
-#   these small datasets run as fast (level 3 is numba's default, what users get).
-# - Ray Train's controller polls its workers every 2 s; a test's job of a few seconds an epoch
-#   waits less for each report and for its end at 0.5 s.
-os.environ.setdefault("NUMBA_OPT", "1")
+# Ray Train's controller polls its workers every 2 s; a test's job of a few seconds an epoch
+# waits less for each report and for its end at 0.5 s. Inherited by every Ray and `orch`
+# process the tests start.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 

@@ -1,5 +1,9 @@
 """The training loop's loaders on a real .beton whose label is the sample index."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +11,7 @@ import torch
 from data_pipeline import ResolutionSchedule, build_train_loader, build_val_loader
 
 from data_fixtures import write_index_beton
+from job_fixtures import ROOT
 
 N = 1001
 # Several FFCV loaders in one process: numba's dispatcher finalizer raises a harmless KeyError
@@ -201,3 +206,42 @@ def test_gpu_pipeline(index_beton):
     val = build_val_loader(path, augment="cifar", batch_size=100, num_workers=2, mean=mean, std=std, device="cuda:0")
     labels = torch.cat([y.clone() for _, y in val]).cpu().numpy()
     np.testing.assert_array_equal(labels, np.arange(N))
+
+
+CACHED_PIPELINES = """
+import hashlib, sys
+from data_pipeline import ResolutionSchedule, build_train_loader, build_val_loader, read_dataset_info
+data = sys.argv[1]
+info = read_dataset_info(data + "/train.beton")
+common = dict(augment="cifar", batch_size=100, num_workers=1, mean=info.mean, std=info.std, device="cpu",
+              channels_last=True)
+train = build_train_loader(data + "/train.beton", seed=0, resolution=ResolutionSchedule(160, 192, 0, 0),
+                           distributed=False, max_samples=None, **common)
+labels = hashlib.sha256(b"".join(y.numpy().tobytes() for _, y in train)).hexdigest()
+val = build_val_loader(data + "/val.beton", resolution=224, rank=0, world_size=1, **common)
+print(labels, hashlib.sha256(b"".join(x.numpy().tobytes() for x, _ in val)).hexdigest())
+"""
+
+
+def test_compiled_pipelines_are_cached_for_later_processes(small_fashion, tmp_path):
+    """The first process compiles FFCV's operations into numba's on-disk cache; a later one loads
+    them (no cache file is written again) and gets the same batches."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+
+    def run() -> tuple[str, dict]:
+        proc = subprocess.run(
+            [sys.executable, "-c", CACHED_PIPELINES, str(small_fashion)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        files = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.nb[ic]")}
+        return proc.stdout.split()[-2:], files
+
+    first, written = run()
+    assert any(p.suffix == ".nbc" for p in written)
+    second, after = run()
+    assert second == first and after == written
