@@ -14,6 +14,7 @@ Two of FFCV's Compiler methods are replaced when it is imported:
 """
 
 import inspect
+import warnings
 from multiprocessing import cpu_count
 
 _patched = False
@@ -28,6 +29,7 @@ def import_ffcv():
     import ffcv
     import numba
     from ffcv.pipeline.compiler import Compiler
+    from numba.core.errors import NumbaWarning
 
     if not _patched:
 
@@ -39,6 +41,8 @@ def import_ffcv():
 
         Compiler.set_num_threads = classmethod(set_num_threads)
         Compiler.compile = classmethod(_compile_cached)
+        # An operation that reads ctypes pointers cannot be cached; it is compiled as before.
+        warnings.filterwarnings("ignore", message="Cannot cache compiled function", category=NumbaWarning)
         _patched = True
         torch.set_num_threads(threads)
     return ffcv
