@@ -81,26 +81,29 @@ def check_checkpoint_record(record) -> None:
         raise _changed(f"the shape of {CHECKPOINT_RECORD} (written by Ray {written_by}: {', '.join(problems)})")
 
 
+def recorded_checkpoints(record: dict) -> list[str]:
+    """The folder names of the checkpoints Ray has recorded, in its order."""
+    check_checkpoint_record(record)
+    return [r["checkpoint_dir_name"] for r in record["checkpoint_results"]]
+
+
 def drop_from_checkpoint_record(record: dict, names: set[str]) -> dict:
     """`record` without the checkpoints whose folder names are in `names`; the newest surviving
     report becomes the latest one Ray hands to restarted workers."""
     check_checkpoint_record(record)
     record = dict(record)
-    kept = [
-        (r, i)
-        for r, i in zip(record["checkpoint_results"], record["checkpoint_report_indices"])
-        if r["checkpoint_dir_name"] not in names
-    ]
-    record["checkpoint_results"] = [r for r, _ in kept]
-    record["checkpoint_report_indices"] = [i for _, i in kept]
-    pending = [
-        (r, v)
-        for r, v in zip(record["pending_training_results"], record["pending_validation_specs"])
-        if r["checkpoint_dir_name"] not in names
-    ]
-    record["pending_training_results"] = [r for r, _ in pending]
-    record["pending_validation_specs"] = [v for _, v in pending]
+    kept = _without(names, record, "checkpoint_results", "checkpoint_report_indices")
+    _without(names, record, "pending_training_results", "pending_validation_specs")
     latest = record.get("latest_checkpoint_result")
     if latest and latest["checkpoint_dir_name"] in names:
         record["latest_checkpoint_result"] = max(kept, key=lambda p: p[1])[0] if kept else None
     return record
+
+
+def _without(names: set[str], record: dict, results_key: str, partner_key: str) -> list[tuple]:
+    """Drop the named results from record[results_key] and the matching entries of the parallel
+    list record[partner_key]; returns the (result, partner) pairs kept."""
+    kept = [(r, p) for r, p in zip(record[results_key], record[partner_key]) if r["checkpoint_dir_name"] not in names]
+    record[results_key] = [r for r, _ in kept]
+    record[partner_key] = [p for _, p in kept]
+    return kept

@@ -23,7 +23,7 @@ import os
 import signal
 import time
 
-from orchestrator.ray_internals import CHECKPOINT_RECORD
+from orchestrator import ray_internals
 
 FAULT_VARIABLE = "ORCH_TEST_FAULT"
 ACTIONS = ("kill", "interrupt", "hold")
@@ -77,14 +77,13 @@ def act(fault: dict, rank: int) -> None:
 
 def _wait_for_checkpoint(run_dir: str, epoch: int, timeout_s: float = 300) -> None:
     """Until Ray's checkpoint record in `run_dir` lists epoch's checkpoint (local storage only)."""
-    path, name = os.path.join(run_dir, CHECKPOINT_RECORD), f"epoch_{epoch:04d}"
+    path, name = os.path.join(run_dir, ray_internals.CHECKPOINT_RECORD), f"epoch_{epoch:04d}"
     deadline = time.monotonic() + timeout_s
     while "://" not in run_dir and time.monotonic() < deadline:
         try:
             with open(path) as f:
-                results = json.load(f).get("checkpoint_results", [])
+                if name in ray_internals.recorded_checkpoints(json.load(f)):
+                    return
         except (OSError, ValueError):
-            results = []
-        if any(r.get("checkpoint_dir_name") == name for r in results):
-            return
+            pass  # not written yet, or being replaced
         time.sleep(0.2)
