@@ -35,7 +35,7 @@ def default_workers() -> int:
 class WriterOptions:
     """RGBImageField settings with ffcv-imagenet's meaning (its write_dataset.sh: proportion, q90)."""
 
-    max_resolution: int = 256
+    max_resolution: int = 500  # the longer side; 500 keeps ImageNet's typical 500x375 whole
     jpeg_quality: int = 90
     compress_probability: float = 0.5
     write_mode: str = "proportion"

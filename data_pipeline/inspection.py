@@ -24,6 +24,9 @@ def inspect_beton(path) -> dict:
         "fields": {name: type(handler).__name__ for name, handler in reader.handlers.items()},
         "height": _min_median_max(images["height"]),
         "width": _min_median_max(images["width"]),
+        # What a resize to a shorter side (validation's res/0.875, 10-crop, scale augmentation) reads.
+        "short_side": _min_median_max(np.minimum(images["height"], images["width"])),
+        "long_side": _min_median_max(np.maximum(images["height"], images["width"])),
         "stored_as": {name: count for name, count in modes.items() if count},
         "size_bytes": path.stat().st_size,
         "page_size": int(reader.page_size),
@@ -34,6 +37,10 @@ def _min_median_max(values: np.ndarray) -> dict | None:
     if not len(values):
         return None
     return {"min": int(values.min()), "median": float(np.median(values)), "max": int(values.max())}
+
+
+def _sides_line(name: str, sides: dict) -> str:
+    return f"{name + ':':<13}min {sides['min']}, median {sides['median']:g}, max {sides['max']}"
 
 
 def format_inspection(report: dict) -> str:
@@ -50,6 +57,8 @@ def format_inspection(report: dict) -> str:
         lines += [
             f"height:      min {h['min']}, median {h['median']:g}, max {h['max']}",
             f"width:       min {w['min']}, median {w['median']:g}, max {w['max']}",
+            _sides_line("short side", report["short_side"]),
+            _sides_line("long side", report["long_side"]),
         ]
     lines += [
         "stored as:   " + ", ".join(f"{n} {c:,}" for n, c in report["stored_as"].items()),

@@ -240,3 +240,28 @@ def test_real_orch_binary_prints_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and str(bad) in proc.stderr, proc.stderr
+
+
+def test_defaults_keep_a_short_side_of_256_for_the_papers_protocols(tmp_path):
+    """640x480 photos written with the defaults keep their shorter side above 256 (validation
+    resizes to 256, 10-crop too, the paper's augmentation to 256-480); inspect says so."""
+    rng = np.random.default_rng(5)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i, (w, h) in enumerate([(640, 480), (480, 640)]):
+                Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(
+                    tmp_path / split / c / f"{i}.jpg"
+                )
+    out = tmp_path / "out"
+    code, _, stderr = run_data_cli(
+        "prepare", "imagefolder", "--train", tmp_path / "train", "--val", tmp_path / "val", "--out", out
+    )
+    assert code == 0, stderr
+    code, stdout, stderr = run_data_cli("inspect", out / "train.beton", "--output", "json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["short_side"] == {"min": 375, "median": 375.0, "max": 375}
+    assert report["long_side"] == {"min": 500, "median": 500.0, "max": 500}
+    code, text, _ = run_data_cli("inspect", out / "train.beton")
+    assert "short side:  min 375, median 375, max 375" in text

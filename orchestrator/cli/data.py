@@ -27,6 +27,9 @@ def prepare():
     """
 
 
+DEFAULT_MAX_RESOLUTION = 500  # ffcv-imagenet's write_imagenet.sh: 500, proportion, 0.50, q90
+
+
 @prepare.command("imagefolder")
 @click.option(
     "--train",
@@ -42,9 +45,12 @@ def prepare():
 @click.option(
     "--max-resolution",
     type=click.IntRange(min=8),
-    default=256,
+    default=DEFAULT_MAX_RESOLUTION,
     show_default=True,
-    help="Longest side stored; larger images are shrunk to it.",
+    help="Bound on each image's LONGER side: larger images are shrunk, keeping their aspect, so "
+    "that side is this many pixels. The default, ffcv-imagenet's, keeps a 500x375 ImageNet photo "
+    "whole, so its shorter side stays 375 for the 256-pixel resize of validation, 10-crop and "
+    "the paper's [256, 480] scale augmentation; 256 would store it at 256x192.",
 )
 @click.option(
     "--write-mode",
