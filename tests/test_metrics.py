@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from orchestrator.train.metrics import EvalCounts, topk_correct
+from orchestrator.train.metrics import EvalCounts, topk_correct, topk_hits
 
 N, CLASSES = 1001, 10
 
@@ -55,6 +55,22 @@ def test_topk_correct():
     labels = torch.tensor([1, 2, 0])
     assert topk_correct(logits, labels, ks=(1, 2)) == [1, 1]
     assert topk_correct(logits, labels, ks=(1, 5)) == [1, 3]  # k capped at the class count
+
+
+def test_counts_accumulate_as_tensors_batch_by_batch():
+    logits, labels = _data()
+    counts = EvalCounts()
+    for part in (slice(0, 7), slice(7, 500), slice(500, N)):
+        loss_sum = torch.nn.functional.cross_entropy(logits[part], labels[part], reduction="sum")
+        counts.update(logits[part].bfloat16(), labels[part], loss_sum)  # a 0-dim tensor, never read per batch
+    assert counts.counts.dtype == torch.float64
+    got, rounded = counts.reduce(), logits.bfloat16().float()
+    top1, top5 = topk_correct(rounded, labels)
+    assert got["val_samples"] == N
+    assert got["val_top1_error"] == 100.0 * (1 - top1 / N) and got["val_top5_error"] == 100.0 * (1 - top5 / N)
+    assert got["val_loss"] == pytest.approx(_single_process()["val_loss"], rel=1e-6)
+    hits = topk_hits(rounded, labels)
+    assert hits.dtype == torch.int64 and hits.tolist() == [top1, top5]
 
 
 def test_uneven_shards_reduce_to_the_exact_result():

@@ -1,7 +1,10 @@
 """Pieces of the worker loop that need no Ray: precision, seeding, optimizer groups,
-checkpoint files, and how a failure's cause is reported."""
+checkpoint files, how a failure's cause is reported, and the training step itself (exact
+loss sums, the data-wait share, no host sync inside the batch loop)."""
 
+import copy
 import json
+import time
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from orchestrator.targets.local import root_cause
 from orchestrator.train.checkpoint import load_meta, load_model_state, load_train_state, save_checkpoint
 from orchestrator.train.loop import resolve_precision, seed_everything
 from orchestrator.train.optim import build_optimizer
+from orchestrator.train.steps import StepContext, evaluate, train_one_epoch
 
 
 def test_precision_auto_is_bf16_on_gpu_fp32_on_cpu():
@@ -67,6 +71,106 @@ def test_root_cause_is_the_innermost_last_line():
         assert root_cause(outer) == "ValueError: labels out of range"
 
 
+class Batches:
+    """An in-memory loader of (images, labels) batches; `exhausted` turns true when its
+    iterator has handed over the last one, and each batch can be made to keep it waiting."""
+
+    def __init__(self, sizes=(5, 3, 4), delay=0.0, device="cpu", side=6):
+        gen = torch.Generator().manual_seed(0)
+        self.batches = [
+            (
+                torch.randn(n, 3, side, side, generator=gen).to(device, memory_format=torch.channels_last),
+                torch.randint(0, 3, (n,), generator=gen).to(device),
+            )
+            for n in sizes
+        ]
+        self.delay = delay
+        self.exhausted = False
+
+    def __iter__(self):
+        self.exhausted = False
+        for batch in self.batches:
+            time.sleep(self.delay)
+            yield batch
+        self.exhausted = True
+
+
+def _tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
+
+
+def _train(model, loader, before_step=None, device="cpu", precision="fp32") -> dict:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=False)
+    ctx = StepContext(torch.device(device), precision, 0.1, lambda step: 0.1 / (step + 1), before_step)
+    return train_one_epoch(model, loader, optimizer, scaler, ctx, first_step=7)
+
+
+def test_train_loss_is_the_mean_per_sample_loss():
+    model, loader = _tiny_model(), Batches()
+    reference = copy.deepcopy(model)
+    got = _train(model, loader)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for step, (images, labels) in enumerate(loader.batches, start=7):
+        optimizer.param_groups[0]["lr"] = 0.1 / (step + 1)
+        loss = torch.nn.functional.cross_entropy(reference(images), labels, label_smoothing=0.1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item() * len(labels))
+    assert got["train_samples"] == 12
+    assert got["train_loss"] == pytest.approx(sum(losses) / 12, rel=1e-6)
+    assert got["lr"] == 0.1 / 10  # the last step's (global step 9)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
+
+def test_data_wait_fraction_grows_with_a_slow_loader():
+    quick = _train(_tiny_model(), Batches())["data_wait_fraction"]
+    slow = _train(_tiny_model(), Batches(delay=0.01))["data_wait_fraction"]
+    assert 0 <= quick < slow <= 1
+
+
+_HOST_SYNCS = ("item", "tolist", "cpu", "numpy", "__int__", "__float__", "__bool__", "__index__")
+
+
+def _forbid_host_sync_until_exhausted(monkeypatch, loader: Batches) -> None:
+    """Make every way of reading a tensor back to the host raise until `loader` is exhausted."""
+    for name in _HOST_SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, _original=original, _name=name, **kwargs):
+            if not loader.exhausted:
+                raise AssertionError(f"Tensor.{_name}() inside the batch loop: a host sync every step")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+
+
+def test_no_host_sync_inside_the_batch_loops(monkeypatch):
+    model, train, val = _tiny_model(), Batches(), Batches(sizes=(4, 6))
+    _forbid_host_sync_until_exhausted(monkeypatch, train)
+    train_metrics = _train(model, train)
+    assert train.exhausted and train_metrics["train_samples"] == 12
+    monkeypatch.undo()
+    _forbid_host_sync_until_exhausted(monkeypatch, val)
+    ctx = StepContext(torch.device("cpu"), "fp32", 0.0, lambda step: 0.1)
+    assert evaluate(model, val, ctx)["val_samples"] == 10
+    monkeypatch.undo()
+    # The guard catches what runs per step: a hook that reads a loss back fails the epoch.
+    _forbid_host_sync_until_exhausted(monkeypatch, train)
+    with pytest.raises(AssertionError, match="Tensor.item"):
+        _train(model, train, before_step=lambda step: torch.ones(()).item())
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bf16_step_on_gpu():
@@ -77,3 +181,28 @@ def test_bf16_step_on_gpu():
     with autocast(ctx):
         out = model(torch.randn(4, 3, 32, 32, device="cuda").to(memory_format=torch.channels_last))
     assert out.dtype == torch.bfloat16
+
+
+class SyncFreeBatches(Batches):
+    """Batches during whose iteration any CUDA call that synchronizes with the host raises."""
+
+    def __iter__(self):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield from super().__iter__()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_one_epoch_on_gpu_bf16_channels_last():
+    from orchestrator.train.steps import configure_backends
+
+    configure_backends(torch.device("cuda"))
+    model = build_model("cifar_resnet8", 3).cuda().to(memory_format=torch.channels_last)
+    loader = SyncFreeBatches(sizes=(8, 8, 5), device="cuda", side=32)
+    got = _train(model, loader, device="cuda", precision="bf16")
+    assert got["train_samples"] == 21 and 0 < got["train_loss"] < 10
+    ctx = StepContext(torch.device("cuda"), "bf16", 0.0, lambda step: 0.1)
+    assert evaluate(model, loader, ctx)["val_samples"] == 21

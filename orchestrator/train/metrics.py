@@ -2,6 +2,7 @@
 
 Averaging per-rank percentages is wrong when shards differ in size; summing
 [correct@1, correct@5, n, loss_sum] and dividing at the end is exact for any sharding.
+The counts stay on the logits' device until `reduce()`: no host sync per batch.
 """
 
 import torch
@@ -9,28 +10,48 @@ import torch
 from orchestrator.train.distributed import all_reduce_sum
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """How many samples have their label among the top-k scores, for each k."""
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> torch.Tensor:
+    """How many samples have their label among the top-k scores, for each k: an int64 tensor
+    on the logits' device (k is capped at the class count)."""
     maxk = min(max(ks), logits.shape[1])
-    top = logits.topk(maxk, dim=1).indices
+    top = logits.float().topk(maxk, dim=1).indices
     hits = top.eq(labels.view(-1, 1))
-    return [int(hits[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+    return torch.stack([hits[:, : min(k, maxk)].any(dim=1).sum() for k in ks])
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """`topk_hits` read back as Python ints (one host sync)."""
+    return [int(v) for v in topk_hits(logits, labels, ks).tolist()]
 
 
 class EvalCounts:
-    """Accumulates counts on one rank; `reduce()` sums them over all ranks."""
+    """Accumulates [top1, top5, n, loss_sum] on one rank, in float64 on the device of the
+    logits it is given (exact for counts below 2**53); `reduce()` sums them over all ranks."""
 
     def __init__(self):
         self.counts = torch.zeros(4, dtype=torch.float64)  # top1, top5, n, loss_sum
+        self._placed = False
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, loss_sum: float) -> None:
-        top1, top5 = topk_correct(logits.detach(), labels)
-        self.counts += torch.tensor([top1, top5, labels.numel(), loss_sum], dtype=torch.float64)
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, loss_sum) -> None:
+        """Add one batch; loss_sum is a float or a 0-dim tensor (left on its device)."""
+        counts = self._on(logits.device)
+        counts[:2] += topk_hits(logits.detach(), labels)
+        counts[2] += labels.numel()  # a shape, known on the host
+        counts[3] += loss_sum
 
     def reduce(self, device=None) -> dict:
         """Sum over ranks (a collective: every rank must call it) and return the metrics."""
         total = all_reduce_sum(self.counts.to(device or "cpu")).cpu()
         return counts_to_metrics(total)
+
+    def _on(self, device: torch.device) -> torch.Tensor:
+        # Fresh zeros on the first batch's device rather than a host-to-device copy.
+        if not self._placed:
+            self.counts = torch.zeros(4, dtype=torch.float64, device=device)
+            self._placed = True
+        elif self.counts.device != device:
+            self.counts = self.counts.to(device)
+        return self.counts
 
 
 def counts_to_metrics(total: torch.Tensor) -> dict:

@@ -1,9 +1,18 @@
-"""The optimizer from the spec: SGD with momentum, the paper's recipe."""
+"""The optimizer from the spec: SGD with momentum, the paper's recipe.
+
+Imports with torch alone (the spec type only for annotations), so the training step runs
+where pydantic is not installed (bench/gpu.py on a GPU machine).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from orchestrator.spec.schema import OptimizerSpec
+if TYPE_CHECKING:
+    from orchestrator.spec.schema import OptimizerSpec
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 

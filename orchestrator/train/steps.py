@@ -1,4 +1,9 @@
-"""One training epoch and one evaluation pass; both run on every rank."""
+"""One training epoch and one evaluation pass; both run on every rank.
+
+Neither reads a tensor back to the host inside its batch loop: losses and counts are summed
+on the device and read once at the end, so the host can queue work ahead of a GPU. Imports
+with torch alone (bench/gpu.py runs it where Ray, pydantic and FFCV are not installed).
+"""
 
 import time
 from contextlib import nullcontext
@@ -7,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from orchestrator.train.distributed import all_reduce_sum
+from orchestrator.train.distributed import all_reduce_max, all_reduce_sum
 from orchestrator.train.metrics import EvalCounts
 from orchestrator.train.optim import set_lr
 
@@ -23,6 +28,17 @@ class StepContext:
     before_step: callable = None  # global step -> None: the tests' fault hook (train/faults.py)
 
 
+def configure_backends(device: torch.device) -> None:
+    """On CUDA: cuDNN picks the fastest convolution algorithms for the shapes it sees, and
+    float32 matmuls and convolutions may use TF32, as NVIDIA's reference scripts set them.
+    Nothing on the CPU. Process-wide settings: call once per worker, before training."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default; set so the choice is stated here
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls
+
+
 def autocast(ctx: StepContext):
     if ctx.precision == "fp32":
         return nullcontext()
@@ -30,13 +46,39 @@ def autocast(ctx: StepContext):
     return torch.autocast(device_type=ctx.device.type, dtype=dtype)
 
 
+class TimedBatches:
+    """Iterates a loader and holds `waited`: the seconds spent waiting for it to hand over
+    the batches (starting the iterator included)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.waited = 0.0
+
+    def __iter__(self):
+        start = time.perf_counter()
+        iterator = iter(self.loader)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                self.waited += time.perf_counter() - start
+                return
+            self.waited += time.perf_counter() - start
+            yield batch
+            start = time.perf_counter()
+
+
 def train_one_epoch(model, loader, optimizer, scaler, ctx: StepContext, first_step: int) -> dict:
-    """Train over this rank's shard; returns loss and throughput summed over all ranks."""
+    """Train over this rank's shard. Returns the mean loss and samples summed over all ranks,
+    images/s (all ranks' samples over this rank's time), and data_wait_fraction: the largest
+    share of any rank's epoch spent waiting for its loader."""
     model.train()
-    totals = torch.zeros(2, dtype=torch.float64)  # loss_sum, samples
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    samples = 0
     lr = ctx.lr_for_step(first_step)
+    batches = TimedBatches(loader)
     start = time.perf_counter()
-    for i, (images, labels) in enumerate(loader):
+    for i, (images, labels) in enumerate(batches):
         if ctx.before_step is not None:
             ctx.before_step(first_step + i)
         lr = ctx.lr_for_step(first_step + i)
@@ -47,14 +89,17 @@ def train_one_epoch(model, loader, optimizer, scaler, ctx: StepContext, first_st
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        totals += torch.tensor([loss.item() * labels.numel(), labels.numel()], dtype=torch.float64)
+        loss_sum.add_(loss.detach(), alpha=labels.numel())  # stays on the device: no sync
+        samples += labels.numel()
+    _synchronize(ctx.device)
     seconds = time.perf_counter() - start
-    loss_sum, samples = all_reduce_sum(totals.to(_reduce_device(ctx))).cpu().tolist()
+    loss_total, samples_total = _sum_over_ranks(loss_sum, samples, ctx)
     return {
-        "train_loss": loss_sum / max(samples, 1),
+        "train_loss": loss_total / max(samples_total, 1),
         "lr": lr,
-        "train_images_per_second": samples / seconds,
-        "train_samples": int(samples),
+        "train_images_per_second": samples_total / seconds,
+        "train_samples": int(samples_total),
+        "data_wait_fraction": _max_over_ranks(batches.waited / max(seconds, 1e-9), ctx),
     }
 
 
@@ -66,11 +111,32 @@ def evaluate(model, loader, ctx: StepContext) -> dict:
     for images, labels in loader:
         with autocast(ctx):
             logits = model(images)
-        loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        counts.update(logits.float(), labels, loss_sum)
+        logits = logits.float()  # bf16/fp16 logits: rank and score in float32
+        counts.update(logits, labels, F.cross_entropy(logits, labels, reduction="sum"))
     return counts.reduce(device=_reduce_device(ctx))
 
 
 def _reduce_device(ctx: StepContext) -> torch.device:
     # NCCL reduces only CUDA tensors; gloo only CPU ones.
     return ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
+
+
+def _sum_over_ranks(loss_sum: torch.Tensor, samples: int, ctx: StepContext) -> tuple[float, float]:
+    """(loss_sum, samples) summed over ranks: one all_reduce, one read back to the host."""
+    totals = loss_sum.new_zeros(2)
+    totals[0] = loss_sum
+    totals[1] = samples
+    loss_total, samples_total = all_reduce_sum(totals.to(_reduce_device(ctx))).cpu().tolist()
+    return loss_total, samples_total
+
+
+def _max_over_ranks(value: float, ctx: StepContext) -> float:
+    """The largest of the ranks' values (a collective: every rank must call it)."""
+    tensor = torch.tensor([value], dtype=torch.float64, device=_reduce_device(ctx))
+    return all_reduce_max(tensor).cpu().tolist()[0]
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so host time covers it (after the loop only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
