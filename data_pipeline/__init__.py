@@ -1,29 +1,32 @@
 """FFCV datasets for orch: writers (`orch data prepare`), inspection and the training loaders.
 
-Importing this package does not import ffcv (seconds of numba start-up); the functions that
-need it do.
+Importing this package imports nothing but itself: each name loads its module when first
+used, so ffcv and numba (seconds of start-up), PIL and tqdm load only where they are needed,
+and `data_pipeline.loaders` imports on a machine with torch alone (bench/gpu.py).
 """
 
-from data_pipeline.beton import num_samples
-from data_pipeline.fashion_mnist import write_fashion_mnist
-from data_pipeline.imagefolder import WriterOptions, write_imagefolder
-from data_pipeline.info import DatasetInfo, read_dataset_info
-from data_pipeline.inspection import inspect_beton
-from data_pipeline.loaders import TrainLoader, ValLoader, build_train_loader, build_val_loader
-from data_pipeline.schedule import ResolutionSchedule, val_shard
+from importlib import import_module
 
-__all__ = [
-    "DatasetInfo",
-    "ResolutionSchedule",
-    "TrainLoader",
-    "ValLoader",
-    "WriterOptions",
-    "build_train_loader",
-    "build_val_loader",
-    "inspect_beton",
-    "num_samples",
-    "read_dataset_info",
-    "val_shard",
-    "write_fashion_mnist",
-    "write_imagefolder",
-]
+_HOMES = {
+    "num_samples": "beton",
+    "write_fashion_mnist": "fashion_mnist",
+    "WriterOptions": "imagefolder",
+    "write_imagefolder": "imagefolder",
+    "DatasetInfo": "info",
+    "read_dataset_info": "info",
+    "inspect_beton": "inspection",
+    "TrainLoader": "loaders",
+    "ValLoader": "loaders",
+    "build_train_loader": "loaders",
+    "build_val_loader": "loaders",
+    "ResolutionSchedule": "schedule",
+    "val_shard": "schedule",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'data_pipeline' has no attribute {name!r}")
+    return getattr(import_module(f"data_pipeline.{_HOMES[name]}"), name)

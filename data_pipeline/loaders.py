@@ -13,15 +13,20 @@ moved first and normalized in torch, since FFCV's GPU NormalizeImage needs cupy.
 import numpy as np
 import torch
 
+from data_pipeline import geometry
 from data_pipeline.beton import field_metadata, image_and_label_fields, num_samples, open_reader
 from data_pipeline.ffcv_compat import import_ffcv, loader_threads
 from data_pipeline.schedule import ResolutionSchedule, val_shard
 from orchestrator.errors import DataError
 
-AUGMENTS = ("imagenet", "cifar")
+AUGMENTS = ("imagenet", "paper", "cifar")
 DEFAULT_RESOLUTION = 224
-VAL_CROP_RATIO = 224 / 256  # resize to res / 0.875, center-crop res
-CIFAR_PADDING = 4
+
+
+def normalize_on_device(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A uint8 NCHW batch already on the GPU to normalized float32 (keeps channels_last).
+    mean and std: (1, 3, 1, 1) float32 tensors on the same device, 0-255 scale."""
+    return (images.float() - mean) / std
 
 
 class _Batches:
@@ -42,7 +47,7 @@ class _Batches:
         for first, second in self._loader:
             images, labels = (first, second) if self._image_first else (second, first)
             if self._gpu:
-                images = (images.float() - self._mean) / self._std  # keeps channels_last
+                images = normalize_on_device(images, self._mean, self._std)
             if not self._channels_last:
                 images = images.contiguous()
             yield images, labels
@@ -51,15 +56,40 @@ class _Batches:
         return 0 if self._loader is None else len(self._loader)
 
 
+class Lighting:
+    """AlexNet's PCA lighting noise (data_pipeline.geometry), added to normalized batches: one
+    RGB shift per image, drawn on the batch's device from torch's generator (seeded per epoch
+    by the training loop), divided by std since the batch is already normalized."""
+
+    def __init__(self, alpha_std: float, std, device):
+        self.alpha_std = alpha_std
+        self._eigval = torch.tensor(geometry.LIGHTING_EIGVAL, dtype=torch.float32, device=device)
+        eigvec = torch.tensor(geometry.LIGHTING_EIGVEC, dtype=torch.float32, device=device)
+        self._to_normalized = eigvec.T * 255.0 / torch.tensor(std, dtype=torch.float32, device=device)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        alphas = torch.randn(images.shape[0], 3, device=images.device) * self.alpha_std
+        shift = (alphas * self._eigval) @ self._to_normalized
+        return images + shift.view(-1, 3, 1, 1)
+
+
 class TrainLoader(_Batches):
     """Shuffled, augmented batches; drop_last, so every rank has the same number of batches."""
 
-    def __init__(self, loader, image_first, device, mean, std, channels_last, decoder, schedule, resolution):
+    def __init__(self, loader, image_first, device, mean, std, channels_last, decoder, schedule, resolution, lighting):
         super().__init__(loader, image_first, device, mean, std, channels_last)
         self._decoder = decoder
         self._schedule = schedule
+        self._lighting = lighting
         self.resolution: int = resolution
         self.batch_size: int = loader.batch_size
+
+    def __iter__(self):
+        if self._lighting is None:
+            yield from super().__iter__()
+            return
+        for images, labels in super().__iter__():
+            yield self._lighting(images), labels
 
     def set_epoch(self, epoch: int) -> None:
         """Select epoch's shuffle (a resumed run sees the same order) and, imagenet style, its resolution."""
@@ -94,11 +124,19 @@ def build_train_loader(
     max_samples: int | None = None,
     device: str = "cpu",
     channels_last: bool = True,
+    short_side: tuple[int, int] = geometry.PAPER_SHORT_SIDE,
+    lighting: float = geometry.PAPER_LIGHTING_STD,
+    in_memory: bool = True,
 ) -> TrainLoader:
-    """imagenet: RandomResizedCrop to resolution.at(epoch) + flip; cifar: 4-pixel padded random crop + flip.
+    """The training view of data_pipeline.geometry: imagenet (RandomResizedCrop + flip), paper
+    (section 3.4: shorter side in `short_side`, crop, flip, `lighting` PCA noise) or cifar
+    (padded random crop + flip). imagenet and paper crop to resolution.at(epoch).
 
     distributed=True shards by torch.distributed's rank and world size (a process group must
     exist); FFCV pads the shards with repeated samples, as DistributedSampler does.
+    in_memory=True reads through the page cache in random order; False reads pages itself in
+    FFCV's quasi-random order, for data larger than memory (random order when distributed,
+    which FFCV's quasi-random order does not support).
     """
     total = num_samples(path)
     _check_common(augment, batch_size)
@@ -110,21 +148,22 @@ def build_train_loader(
             raise ValueError(f"max_samples must be at least 1, got {max_samples}")
         indices = np.arange(min(max_samples, total), dtype=np.uint64)
     import_ffcv()
-    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import OrderOption
     from ffcv.transforms import RandomHorizontalFlip, RandomTranslate
 
     reader = open_reader(path)
-    schedule = None
-    if augment == "imagenet":
-        schedule = resolution or ResolutionSchedule(DEFAULT_RESOLUTION, DEFAULT_RESOLUTION, 0, 0)
-        res = schedule.at(0)
-        decoder = RandomResizedCropRGBImageDecoder((res, res))
-        image_ops = [decoder, RandomHorizontalFlip()]
-    else:
+    schedule, res = None, None
+    if augment == "cifar":
         res = _one_size(reader, path)
         decoder = SimpleRGBImageDecoder()
-        image_ops = [decoder, RandomTranslate(padding=CIFAR_PADDING), RandomHorizontalFlip()]
+        image_ops = [decoder, RandomTranslate(padding=geometry.CIFAR_PADDING), RandomHorizontalFlip()]
+    else:
+        schedule = resolution or ResolutionSchedule(DEFAULT_RESOLUTION, DEFAULT_RESOLUTION, 0, 0)
+        res = schedule.at(0)
+        decoder = _train_decoder(augment, res, short_side)
+        image_ops = [decoder, RandomHorizontalFlip()]
+    quasi = not in_memory and not distributed
     loader, image_first = _ffcv_loader(
         path,
         reader,
@@ -134,7 +173,8 @@ def build_train_loader(
         std,
         batch_size=batch_size,
         num_workers=num_workers,
-        order=OrderOption.RANDOM,
+        order=OrderOption.QUASI_RANDOM if quasi else OrderOption.RANDOM,
+        os_cache=in_memory,
         distributed=distributed,
         seed=seed,
         indices=indices,
@@ -145,7 +185,8 @@ def build_train_loader(
             f"{path}: {len(loader.indices)} samples give no full batch of {batch_size} on this rank; "
             "lower the batch size"
         )
-    return TrainLoader(loader, image_first, device, mean, std, channels_last, decoder, schedule, res)
+    noise = Lighting(lighting, std, device) if augment == "paper" and lighting > 0 else None
+    return TrainLoader(loader, image_first, device, mean, std, channels_last, decoder, schedule, res, noise)
 
 
 def build_val_loader(
@@ -161,8 +202,10 @@ def build_val_loader(
     world_size: int = 1,
     device: str = "cpu",
     channels_last: bool = True,
+    in_memory: bool = True,
 ) -> ValLoader:
-    """imagenet: resize to resolution/0.875 and center-crop resolution; cifar: the stored image.
+    """imagenet and paper: the shorter side to resolution/0.875 and the center resolution
+    square (data_pipeline.geometry); cifar: the stored image.
 
     Shards with val_shard, not FFCV's distributed ordering, which pads with repeated samples.
     """
@@ -170,13 +213,13 @@ def build_val_loader(
     _check_common(augment, batch_size)
     shard = val_shard(total, rank, world_size)
     import_ffcv()
-    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import OrderOption
 
     reader = open_reader(path)
-    if augment == "imagenet":
+    if geometry.eval_style(augment) == "imagenet":
         res = resolution or DEFAULT_RESOLUTION
-        decoder = CenterCropRGBImageDecoder((res, res), ratio=VAL_CROP_RATIO)
+        decoder = crop_decoder((res, res), geometry.center_crop, ratio=geometry.VAL_CROP_RATIO)
     else:
         res = _one_size(reader, path)
         decoder = SimpleRGBImageDecoder()
@@ -192,12 +235,39 @@ def build_val_loader(
         batch_size=batch_size,
         num_workers=num_workers,
         order=OrderOption.SEQUENTIAL,
+        os_cache=in_memory,
         distributed=False,
         seed=0,
         indices=np.arange(*shard, dtype=np.uint64),
         drop_last=False,
     )
     return ValLoader(loader, image_first, device, mean, std, channels_last, shard, res)
+
+
+def crop_decoder(output_size, crop, scale=None, ratio=None):
+    """An FFCV decoder that cuts the box `crop(height, width, scale, ratio)` (a function of
+    data_pipeline.geometry, compiled by numba) from each image and resizes it to output_size."""
+    from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
+
+    class GeometryCropDecoder(ResizedCropRGBImageDecoder):
+        def __init__(self):
+            super().__init__(output_size)
+            self.scale, self.ratio = scale, ratio
+
+        @property
+        def get_crop_generator(self):
+            return crop
+
+    return GeometryCropDecoder()
+
+
+def _train_decoder(augment: str, res: int, short_side: tuple[int, int]):
+    if augment == "paper":
+        bounds = geometry.paper_scale_bounds(*short_side)
+        return crop_decoder((res, res), geometry.paper_scale_crop, scale=bounds, ratio=(1.0, 1.0))
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+
+    return RandomResizedCropRGBImageDecoder((res, res), scale=geometry.IMAGENET_AREA, ratio=geometry.IMAGENET_ASPECT)
 
 
 def _ffcv_loader(path, reader, image_ops, device, mean, std, *, num_workers, **loader_args):

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.tracking import epoch_history
 
 _FIELDS = ("train_loss", "val_top1_error", "val_top5_error", "train_images_per_second", "epoch_seconds")
+_OPTIONAL = ("data_wait_fraction",)
 
 
 class EpochPrinter(threading.Thread):
@@ -36,13 +37,14 @@ class EpochPrinter(threading.Thread):
 
     def flush(self):
         try:
-            history = {key: epoch_history(self.uri, self.run_id, key) for key in _FIELDS}
+            history = {key: epoch_history(self.uri, self.run_id, key) for key in _FIELDS + _OPTIONAL}
         except Exception:  # a busy sqlite store: try again on the next tick
             return
         for epoch in sorted(history["val_top1_error"]):
             if epoch not in self._printed and all(epoch in history[k] for k in _FIELDS):
                 self._printed.add(epoch)
-                click.echo(format_epoch(epoch, self.epochs, {k: history[k][epoch] for k in _FIELDS}), err=self.err)
+                shown = {k: history[k][epoch] for k in _FIELDS + _OPTIONAL if epoch in history[k]}
+                click.echo(format_epoch(epoch, self.epochs, shown), err=self.err)
         self._tell_restarts()
 
     def _tell_restarts(self, quiet: bool = False):
@@ -68,9 +70,15 @@ def format_epoch(epoch: int, epochs: int, m: dict) -> str:
     return (
         f"epoch {epoch + 1:>3}/{epochs}  loss {m['train_loss']:.4f}  "
         f"top-1 err {m['val_top1_error']:6.2f}%  top-5 err {m['val_top5_error']:6.2f}%  "
-        f"{m['train_images_per_second']:,.0f} img/s  {_duration(m['epoch_seconds'])}/epoch  "
+        f"{m['train_images_per_second']:,.0f} img/s{_data_wait(m)}  {_duration(m['epoch_seconds'])}/epoch  "
         f"left ~{_duration(left)}"
     )
+
+
+def _data_wait(m: dict) -> str:
+    """' (data wait 12%)': how much of the epoch the slowest rank waited for its loader."""
+    wait = m.get("data_wait_fraction")
+    return "" if wait is None else f" (data wait {100 * wait:.0f}%)"
 
 
 def format_summary(outcome) -> str:

@@ -23,6 +23,7 @@ EPOCH_METRICS = (
     "lr",
     "train_images_per_second",
     "epoch_seconds",
+    "data_wait_fraction",  # share of the epoch the slowest rank waited for its loader
     "val_loss",
     "val_top1_error",
     "val_top5_error",

@@ -5,9 +5,10 @@ a model scores; the member's score for an image is the mean of its views' softma
 Views are cut before normalization so that padding is black, as in training, and each
 member of an ensemble normalizes them with its own mean and std.
 
-Geometry, for a checkpoint whose test size is `size` (meta.json preprocess.size):
+Geometry, for a checkpoint whose test size is `size` (meta.json preprocess.size); the sides,
+ratios and boxes come from data_pipeline.geometry, which the training loaders read too:
 
-imagenet style (images of any size; training used RandomResizedCrop)
+imagenet style (images of any size; training used `augment: imagenet` or `paper`)
   none        the training loop's validation view: the center 87.5% square of the shorter
               side, resized to size (resize to size/0.875, center-crop size).
   flip        that view and its mirror image.
@@ -38,13 +39,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from data_pipeline import geometry
+from data_pipeline.geometry import CIFAR_PADDING, VAL_CROP_RATIO
 from orchestrator.errors import OrchError
 
 PROTOCOLS = ("none", "flip", "10crop", "multiscale")
-PAPER_SCALES = (224, 256, 384, 480, 640)
-PAPER_TEST_SIZE = 224
-IMAGENET_CROP_RATIO = 0.875  # the loaders' resize to size/0.875, center-crop size
-CIFAR_PADDING = 4
+IMAGENET_CROP_RATIO = VAL_CROP_RATIO  # the name evaluation.loading reads
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ class Protocol:
         if self.style == "cifar":
             return self.size, None
         if self.name in ("none", "flip"):
-            return self.size, IMAGENET_CROP_RATIO
-        return round(self.size / IMAGENET_CROP_RATIO), 1.0
+            return self.size, VAL_CROP_RATIO
+        return geometry.tencrop_load_side(self.size), 1.0
 
     def views(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
         if self.name == "none":
@@ -98,9 +98,10 @@ def make_protocol(name: str, preprocess: dict, scales: tuple[int, ...] | None = 
         raise OrchError(f"--tta {name}: must be one of {', '.join(PROTOCOLS)}")
     if scales and name != "multiscale":
         raise OrchError(f"--scales applies to --tta multiscale only, not --tta {name}")
-    style = preprocess.get("augment", "imagenet")
-    if style not in ("imagenet", "cifar"):
-        raise OrchError(f"preprocess.augment {style!r}: expected imagenet or cifar")
+    augment = preprocess.get("augment", "imagenet")
+    if augment not in ("imagenet", "paper", "cifar"):
+        raise OrchError(f"preprocess.augment {augment!r}: expected imagenet, paper or cifar")
+    style = geometry.eval_style(augment)
     size = int(preprocess["size"])
     if name == "multiscale":
         scales = tuple(scales) if scales else default_scales(size)
@@ -109,7 +110,7 @@ def make_protocol(name: str, preprocess: dict, scales: tuple[int, ...] | None = 
 
 def default_scales(size: int) -> tuple[int, ...]:
     """The paper's scales for a 224 test size, scaled to this one (224 -> 224, 256, ..., 640)."""
-    return tuple(dict.fromkeys(max(1, round(s * size / PAPER_TEST_SIZE)) for s in PAPER_SCALES))
+    return geometry.multiscale_sides(size)
 
 
 def parse_scales(text: str | None) -> tuple[int, ...] | None:
@@ -138,9 +139,7 @@ def five_crops(images: torch.Tensor, size: int, pad: int = 0) -> list[torch.Tens
     h, w = images.shape[-2:]
     if size > min(h, w):
         raise OrchError(f"10crop: crops of {size} do not fit images of {h}x{w}")
-    top, left = round((h - size) / 2), round((w - size) / 2)
-    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), (top, left)]
-    return [images[..., y : y + size, x : x + size] for y, x in corners]
+    return [images[..., y : y + size, x : x + size] for y, x in geometry.five_crop_corners(h, w, size)]
 
 
 def rescaled(images: torch.Tensor, scales) -> Iterator[torch.Tensor]:

@@ -41,12 +41,38 @@ class ResolutionSpec(_Section):
         return self
 
 
+class PaperAugmentSpec(_Section):
+    """`augment: paper` (section 3.4): the shorter side drawn from [short_side_min,
+    short_side_max] for a 224 crop (the bounds scale with the crop), AlexNet's PCA lighting
+    noise with standard deviation `lighting` (0: off). Geometry: data_pipeline/geometry.py."""
+
+    short_side_min: int = Field(256, ge=224, description="pixels, for a 224 crop; at least the crop")
+    short_side_max: int = Field(480, ge=224, description="pixels, for a 224 crop")
+    lighting: float = Field(0.1, ge=0, description="std of the PCA lighting noise's alphas; 0 turns it off")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.short_side_min > self.short_side_max:
+            raise ValueError("short_side_min must not exceed short_side_max")
+        return self
+
+
 class DataSpec(_Section):
     train: str
     val: str
-    augment: Literal["imagenet", "cifar"] = "imagenet"
+    augment: Literal["imagenet", "paper", "cifar"] = Field(
+        "imagenet",
+        description="imagenet: RandomResizedCrop + flip; paper: section 3.4's scale augmentation "
+        "(see paper); cifar: 4-pixel padding, random crop, flip",
+    )
+    paper: PaperAugmentSpec = Field(default_factory=PaperAugmentSpec)
     num_workers: int | None = Field(None, ge=1, description="loader threads per worker; default: its CPUs")
     max_train_samples: int | None = Field(None, ge=1)
+    in_memory: bool = Field(
+        True,
+        description="the .beton fits in each node's memory: read through the page cache in random order; "
+        "false: FFCV reads pages itself in quasi-random order (ffcv-imagenet's choice for larger data)",
+    )
     resolution: ResolutionSpec = Field(default_factory=ResolutionSpec)
 
 
@@ -104,7 +130,10 @@ class CheckpointSpec(_Section):
 class TrackingSpec(_Section):
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     run_name: str | None = None
-    system_metrics: bool = True
+    system_metrics: bool = Field(
+        True, description="each training node logs CPU, memory, disk, network and GPU use as system/<node>/..."
+    )
+    system_metrics_seconds: float = Field(10, ge=0.5, description="sampling interval of the system metrics")
 
 
 # Kubernetes quantities ("8", "500m", "64Gi") and DNS-1123 labels, checked when the spec is

@@ -5,11 +5,10 @@ import signal
 import sys
 import threading
 
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator import cluster, preflight, tracking
+from orchestrator import cluster, preflight, telemetry, tracking
 from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import JobFailed, JobInterrupted
 from orchestrator.lifecycle import driver_tags
@@ -53,7 +52,7 @@ def drive(
     status, error, result = "FAILED", None, None
     # Ray prints worker-death notices to stdout; with --output json stdout holds only the result.
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if progress_to_stderr else contextlib.nullcontext()
-    with _system_metrics(spec, uri, run_id, resume=bool(done)), quiet_stdout:
+    with quiet_stdout:
         printer.start()
         try:
             result = fit(build_trainer(spec, uri, run_id, resume_from, run_dir=run_dir))
@@ -100,6 +99,7 @@ def build_trainer(
             "spec": spec.model_dump(mode="json"),
             "resume_from": resume_from,
             "fault": faults.from_env(run_dir),
+            "telemetry": telemetry.config(spec, uri, run_id),
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -139,20 +139,6 @@ def root_cause(exc: BaseException) -> str:
         exc = exc.__cause__
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _system_metrics(spec: JobSpec, uri: str, run_id: str, resume: bool = False):
-    monitor = None
-    if spec.tracking.system_metrics:
-        # resume_logging: a resumed run's samples go on after its last step instead of overwriting.
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=10, resume_logging=resume, tracking_uri=uri)
-        monitor.start()
-    try:
-        yield
-    finally:
-        if monitor is not None:
-            monitor.finish()
 
 
 def _best_checkpoint(result, spec: JobSpec) -> str | None:

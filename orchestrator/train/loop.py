@@ -17,6 +17,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from data_pipeline import ResolutionSchedule, build_train_loader, build_val_loader, read_dataset_info
+from data_pipeline.geometry import eval_style
+from orchestrator import telemetry
 from orchestrator.models import build_model
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train import distributed as dist
@@ -32,7 +34,7 @@ from orchestrator.train.checkpoint import (
 )
 from orchestrator.train.optim import build_optimizer
 from orchestrator.train.schedule import lr_at, scaled_lr
-from orchestrator.train.steps import StepContext, evaluate, train_one_epoch
+from orchestrator.train.steps import StepContext, configure_backends, evaluate, train_one_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 def train_worker(config: dict) -> None:
     spec = JobSpec.model_validate(config["spec"])
     device = _device(spec)
+    configure_backends(device)  # cuDNN autotuning for fixed-size inputs, TF32
     info = read_dataset_info(spec.data.train)
     num_classes = spec.model.num_classes or info.num_classes
     train_loader, val_loader = _loaders(spec, info, device)
@@ -70,21 +73,23 @@ def train_worker(config: dict) -> None:
         "spec": config["spec"],
         "preprocess": preprocess_info(spec, info),
     }
-    for epoch in range(start_epoch, spec.training.epochs):
-        seed_everything(spec.training.seed, epoch, dist.rank())
-        train_loader.set_epoch(epoch)
-        started = time.perf_counter()
-        metrics = train_one_epoch(wrapped, train_loader, optimizer, scaler, ctx, epoch * steps_per_epoch)
-        metrics.update(evaluate(wrapped, val_loader, ctx))
-        metrics.update(
-            epoch=epoch, epoch_seconds=time.perf_counter() - started, train_resolution=train_loader.resolution
-        )
-        if restored:  # told once, with the first epoch after a restore, for the run's record
-            metrics.update(restored)
-            restored = {}
-        metrics.update(placement)  # where this worker group runs: the controller tags the run with it
-        placement = {}
-        _report(model, optimizer, scaler, epoch, (epoch + 1) * steps_per_epoch, spec, metrics, meta_base)
+    local_rank = ray.train.get_context().get_local_rank()
+    with telemetry.node_monitor(config.get("telemetry"), local_rank, placement["worker_node_id"]):
+        for epoch in range(start_epoch, spec.training.epochs):
+            seed_everything(spec.training.seed, epoch, dist.rank())
+            train_loader.set_epoch(epoch)
+            started = time.perf_counter()
+            metrics = train_one_epoch(wrapped, train_loader, optimizer, scaler, ctx, epoch * steps_per_epoch)
+            metrics.update(evaluate(wrapped, val_loader, ctx))
+            metrics.update(
+                epoch=epoch, epoch_seconds=time.perf_counter() - started, train_resolution=train_loader.resolution
+            )
+            if restored:  # told once, with the first epoch after a restore, for the run's record
+                metrics.update(restored)
+                restored = {}
+            metrics.update(placement)  # where this worker group runs: the controller tags the run with it
+            placement = {}
+            _report(model, optimizer, scaler, epoch, (epoch + 1) * steps_per_epoch, spec, metrics, meta_base)
 
 
 def worker_placement() -> dict:
@@ -106,7 +111,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def preprocess_info(spec: JobSpec, info) -> dict:
     """What an evaluator needs to feed the model as training did (0-255 scale)."""
-    size = info.image_size if spec.data.augment == "cifar" else spec.data.resolution.val_res
+    size = info.image_size if eval_style(spec.data.augment) == "cifar" else spec.data.resolution.val_res
     return {"size": size, "mean": list(info.mean), "std": list(info.std), "augment": spec.data.augment}
 
 
@@ -136,6 +141,7 @@ def _loaders(spec: JobSpec, info, device: torch.device):
         std=info.std,
         device=str(device),
         channels_last=spec.training.channels_last,
+        in_memory=data.in_memory,
     )
     train = build_train_loader(
         data.train,
@@ -143,6 +149,8 @@ def _loaders(spec: JobSpec, info, device: torch.device):
         resolution=ResolutionSchedule(res.min_res, res.max_res, res.start_epoch, res.end_epoch),
         distributed=dist.world_size() > 1,
         max_samples=data.max_train_samples,
+        short_side=(data.paper.short_side_min, data.paper.short_side_max),
+        lighting=data.paper.lighting,
         **common,
     )
     val = build_val_loader(data.val, resolution=res.val_res, rank=dist.rank(), world_size=dist.world_size(), **common)
