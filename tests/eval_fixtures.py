@@ -75,8 +75,9 @@ def make_checkpoint(
     return save_checkpoint(directory, model.state_dict(), {"epoch": epoch}, meta)
 
 
-def fake_run(uri: str, name: str, checkpoint_dir: Path | None, experiment: str = "orch-test") -> str:
-    """An MLflow run as `orch submit` leaves one, pointing at checkpoint_dir (None: no checkpoints)."""
+def fake_run(uri: str, name: str, checkpoint_dir: Path | str | None, experiment: str = "orch-test") -> str:
+    """An MLflow run as `orch submit` leaves one, pointing at checkpoint_dir (a path or a URI;
+    None: no checkpoints)."""
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)

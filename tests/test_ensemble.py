@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
 from orchestrator.evaluation import ensemble, evaluate
-from orchestrator.evaluation.scoring import combine, parse_weights
+from orchestrator.evaluation.scoring import Tally, combine, parse_weights
 from orchestrator.models import build_model
 from orchestrator.train.checkpoint import load_meta, load_model_state
+from orchestrator.train.metrics import EvalCounts
 
 from eval_fixtures import all_runs, fake_run, make_checkpoint, run_orch, write_dataset
 from job_fixtures import ROOT, SMALL_VAL, raw_fashion_mnist_test
@@ -97,6 +98,8 @@ def test_softmax_ensemble_of_three_seeds_matches_an_independent_average(members,
     mean_probs = torch.stack([F.softmax(z, dim=1) for z in logits]).mean(dim=0)
     ens = outcome["ensemble"]
     assert ens["samples"] == SMALL_VAL and ens["images_per_second"] > 0
+    # --workers alone asks for CPU tasks, whatever GPUs the cluster has.
+    assert (ens["device"], ens["gpus"], ens["workers"], ens["precision"]) == ("cpu", 0, 2, "fp32")
     assert abs(ens["top1_error"] - error(mean_probs.argmax(1), y)) <= 0.1
     top5 = mean_probs.topk(5, dim=1).indices
     assert abs(ens["top5_error"] - 100.0 * (1 - (top5 == y[:, None]).any(1).float().mean().item())) <= 0.1
@@ -112,6 +115,7 @@ def test_softmax_ensemble_of_three_seeds_matches_an_independent_average(members,
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "orch-ensembles"
     assert run.data.tags["orch.ensemble.members"] == ",".join(ids)
+    assert (run.data.params["device"], run.data.params["workers"], run.data.params["precision"]) == ("cpu", "2", "fp32")
     for i, (member, trained) in enumerate(zip(outcome["members"], members)):
         assert run.data.params[f"member{i}.run_id"] == trained["run_id"]
         assert run.data.params[f"member{i}.checkpoint"] == str(trained["checkpoint"])
@@ -240,6 +244,8 @@ def test_bad_input_is_one_line_exit_2_and_records_nothing(members, store, tmp_pa
         ([f"{ids[0]},{tmp_path / 'no-meta'}"], "no-meta: not a checkpoint directory (no meta.json)"),
         ([f"{ids[0]},{four}"], f"checkpoint {four} has 4 classes but run {ids[0]} has 10"),
         ([f"{ids[1]},{elsewhere}"], f"checkpoint {elsewhere} was validated on {tmp_path / 'other' / 'val.beton'}"),
+        ([f"{ids[0]},{ids[1]}", "--gpus", "1", "--workers", "2"], "--gpus 1 and --workers 2: --gpus runs one task"),
+        ([f"{ids[0]},file://{tmp_path}/nowhere"], f"file://{tmp_path}/nowhere: nothing there"),
     ]
     before = len(all_runs(store))
     for runs, fragment in cases:
@@ -263,3 +269,19 @@ def test_combining_rules():
     # Class 1 gets two votes of three and wins despite class 0's softmax.
     assert combine([b, b, a], [1 / 3] * 3, "vote").argmax(1).item() == 1
     assert parse_weights("1,1,2", 3) == [0.25, 0.25, 0.5] and parse_weights(None, 4) == [0.25] * 4
+
+
+def test_counts_kept_on_the_device_are_the_training_loops_counts():
+    """Tally adds up on the scores' device (no host read per batch): the same numbers as EvalCounts."""
+    torch.manual_seed(0)
+    members = lambda n: [F.log_softmax(3 * torch.randn(n, 7), dim=1) for _ in range(3)]
+    batches = [(members(n), torch.randint(0, 7, (n,))) for n in (5, 1)]  # a batch of one too
+    weights = [0.25, 0.25, 0.5]
+    for how in ("softmax", "vote"):
+        tally, want = Tally(3, weights, how), [EvalCounts() for _ in range(4)]
+        for scores, labels in batches:
+            tally.update(scores, labels)
+            for counts, s in zip(want, scores + [combine(scores, weights, how)]):
+                loss = 0.0 if how == "vote" and counts is want[-1] else F.nll_loss(s, labels, reduction="sum").item()
+                counts.update(s, labels, loss)
+        assert torch.equal(tally.as_tensor(), torch.stack([c.counts for c in want]))

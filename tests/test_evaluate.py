@@ -1,5 +1,6 @@
 """`orch evaluate`: every protocol against a plain computation from the image files, the same
-numbers on 1 and 2 Ray workers, run/checkpoint resolution, MLflow logging, bad input.
+numbers on 1 and 2 Ray workers, run/checkpoint resolution (local and at URIs), the device
+choice, MLflow logging, bad input. One test runs on a GPU where there is one.
 
 Checkpoints are made by hand (random weights, no training): the tests check the protocol
 arithmetic, which needs no accuracy.
@@ -7,6 +8,7 @@ arithmetic, which needs no accuracy.
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -20,8 +22,10 @@ import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from orchestrator.errors import OrchError
 from orchestrator.evaluation import evaluate
 from orchestrator.evaluation.checkpoints import CheckpointError, resolve
+from orchestrator.evaluation.runner import Placement, choose_placement
 from orchestrator.evaluation.tta import default_scales, five_crops, make_protocol
 from orchestrator.models import build_model
 from orchestrator.train.checkpoint import load_meta, load_model_state
@@ -200,8 +204,11 @@ def test_run_by_id_and_name_best_and_latest_logged_by_protocol(ray_cluster, run_
 
 def test_a_checkpoint_path_logs_to_the_run_that_wrote_it(ray_cluster, run_with_epochs, mlflow_uri):
     run_id, root = run_with_epochs
-    outcome = evaluate(str(root / "epoch_0000"), tta="none")
+    outcome = evaluate(str(root / "epoch_0000"), tta="none")  # on the cluster's GPUs if any, else 1 CPU task
     assert outcome["run_id"] == run_id and outcome["epoch"] == 0
+    gpus = int(ray_cluster.cluster_resources().get("GPU", 0))
+    assert outcome["device"] == ("cuda" if gpus else "cpu") and outcome["gpus"] == gpus
+    assert outcome["precision"] == ("bf16" if gpus else "fp32") and outcome["workers"] == max(gpus, 1)
     assert outcome["logged_as"] == [
         "eval_none_images_per_second",
         "eval_none_loss",
@@ -226,6 +233,101 @@ def test_checksums_are_verified_when_present(imagenet_ckpt, tmp_path, mlflow_uri
     assert (member.sha256, member.checksums) == (model_hash, "computed")
 
 
+def test_checkpoints_at_a_uri_are_chosen_there_downloaded_and_verified(
+    ray_cluster, run_with_epochs, mlflow_uri, tmp_path, monkeypatch
+):
+    """A run whose orch.checkpoint_dir is a URI, as Ray Train writes to s3:// or gs://. file://
+    goes through pyarrow.fs.FileSystem.from_uri, the code path that serves s3:// (there is no S3
+    here): listing, choosing the best, downloading and verifying all read through pyarrow."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _, root = run_with_epochs
+    bucket = shutil.copytree(root, tmp_path / "bucket" / "job-1234")
+    remote = f"file://{bucket}"
+    run_id = fake_run(mlflow_uri, "remote-run", remote)
+    local = evaluate(str(root / "epoch_0001"), tta="flip", workers=1, log=False)
+
+    code, out, err = run_orch("evaluate", "remote-run", "--tta", "flip", "--workers", "1", "-o", "json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["checkpoint"] == f"{remote}/epoch_0001" and got["run_id"] == run_id  # the best, as locally
+    assert (got["checksums"], got["sha256"]) == ("verified", local["sha256"])
+    copy = Path(got["local_copy"])
+    assert copy.name == "epoch_0001" and copy.parent.parent == tmp_path / "cache" / "orch" / "checkpoints"
+    assert [got[k] for k in ("top1_error", "top5_error", "samples")] == [
+        local[k] for k in ("top1_error", "top5_error", "samples")
+    ]
+    assert got["loss"] == pytest.approx(local["loss"], rel=1e-9)
+    assert "eval_flip_top1_error" in MlflowClient(mlflow_uri).get_run(run_id).data.metrics
+
+    # The cached copy is reused; a checkpoint URI names its run by its parent; latest as locally.
+    written = (copy / "model.pt").stat().st_mtime_ns
+    assert resolve(remote, "best", mlflow_uri).checkpoint == copy
+    assert (copy / "model.pt").stat().st_mtime_ns == written
+    latest = resolve(f"{remote}/epoch_0002/", "best", mlflow_uri)
+    assert (latest.run_id, latest.meta["epoch"], latest.source) == (run_id, 2, f"{remote}/epoch_0002")
+    assert resolve(remote, "latest", mlflow_uri).source == f"{remote}/epoch_0002"
+
+    # Damaged at the source: refused, naming the URI, and no copy is kept.
+    (bucket / "epoch_0000" / "meta.json").write_text((bucket / "epoch_0000" / "meta.json").read_text() + " ")
+    code, out, err = run_orch("evaluate", f"{remote}/epoch_0000")
+    assert code == 2 and out == "" and err.count("orch: error:") == 1, err
+    assert f"orch: error: {remote}/epoch_0000/meta.json: sha256" in err and "the checkpoint is damaged" in err
+    assert not (copy.parent / "epoch_0000").exists()
+
+
+# --- the device ------------------------------------------------------------------------------
+
+
+def test_the_device_follows_the_flags_and_the_cluster():
+    cpu_only = [{"CPU": 2.0}]
+    gpu_node = [{"CPU": 16.0, "GPU": 2.0}, {"CPU": 8.0}]
+    assert choose_placement(None, None, cpu_only) == Placement("cpu", 1, 2)  # today's default
+    assert choose_placement(None, 2, cpu_only) == Placement("cpu", 2, 1)
+    assert choose_placement(None, None, gpu_node) == Placement("cuda", 2, 8)  # every GPU; CPUs of GPU nodes
+    assert choose_placement(1, None, gpu_node).describe() == {
+        "device": "cuda",
+        "gpus": 1,
+        "workers": 1,
+        "threads_per_worker": 16,
+        "precision": "bf16",
+    }
+    assert choose_placement(0, None, gpu_node) == Placement("cpu", 1, 16)  # at most one node's CPUs
+    assert choose_placement(0, 3, gpu_node) == choose_placement(None, 3, gpu_node) == Placement("cpu", 3, 8)
+    assert choose_placement(0, None, gpu_node).describe()["precision"] == "fp32"
+    refused = [
+        ((4, None, gpu_node), "--gpus 4: the Ray cluster has 2 GPUs; pass --gpus 2 or fewer (0 for CPUs)"),
+        ((1, None, cpu_only), "--gpus 1: the Ray cluster has 0 GPUs; pass --gpus 0 to evaluate on CPUs"),
+        ((2, 2, gpu_node), "--gpus 2 and --workers 2: --gpus runs one task per GPU"),
+    ]
+    for args, message in refused:
+        with pytest.raises(OrchError, match=re.escape(message)):
+            choose_placement(*args)
+
+
+def test_more_gpus_than_the_cluster_has_is_refused_before_any_task(ray_cluster, run_with_epochs, mlflow_uri):
+    run_id, _ = run_with_epochs
+    have = int(ray_cluster.cluster_resources().get("GPU", 0))
+    code, out, err = run_orch("evaluate", run_id, "--gpus", have + 1)
+    lines = [line for line in err.splitlines() if line.startswith("orch: error:")]
+    assert code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith(f"orch: error: --gpus {have + 1}: the Ray cluster has {have} GPU")
+    run = MlflowClient(mlflow_uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and not run.data.metrics  # nothing logged
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("tta", ["flip", "10crop"])  # build_val_loader's GPU path, then loading._whole_square's
+def test_on_a_gpu_in_bf16_the_numbers_are_the_cpu_ones(ray_cluster, imagenet_ckpt, tta):
+    cpu = evaluate(str(imagenet_ckpt), tta=tta, gpus=0, workers=1)
+    gpu = evaluate(str(imagenet_ckpt), tta=tta, gpus=1)
+    assert (gpu["device"], gpu["gpus"], gpu["precision"], gpu["samples"]) == ("cuda", 1, "bf16", 80)
+    three_images = 3 * 100 / 80 + 1e-9  # bf16 may flip a close call
+    assert abs(gpu["top1_error"] - cpu["top1_error"]) <= three_images
+    assert abs(gpu["top5_error"] - cpu["top5_error"]) <= three_images
+    assert gpu["loss"] == pytest.approx(cpu["loss"], rel=5e-2)
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 
@@ -245,6 +347,10 @@ def test_bad_input_is_one_line_exit_2(tmp_path, mlflow_uri, varied, square, imag
         ([str(imagenet_ckpt), "--tta", "multiscale", "--scales", "32,x"], "--scales 32,x: expected"),
         ([str(cifar_ckpt), "--data", str(varied)], "trained cifar-style at 28x28"),
         ([str(imagenet_ckpt), "--data", str(tmp_path / "nope.beton")], "nope.beton: no such file"),
+        ([str(imagenet_ckpt), "--gpus", "2", "--workers", "2"], "--gpus 2 and --workers 2: --gpus runs one task"),
+        ([f"file://{tmp_path}/nowhere"], f"file://{tmp_path}/nowhere: nothing there"),
+        ([f"file://{tmp_path}/empty"], "empty: not a checkpoint (no meta.json) and holds no epoch_NNNN"),
+        (["nosuch://bucket/run"], "nosuch://bucket/run: cannot open (Unrecognized filesystem type"),
     ]
     for args, fragment in cases:
         code, out, err = run_orch("evaluate", *args)

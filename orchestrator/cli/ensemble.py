@@ -8,6 +8,8 @@ from orchestrator.cli.evaluate import (
     batch_size_option,
     checkpoint_option,
     data_option,
+    gpus_option,
+    placement,
     scales_option,
     tta_option,
     workers_option,
@@ -20,7 +22,7 @@ from orchestrator.cli.options import output_option
     "--runs",
     required=True,
     metavar="R1,R2,...",
-    help="Members: MLflow run ids or unique names (or checkpoint directories), at least two.",
+    help="Members: MLflow run ids or unique names (or checkpoint directories or URIs), at least two.",
 )
 @checkpoint_option
 @click.option(
@@ -40,6 +42,7 @@ from orchestrator.cli.options import output_option
 @tta_option
 @scales_option
 @data_option
+@gpus_option
 @workers_option
 @batch_size_option
 @click.option(
@@ -47,13 +50,16 @@ from orchestrator.cli.options import output_option
 )
 @click.option("--name", "run_name", default=None, help="Run name.  [default: ensemble-<N>x-<combine>-<tta>]")
 @output_option
-def ensemble(runs, which, combine, weights, tta, scales, data, workers, batch_size, experiment, run_name, output):
+def ensemble(runs, which, combine, weights, tta, scales, data, gpus, workers, batch_size, experiment, run_name, output):
     """Evaluate an ensemble of trained runs and record it as an MLflow run.
 
     Members may differ in architecture and depth but must share the number of classes, the
     test preprocessing and (unless --data is given) the validation set. Each batch goes
     through every member; the table shows each member and the ensemble, with its gain over
     the best member. The MLflow run names every member's run id, checkpoint and sha256.
+
+    Runs on the Ray cluster's GPUs when it has some (bf16), else on CPUs (fp32); see --gpus.
+    Checkpoints may be stored at URIs (s3://, gs://, file://, ...), as for `orch evaluate`.
     """
     from orchestrator.evaluation import ensemble as run_ensemble
     from orchestrator.evaluation.tta import parse_scales
@@ -66,6 +72,7 @@ def ensemble(runs, which, combine, weights, tta, scales, data, workers, batch_si
         tta=tta,
         scales=parse_scales(scales),
         data=data,
+        gpus=gpus,
         workers=workers,
         batch_size=batch_size,
         experiment=experiment,
@@ -118,7 +125,7 @@ def format_table(outcome: dict) -> str:
     )
     lines.append(
         f"{ens['samples']:,} images of {ens['data']}, {ens['images_per_second']:,.0f} images/s "
-        f"through all members over {ens['workers']} worker(s), {ens['seconds']:.1f} s in all"
+        f"through all members on {placement(ens)}, {ens['seconds']:.1f} s in all"
     )
     lines.append(f"MLflow run {outcome['run_id']}")
     return "\n".join(lines)

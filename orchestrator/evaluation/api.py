@@ -1,7 +1,8 @@
-"""The library behind `orch evaluate` and `orch ensemble`: resolve, check, run, record.
+"""The library behind `orch evaluate` and `orch ensemble`: resolve, check, place, run, record.
 
 Every check that can fail on bad input runs before any Ray task starts or any MLflow run is
-written, so a failed command leaves nothing behind.
+written, so a failed command leaves nothing behind. The device comes last among the checks:
+it needs the Ray cluster, which a mistyped run name should not have to start.
 """
 
 import os
@@ -9,6 +10,7 @@ import os
 import torch
 
 from data_pipeline import num_samples, read_dataset_info
+from data_pipeline.geometry import eval_style
 from orchestrator.errors import DataError, OrchError
 from orchestrator.evaluation import records, runner
 from orchestrator.evaluation.checkpoints import CheckpointError, Member, resolve
@@ -28,31 +30,35 @@ def evaluate(
     data: str | None = None,
     tta: str = "none",
     scales=None,
-    workers: int = 1,
+    workers: int | None = None,
+    gpus: int | None = None,
     which: str = "best",
     batch_size: int = DEFAULT_BATCH_SIZE,
     log: bool = True,
 ) -> dict:
-    """Exact top-1/top-5 error and loss of one checkpoint; logged to its run when it has one."""
-    _check_counts(workers, batch_size)
+    """Exact top-1/top-5 error and loss of one checkpoint; logged to its run when it has one.
+
+    gpus/workers: runner.choose_placement (None: every GPU of the cluster, else one CPU task)."""
+    _check_counts(gpus, workers, batch_size)
     uri = tracking_uri()
     member = resolve(ref, which, uri)
     protocol = make_protocol(tta, member.meta["preprocess"], scales)
     data = validation_data([member], data)
     check_data(data, [member], protocol)
     request = runner.Request(data, protocol, [model_entry(member)], batch_size=batch_size)
-    result = runner.run(request, [model_state(member)], workers)
+    states = [model_state(member)]
+    result = runner.run(request, states, runner.place(gpus, workers))
     outcome = {
         "run_id": member.run_id,
         "run_name": member.run_name,
-        "checkpoint": str(member.checkpoint),
+        "checkpoint": member.source,
+        **_copy(member),
         "epoch": member.meta.get("epoch"),
         "arch": member.meta["arch"],
         "sha256": member.sha256,
         "checksums": member.checksums,
         "data": data,
         **protocol.describe(),
-        "workers": workers,
         **metrics_from_counts(result["counts"][0]),
         **_speed(result),
         "logged_as": [],
@@ -71,7 +77,8 @@ def ensemble(
     tta: str = "none",
     scales=None,
     data: str | None = None,
-    workers: int = 1,
+    workers: int | None = None,
+    gpus: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     experiment: str = ENSEMBLE_EXPERIMENT,
     run_name: str | None = None,
@@ -81,7 +88,7 @@ def ensemble(
     if combine not in COMBINES:
         raise OrchError(f"--combine {combine}: must be one of {', '.join(COMBINES)}")
     weight_list = parse_weights(weights, len(refs))
-    _check_counts(workers, batch_size)
+    _check_counts(gpus, workers, batch_size)
     uri = tracking_uri()
     members = [resolve(ref, which, uri) for ref in refs]
     check_distinct(members)
@@ -91,7 +98,7 @@ def ensemble(
     check_data(data, members, protocol)
     states = [model_state(m) for m in members]
     request = runner.Request(data, protocol, [model_entry(m) for m in members], weight_list, combine, batch_size)
-    result = runner.run(request, states, workers)
+    result = runner.run(request, states, runner.place(gpus, workers))
 
     member_rows = [
         _member_row(m, w, metrics_from_counts(counts))
@@ -105,7 +112,6 @@ def ensemble(
         gain_top1_error=member_rows[best]["top1_error"] - combined["top1_error"],
         **protocol.describe(),
         data=data,
-        workers=workers,
         checkpoint_choice=which,
         **_speed(result),
     )
@@ -132,7 +138,7 @@ def check_distinct(members: list[Member]) -> None:
     """Two names for one run, or two runs sharing one checkpoint, are duplicates too."""
     for i, m in enumerate(members):
         for other in members[:i]:
-            if m.checkpoint == other.checkpoint or (m.run_id and m.run_id == other.run_id):
+            if m.source == other.source or m.checkpoint == other.checkpoint or (m.run_id and m.run_id == other.run_id):
                 raise OrchError(
                     f"--runs: {other.ref} and {m.ref} are the same {m.label}; each member must be a different run"
                 )
@@ -151,8 +157,8 @@ def check_compatible(members: list[Member], data_given: bool) -> None:
             raise OrchError(
                 f"{m.label} names its classes differently from {first.label}; ensemble members must share the classes"
             )
-        for key in ("augment", "size"):
-            if m.meta["preprocess"].get(key) != first.meta["preprocess"].get(key):
+        for key, value in (("augment", _test_style), ("size", lambda meta: meta["preprocess"].get("size"))):
+            if value(m.meta) != value(first.meta):
                 raise OrchError(
                     f"{m.label} was trained with preprocess {key} {m.meta['preprocess'].get(key)!r}, "
                     f"{first.label} with {first.meta['preprocess'].get(key)!r}; "
@@ -208,14 +214,14 @@ def model_state(member: Member) -> dict:
     try:
         state = load_model_state(member.checkpoint)
     except Exception as exc:  # a truncated or foreign file: torch raises many kinds
-        raise CheckpointError(f"{member.checkpoint}/model.pt: unreadable ({type(exc).__name__})") from None
+        raise CheckpointError(f"{member.source}/model.pt: unreadable ({type(exc).__name__})") from None
     with torch.device("meta"):
         model = build_model(entry.arch, entry.num_classes, **entry.options)
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise CheckpointError(f"{member.checkpoint}/model.pt does not fit {entry.arch}: {first}") from None
+        raise CheckpointError(f"{member.source}/model.pt does not fit {entry.arch}: {first}") from None
     return state
 
 
@@ -224,7 +230,8 @@ def _member_row(member: Member, weight: float, metrics: dict) -> dict:
         "run_id": member.run_id,
         "run_name": member.run_name,
         "arch": member.meta["arch"],
-        "checkpoint": str(member.checkpoint),
+        "checkpoint": member.source,
+        **_copy(member),
         "epoch": member.meta.get("epoch"),
         "sha256": member.sha256,
         "checksums": member.checksums,
@@ -233,21 +240,28 @@ def _member_row(member: Member, weight: float, metrics: dict) -> dict:
     }
 
 
+def _test_style(meta: dict) -> str:
+    """imagenet and paper augmentation share their test views (data_pipeline.geometry)."""
+    return eval_style(meta["preprocess"].get("augment", "imagenet"))
+
+
 def _val_path(member: Member) -> str | None:
     path = member.meta.get("spec", {}).get("data", {}).get("val")
     return os.path.realpath(path) if path and "://" not in path else path
 
 
+def _copy(member: Member) -> dict:
+    """Where a checkpoint stored at a URI was downloaded to."""
+    return {"local_copy": str(member.checkpoint)} if member.source != str(member.checkpoint) else {}
+
+
 def _speed(result: dict) -> dict:
-    return {
-        "images_per_second": result["images_per_second"],
-        "seconds": result["seconds"],
-        "threads_per_worker": result["threads_per_worker"],
-    }
+    """Where it ran (device, gpus, workers, threads_per_worker, precision) and how fast."""
+    keys = ("device", "gpus", "workers", "threads_per_worker", "precision", "images_per_second", "seconds")
+    return {k: result[k] for k in keys}
 
 
-def _check_counts(workers: int, batch_size: int) -> None:
-    if workers < 1:
-        raise OrchError(f"--workers {workers}: must be at least 1")
+def _check_counts(gpus: int | None, workers: int | None, batch_size: int) -> None:
+    runner.check_task_flags(gpus, workers)
     if batch_size < 1:
         raise OrchError(f"--batch-size {batch_size}: must be at least 1")

@@ -2,13 +2,15 @@
 
 `orch evaluate` logs to the evaluated run, named by protocol: eval_<tta>_top1_error,
 eval_<tta>_top5_error, eval_<tta>_loss, eval_<tta>_images_per_second, with step = the
-checkpoint's epoch, and a tag orch.eval.<tta> with what was evaluated how (JSON).
+checkpoint's epoch, and a tag orch.eval.<tta> with what was evaluated how (JSON: the
+checkpoint as stored, a path or URI, and the device, GPUs, workers and precision).
 
 `orch ensemble` creates one run (experiment "orch-ensembles" by default) only after the
 evaluation succeeded: params naming each member (member<i>.run_id, .checkpoint, .sha256,
-.arch, .weight) and the settings, tag orch.ensemble.members (the run ids), metrics
-member<i>_top1_error/_top5_error/_loss and the ensemble's top1_error, top5_error, loss,
-gain_top1_error, images_per_second, and the whole outcome as the artifact ensemble.json.
+.arch, .weight) and the settings (device, gpus, workers and precision among them), tag
+orch.ensemble.members (the run ids), metrics member<i>_top1_error/_top5_error/_loss and the
+ensemble's top1_error, top5_error, loss, gain_top1_error, images_per_second, and the whole
+outcome as the artifact ensemble.json.
 """
 
 import json
@@ -29,7 +31,8 @@ def log_evaluation(uri: str, run_id: str, outcome: dict) -> list[str]:
     values[f"{prefix}images_per_second"] = outcome["images_per_second"]
     client = MlflowClient(uri)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now_ms(), step) for k, v in values.items()])
-    described = {k: outcome[k] for k in ("checkpoint", "epoch", "sha256", "data", "views", "workers", "samples")}
+    keys = ("checkpoint", "epoch", "sha256", "data", "views", "device", "gpus", "workers", "precision", "samples")
+    described = {k: outcome[k] for k in keys}
     if "scales" in outcome:
         described["scales"] = outcome["scales"]
     client.set_tag(run_id, f"orch.eval.{outcome['tta']}", json.dumps(described)[:5000])
@@ -67,7 +70,10 @@ def _params(members: list[dict], ens: dict) -> list[Param]:
         "combine": ens["combine"],
         "tta": ens["tta"],
         "data": ens["data"],
+        "device": ens["device"],
+        "gpus": ens["gpus"],
         "workers": ens["workers"],
+        "precision": ens["precision"],
         "members": len(members),
         "checkpoint_choice": ens["checkpoint_choice"],
     }

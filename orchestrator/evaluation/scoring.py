@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.errors import OrchError
-from orchestrator.train.metrics import EvalCounts, counts_to_metrics
+from orchestrator.train.metrics import counts_to_metrics
 
 COMBINES = ("softmax", "logits", "vote")
 
@@ -47,10 +47,10 @@ def mean_softmax_log(view_logits: list[torch.Tensor]) -> torch.Tensor:
     return torch.logsumexp(log_probs, dim=0) - math.log(len(view_logits))
 
 
-def combine(member_log_probs: list[torch.Tensor], weights: list[float], how: str) -> torch.Tensor:
+def combine(member_log_probs: list[torch.Tensor], weights, how: str) -> torch.Tensor:
     """Scores whose order ranks the classes (log-probabilities for softmax and logits)."""
     stacked = torch.stack(member_log_probs)  # members x batch x classes
-    w = torch.tensor(weights, dtype=stacked.dtype).view(-1, 1, 1)
+    w = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device).view(-1, 1, 1)
     if how == "softmax":
         return torch.logsumexp(stacked + w.log(), dim=0)
     if how == "logits":
@@ -63,7 +63,7 @@ def combine(member_log_probs: list[torch.Tensor], weights: list[float], how: str
 def vote_ranks(stacked: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Per image, C for the winning class down to 1 for the last: votes, then mean softmax, then label."""
     members, batch, classes = stacked.shape
-    votes = torch.zeros(batch, classes, dtype=torch.float64)
+    votes = torch.zeros(batch, classes, dtype=torch.float64, device=stacked.device)
     for m in range(members):
         votes.scatter_add_(1, stacked[m].argmax(dim=1, keepdim=True), w[m].to(torch.float64).expand(batch, 1))
     mean_prob = (stacked.exp() * w).sum(dim=0)
@@ -71,31 +71,47 @@ def vote_ranks(stacked: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     by_prob = mean_prob.argsort(dim=1, descending=True, stable=True)
     by_votes = votes.gather(1, by_prob).argsort(dim=1, descending=True, stable=True)
     order = by_prob.gather(1, by_votes)
-    ranks = torch.empty(batch, classes)
-    ranks.scatter_(1, order, torch.arange(classes, 0, -1, dtype=ranks.dtype).expand(batch, classes))
+    ranks = torch.empty(batch, classes, device=stacked.device)
+    descending = torch.arange(classes, 0, -1, dtype=ranks.dtype, device=ranks.device)
+    ranks.scatter_(1, order, descending.expand(batch, classes))
     return ranks
 
 
 class Tally:
-    """Exact counts for each member and, with several members, the combination."""
+    """Exact counts for each member and, with several members, the combination.
 
-    def __init__(self, members: int, weights: list[float], how: str):
-        self.weights, self.how = weights, how
-        self.members = [EvalCounts() for _ in range(members)]
-        self.ensemble = EvalCounts() if members > 1 else None
+    Rows: members, then the ensemble; columns: [correct@1, correct@5, n, loss_sum] as
+    EvalCounts (orchestrator.train.metrics) keeps them. They accumulate in float64 on the
+    scores' device, so a GPU worker never waits for the host between batches.
+    """
+
+    def __init__(self, members: int, weights: list[float], how: str, device="cpu"):
+        self.weights = torch.tensor(weights, dtype=torch.float32, device=device)  # copied to the device once
+        self.how = how
+        self.ensemble = members > 1
+        self.counts = torch.zeros(members + self.ensemble, 4, dtype=torch.float64, device=device)
 
     def update(self, member_log_probs: list[torch.Tensor], labels: torch.Tensor) -> None:
-        for counts, log_probs in zip(self.members, member_log_probs):
-            counts.update(log_probs, labels, _nll_sum(log_probs, labels))
-        if self.ensemble is not None:
+        rows = [batch_counts(log_probs, labels) for log_probs in member_log_probs]
+        if self.ensemble:
             scores = combine(member_log_probs, self.weights, self.how)
-            loss = 0.0 if self.how == "vote" else _nll_sum(scores, labels)
-            self.ensemble.update(scores, labels, loss)
+            rows.append(batch_counts(scores, labels, with_loss=self.how != "vote"))
+        self.counts += torch.stack(rows)
 
     def as_tensor(self) -> torch.Tensor:
-        """rows: members, then the ensemble (when there is one); columns: EvalCounts' four."""
-        rows = [c.counts for c in self.members] + ([self.ensemble.counts] if self.ensemble else [])
-        return torch.stack(rows)
+        return self.counts.cpu()
+
+
+def batch_counts(scores: torch.Tensor, labels: torch.Tensor, with_loss: bool = True) -> torch.Tensor:
+    """[correct@1, correct@5, n, loss_sum] of one batch as a float64 tensor on the scores' device:
+    topk_correct's counts (orchestrator.train.metrics), without reading them back to the host."""
+    hits = scores.topk(min(5, scores.shape[1]), dim=1).indices.eq(labels.view(-1, 1))
+    n = torch.full((), labels.numel(), dtype=torch.float64, device=scores.device)
+    if with_loss:
+        loss = F.nll_loss(scores.float(), labels, reduction="sum").double()
+    else:
+        loss = torch.zeros((), dtype=torch.float64, device=scores.device)
+    return torch.stack([hits[:, 0].sum().double(), hits.any(dim=1).sum().double(), n, loss])
 
 
 def metrics_from_counts(counts: torch.Tensor, with_loss: bool = True) -> dict:
@@ -105,7 +121,3 @@ def metrics_from_counts(counts: torch.Tensor, with_loss: bool = True) -> dict:
     if with_loss:
         out["loss"] = m["val_loss"]
     return out
-
-
-def _nll_sum(log_probs: torch.Tensor, labels: torch.Tensor) -> float:
-    return F.nll_loss(log_probs.float(), labels, reduction="sum").item()
