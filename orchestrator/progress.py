@@ -37,14 +37,13 @@ class EpochPrinter(threading.Thread):
 
     def flush(self):
         try:
-            history = {key: epoch_history(self.uri, self.run_id, key) for key in _FIELDS + _OPTIONAL}
+            epochs = logged_epochs(self.uri, self.run_id)
         except Exception:  # a busy sqlite store: try again on the next tick
             return
-        for epoch in sorted(history["val_top1_error"]):
-            if epoch not in self._printed and all(epoch in history[k] for k in _FIELDS):
+        for epoch, values in epochs.items():
+            if epoch not in self._printed:
                 self._printed.add(epoch)
-                shown = {k: history[k][epoch] for k in _FIELDS + _OPTIONAL if epoch in history[k]}
-                click.echo(format_epoch(epoch, self.epochs, shown), err=self.err)
+                click.echo(format_epoch(epoch, self.epochs, values), err=self.err)
         self._tell_restarts()
 
     def _tell_restarts(self, quiet: bool = False):
@@ -63,6 +62,16 @@ class EpochPrinter(threading.Thread):
                 cause = tags.get("orch.last_restart_cause", "?")
                 if not quiet:
                     click.echo(text.format(value=value, cause=cause), err=True)
+
+
+def logged_epochs(uri: str, run_id: str) -> dict[int, dict]:
+    """{epoch: the values an epoch line shows}, in order, for every epoch logged in full."""
+    history = {key: epoch_history(uri, run_id, key) for key in _FIELDS + _OPTIONAL}
+    return {
+        epoch: {k: history[k][epoch] for k in _FIELDS + _OPTIONAL if epoch in history[k]}
+        for epoch in sorted(history["val_top1_error"])
+        if all(epoch in history[k] for k in _FIELDS)
+    }
 
 
 def format_epoch(epoch: int, epochs: int, m: dict) -> str:

@@ -91,8 +91,7 @@ def logs(run, follow, interval, uri, output):
     output), then its status."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.progress import _FIELDS, format_epoch
-    from orchestrator.tracking import epoch_history
+    from orchestrator.progress import format_epoch, logged_epochs
 
     uri = _uri(uri)
     found = find_run(uri, run)
@@ -104,12 +103,10 @@ def logs(run, follow, interval, uri, output):
     while True:
         current = MlflowClient(uri).get_run(run_id)
         info = lifecycle.summary(current, uri)
-        history = {key: epoch_history(uri, run_id, key) for key in _FIELDS}
-        for epoch in sorted(history["val_top1_error"]):
-            if epoch in printed or not all(epoch in history[k] for k in _FIELDS):
+        for epoch, values in logged_epochs(uri, run_id).items():
+            if epoch in printed:
                 continue
             printed.add(epoch)
-            values = {k: history[k][epoch] for k in _FIELDS}
             rows.append({"epoch": epoch, **values})
             if output == "text":
                 click.echo(format_epoch(epoch, info["epochs"] or epoch + 1, values))
