@@ -14,38 +14,34 @@ SIZES = ((120, 200), (200, 150), (96, 96))  # (height, width) of the stored imag
 RAW = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
-class CoordinateImages:
-    """Images whose red channel is the column and green the row, as 0-255 ramps: a loaded
-    crop tells which box of the stored image it came from, and whether it was mirrored."""
+class GeneratedImages:
+    """n images of SIZES in turn, their pixels `draw(index, height, width)`, labelled by index."""
 
-    def __init__(self, n: int):
-        self.n = n
+    def __init__(self, n: int, draw):
+        self.n, self.draw = n, draw
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i):
         h, w = SIZES[i % len(SIZES)]
-        y, x = np.mgrid[0:h, 0:w]
-        ramp = np.stack([x * 255 / (w - 1), y * 255 / (h - 1), np.zeros_like(x, dtype=float)], -1)
-        return ramp.round().astype(np.uint8), i
+        return self.draw(i, h, w), i
 
 
-class SmoothImages:
+def coordinate_pixels(i: int, h: int, w: int) -> np.ndarray:
+    """Red is the column and green the row, as 0-255 ramps: a loaded crop tells which box of
+    the stored image it came from, and whether it was mirrored."""
+    y, x = np.mgrid[0:h, 0:w]
+    ramp = np.stack([x * 255 / (w - 1), y * 255 / (h - 1), np.zeros_like(x, dtype=float)], -1)
+    return ramp.round().astype(np.uint8)
+
+
+def smooth_pixels(i: int, h: int, w: int) -> np.ndarray:
     """Low-frequency color waves: resampling them differently moves pixels by little, so a
     geometry error (a shifted or wrongly sized crop) stands out from interpolation."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        h, w = SIZES[i % len(SIZES)]
-        y, x = np.mgrid[0:h, 0:w] / 25.0
-        waves = [np.sin(x + i), np.cos(y * 0.7 - i), np.sin(0.6 * x + 0.8 * y)]
-        return (127.5 + 120 * np.stack(waves, -1)).round().astype(np.uint8), i
+    y, x = np.mgrid[0:h, 0:w] / 25.0
+    waves = [np.sin(x + i), np.cos(y * 0.7 - i), np.sin(0.6 * x + 0.8 * y)]
+    return (127.5 + 120 * np.stack(waves, -1)).round().astype(np.uint8)
 
 
 def _write(path, dataset):
@@ -61,12 +57,12 @@ def _write(path, dataset):
 
 @pytest.fixture(scope="module")
 def coordinates(tmp_path_factory):
-    return _write(tmp_path_factory.mktemp("geometry") / "coordinates.beton", CoordinateImages(30))
+    return _write(tmp_path_factory.mktemp("geometry") / "coordinates.beton", GeneratedImages(30, coordinate_pixels))
 
 
 @pytest.fixture(scope="module")
 def smooth(tmp_path_factory):
-    return _write(tmp_path_factory.mktemp("geometry") / "smooth.beton", SmoothImages(6))
+    return _write(tmp_path_factory.mktemp("geometry") / "smooth.beton", GeneratedImages(6, smooth_pixels))
 
 
 def test_paper_crop_boxes_cover_the_scale_range():
@@ -98,7 +94,7 @@ def test_validation_and_tencrop_sides_follow_the_paper():
 
 
 def _box_of(crop: np.ndarray, height: int, width: int):
-    """(side in stored pixels, mirrored?) of a loaded crop of a CoordinateImages image."""
+    """(side in stored pixels, mirrored?) of a loaded crop of a coordinate_pixels image."""
     row = crop[0, crop.shape[1] // 2]  # red along the middle row: the stored column, scaled
     col = crop[1, :, crop.shape[2] // 2]
     n = crop.shape[-1]
@@ -158,7 +154,7 @@ def test_validation_view_matches_resize_and_center_crop(smooth, augment):
     res = 48
     loader = build_val_loader(smooth, augment=augment, batch_size=6, num_workers=1, resolution=res, **RAW)
     (images, labels) = next(iter(loader))
-    source = SmoothImages(6)
+    source = GeneratedImages(6, smooth_pixels)
     for view, index in zip(images.numpy(), labels.tolist()):
         image = source[index][0]
         expected = _pil_validation_view(image, res)
