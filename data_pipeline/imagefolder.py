@@ -19,6 +19,7 @@ from tqdm import tqdm
 from data_pipeline.beton import field_metadata, image_and_label_fields, open_reader, page_size_for, write_beton
 from data_pipeline.ffcv_compat import import_ffcv
 from data_pipeline.info import CLASSES_FILE, INFO_FILE, ChannelStats, dataset_json
+from data_pipeline.inspection import side_summary
 from data_pipeline.staging import StagedOutput, check_out_dir
 from orchestrator.errors import DataError
 
@@ -217,8 +218,9 @@ def write_imagefolder(train, val, out, options: WriterOptions | None = None, *, 
             val=str(val),
             skipped={"train": len(train_skipped), "val": len(val_skipped)},
         )
+        square, short_sides = _stored_sizes(paths)
         info = dataset_json(
-            out.name or "imagefolder", classes, stats, _square_size(paths.values()), len(train_ok), len(val_ok), writer
+            out.name or "imagefolder", classes, stats, square, len(train_ok), len(val_ok), writer, short_sides
         )
         staged.write_json(CLASSES_FILE, classes)
         staged.write_json(INFO_FILE, info)
@@ -226,11 +228,13 @@ def write_imagefolder(train, val, out, options: WriterOptions | None = None, *, 
     return dict(info, skipped={"train": train_skipped, "val": val_skipped})
 
 
-def _square_size(beton_paths) -> int | None:
-    """The common side when every stored image is square and of one size, else None."""
-    sides = set()
-    for path in beton_paths:
+def _stored_sizes(paths: dict) -> tuple[int | None, dict]:
+    """(the common side when every stored image is square and of one size, else None;
+    {split: {"min", "median", "max"} of the stored shorter sides})."""
+    sides, short_sides = set(), {}
+    for split, path in paths.items():
         reader = open_reader(path)
         meta = field_metadata(reader, image_and_label_fields(reader, path)[0])
         sides |= set(np.unique(meta["width"]).tolist()) | set(np.unique(meta["height"]).tolist())
-    return int(sides.pop()) if len(sides) == 1 else None
+        short_sides[split] = side_summary(meta)["short_side"]
+    return (int(sides.pop()) if len(sides) == 1 else None), short_sides

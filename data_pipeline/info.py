@@ -24,6 +24,7 @@ class DatasetInfo:
     image_size: int | None
     num_train: int
     num_val: int
+    short_side: dict | None = None  # {"train"|"val": {"min", "median", "max"}}; older files lack it
 
 
 class ChannelStats:
@@ -54,7 +55,9 @@ class ChannelStats:
         return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in np.sqrt(var)]
 
 
-def dataset_json(name, classes, stats: ChannelStats, image_size, num_train, num_val, writer: dict) -> dict:
+def dataset_json(
+    name, classes, stats: ChannelStats, image_size, num_train, num_val, writer: dict, short_side: dict | None = None
+) -> dict:
     mean, std = stats.mean_std()
     return {
         "name": name,
@@ -65,6 +68,7 @@ def dataset_json(name, classes, stats: ChannelStats, image_size, num_train, num_
         "mean": mean,
         "std": std,
         "image_size": image_size,
+        "short_side": short_side,  # stored shorter sides per split: min, median, max
         "writer": writer,
     }
 
@@ -90,6 +94,7 @@ def read_dataset_info(beton_path) -> DatasetInfo:
             image_size=None if raw.get("image_size") is None else int(raw["image_size"]),
             num_train=int(raw["num_train"]),
             num_val=int(raw["num_val"]),
+            short_side=raw.get("short_side") if isinstance(raw.get("short_side"), dict) else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: bad or missing entry ({type(exc).__name__}: {exc}); {fix}") from None

@@ -24,12 +24,20 @@ def inspect_beton(path) -> dict:
         "fields": {name: type(handler).__name__ for name, handler in reader.handlers.items()},
         "height": _min_median_max(images["height"]),
         "width": _min_median_max(images["width"]),
-        # What a resize to a shorter side (validation's res/0.875, 10-crop, scale augmentation) reads.
-        "short_side": _min_median_max(np.minimum(images["height"], images["width"])),
-        "long_side": _min_median_max(np.maximum(images["height"], images["width"])),
+        **side_summary(images),
         "stored_as": {name: count for name, count in modes.items() if count},
         "size_bytes": path.stat().st_size,
         "page_size": int(reader.page_size),
+    }
+
+
+def side_summary(images: np.ndarray) -> dict:
+    """{"short_side", "long_side"}: min, median and max over the images' metadata. The shorter
+    side is what a resize to a shorter side (validation's res/0.875, 10-crop, the paper's scale
+    augmentation) reads."""
+    return {
+        "short_side": _min_median_max(np.minimum(images["height"], images["width"])),
+        "long_side": _min_median_max(np.maximum(images["height"], images["width"])),
     }
 
 

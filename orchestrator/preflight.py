@@ -3,9 +3,11 @@ no Ray job or MLflow run exists yet to be left behind."""
 
 import os
 
+import click
 import torch
 
 from data_pipeline import num_samples, read_dataset_info, val_shard
+from data_pipeline.geometry import eval_style, val_resize_side
 from orchestrator.errors import SpecError
 from orchestrator.models import build_model
 from orchestrator.spec.schema import JobSpec
@@ -57,7 +59,41 @@ def plan(spec: JobSpec, require_data: bool = True) -> dict:
         "val_shard_sizes": [stop - start for start, stop in shards],
         "mean": list(info.mean),
         "std": list(info.std),
+        "warnings": resolution_warnings(spec, info),
     }
+
+
+def tell_warnings(checked: dict) -> None:
+    """Print a plan's warnings on stderr, one line each, before the job starts."""
+    for warning in checked.get("warnings", []):
+        click.echo(f"orch: warning: {warning}", err=True)
+
+
+def resolution_warnings(spec: JobSpec, info) -> list[str]:
+    """Where the stored images are smaller than what the spec resizes them to (they would be
+    upsampled: the numbers come out worse and nothing fails). Needs the stored sizes that
+    `orch data prepare imagefolder` records in dataset.json."""
+    if eval_style(spec.data.augment) != "imagenet" or not info.short_side:
+        return []
+    res = spec.data.resolution
+    needs = {"val": ("validation resizes to", val_resize_side(res.val_res))}
+    if spec.data.augment == "paper":
+        # The paper itself upsamples toward 480 (ImageNet's typical shorter side is 375); only a
+        # stored side below the smallest draw means every training view is upsampled.
+        needs["train"] = (
+            "augment paper resizes to at least",
+            round(spec.data.paper.short_side_min * res.max_res / 224),
+        )
+    warnings = []
+    for split, (what, side) in needs.items():
+        stored = (info.short_side.get(split) or {}).get("median")
+        if stored is not None and stored < side:
+            warnings.append(
+                f"data.{split}: the stored images' median shorter side is {stored:g} pixels, but {what} {side}: "
+                "they will be upsampled; write the data again with a larger --max-resolution "
+                "(`orch data prepare imagefolder`, default 500)"
+            )
+    return warnings
 
 
 def _plan_without_data(spec: JobSpec) -> dict:

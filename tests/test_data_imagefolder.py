@@ -265,3 +265,22 @@ def test_defaults_keep_a_short_side_of_256_for_the_papers_protocols(tmp_path):
     assert report["long_side"] == {"min": 500, "median": 500.0, "max": 500}
     code, text, _ = run_data_cli("inspect", out / "train.beton")
     assert "short side:  min 375, median 375, max 375" in text
+    stored = read_dataset_info(out / "val.beton").short_side
+    assert stored == {split: {"min": 375, "median": 375.0, "max": 375} for split in ("train", "val")}
+
+
+def test_a_job_is_warned_when_its_resize_would_upsample_the_stored_images(prepared):
+    """Images stored at 64 pixels, a job that validates at 224 (resize to 256) and trains with
+    the paper's augmentation (256 to 480): both splits are named, before anything starts."""
+    from orchestrator.preflight import resolution_warnings
+    from orchestrator.spec import load_spec
+
+    out, _ = prepared
+    job = Path(__file__).resolve().parent.parent / "jobs" / "resnet18_imagenet.yaml"
+    sets = [f"data.train={out / 'train.beton'}", f"data.val={out / 'val.beton'}", "model.num_classes=3"]
+    info = read_dataset_info(out / "train.beton")
+    warnings = resolution_warnings(load_spec(job, sets), info)
+    assert [w.split(":")[0] for w in warnings] == ["data.val", "data.train"]
+    assert "validation resizes to 256" in warnings[0] and "at least 256" in warnings[1]
+    small = sets + ["data.resolution.val_res=16", "data.resolution.max_res=16", "data.resolution.min_res=16"]
+    assert resolution_warnings(load_spec(job, small + ["data.augment=imagenet"]), info) == []

@@ -58,9 +58,11 @@ def submit(spec_path, overrides, target, address, namespace, image, detach, dry_
             spec, spec_path, namespace=namespace, image=image, dry_run=dry_run, detach=detach, output=output
         )
     elif dry_run:
-        from orchestrator.preflight import plan
+        from orchestrator.preflight import plan, tell_warnings
 
-        _print_dry_run(spec, plan(spec, require_data=False), output)
+        checked = plan(spec, require_data=False)
+        tell_warnings(checked)
+        _print_dry_run(spec, checked, output)
         return
     elif target == "ray":
         from orchestrator.targets.ray_cluster import submit_remote

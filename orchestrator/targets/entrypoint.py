@@ -75,7 +75,7 @@ def train(spec, uri: str, run):
     from orchestrator.lifecycle import driver_tags
     from orchestrator.targets.local import checkpoint_dir, drive
 
-    preflight.plan(spec)  # the spec and its data, checked where the data is read
+    preflight.tell_warnings(preflight.plan(spec))  # the spec and its data, checked where the data is read
     cluster.connect()
     cluster.check_resources(spec.scaling)
     run_id = run.info.run_id

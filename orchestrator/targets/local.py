@@ -25,7 +25,7 @@ def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr
     Every check that can fail on bad input runs before the MLflow run exists; once it does,
     it is ended FINISHED, FAILED or KILLED whatever happens.
     """
-    preflight.plan(spec)  # every check on the spec and its data, before anything exists
+    preflight.tell_warnings(preflight.plan(spec))  # every check on the spec and its data, before anything exists
     cluster.connect()
     cluster.check_resources(spec.scaling)
     uri = tracking.tracking_uri(spec)
