@@ -1,6 +1,7 @@
 """The ImageNet path on CPU: an image folder written with `orch data prepare`'s defaults, a
-ResNet job with `augment: imagenet` and one with `augment: paper` trained through the whole
-loop on the session's Ray, then `orch evaluate RUN --tta 10crop` on the paper run."""
+ResNet job with `augment: imagenet` (through `orch submit` as a user runs it) and one with
+`augment: paper` trained through the whole loop on the session's Ray, then
+`orch evaluate RUN --tta 10crop` on the paper run."""
 
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from eval_fixtures import run_orch
+from job_fixtures import as_set_args, orch_process
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = ROOT / "jobs" / "resnet18_imagenet.yaml"
@@ -39,7 +41,7 @@ def image_data(tmp_path_factory) -> Path:
     return root / "data"
 
 
-def _job(data: Path, tmp: Path, uri: str, augment: str) -> list[str]:
+def _job(data: Path, tmp: Path, augment: str) -> list[str]:
     return [
         f"data.train={data / 'train.beton'}",
         f"data.val={data / 'val.beton'}",
@@ -56,36 +58,50 @@ def _job(data: Path, tmp: Path, uri: str, augment: str) -> list[str]:
         "scaling.use_gpu=false",
         "scaling.cpus_per_worker=2",
         f"checkpoint.storage={tmp / 'ckpt'}",
-        "tracking.system_metrics_seconds=1",
-        f"tracking.tracking_uri={uri}",
         f"tracking.run_name=resnet18-{augment}",
     ]
 
 
-@pytest.mark.parametrize("augment", ["imagenet", "paper"])
-def test_resnet_job_trains_on_an_image_folder(ray_cluster, image_data, tmp_path, mlflow_uri, augment):
+def _check_run(uri: str, run_id: str) -> None:
+    """FINISHED, every validation image counted once per epoch, the data wait logged per epoch."""
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    samples = client.get_metric_history(run_id, "val_samples")
+    assert [m.value for m in samples] == [len(CLASSES) * VAL_PER_CLASS] * 2
+    waits = client.get_metric_history(run_id, "data_wait_fraction")
+    assert sorted(m.step for m in waits) == [0, 1] and all(0 <= m.value <= 1 for m in waits)
+
+
+def test_orch_submit_trains_an_imagenet_job_and_prints_one_json_object(ray_address, image_data, mlflow_uri, tmp_path):
+    """`augment: imagenet` through the real `orch submit` in its own process (joining the
+    session's Ray): one JSON object on stdout, epoch lines on stderr, and the worker node's
+    system metrics in the run under its node id."""
+    sets = as_set_args(_job(image_data, tmp_path, "imagenet") + ["tracking.system_metrics_seconds=1"])
+    proc = orch_process("submit", JOB, *sets, "--output", "json", cwd=tmp_path, uri=mlflow_uri, ray_address=ray_address)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    outcome = json.loads(out)
+    assert set(outcome) == {"run_id", "status", "metrics", "best_checkpoint"}
+    assert outcome["status"] == "FINISHED" and outcome["metrics"]["epoch"] == 1
+    assert "best_val_top1_error" in outcome["metrics"]
+    assert "epoch   2/2" in err and "data wait" in err and "Traceback" not in err
+    _check_run(mlflow_uri, outcome["run_id"])
+    run = MlflowClient(mlflow_uri).get_run(outcome["run_id"])
+    assert run.data.params["data.augment"] == "imagenet" and int(run.data.tags["orch.driver_pid"]) == proc.pid
+    node_cpu = [k for k in run.data.metrics if k.startswith("system/") and k.endswith("/cpu_utilization_percentage")]
+    assert len(node_cpu) == 1 and node_cpu[0].count("/") == 2, sorted(run.data.metrics)
+
+
+def test_paper_augmentation_trains_and_its_run_takes_tencrop(ray_cluster, image_data, mlflow_uri, tmp_path):
+    """`augment: paper` in process, then `orch evaluate RUN --tta 10crop` on the run."""
     from orchestrator.spec import load_spec
     from orchestrator.targets.local import run_local
 
-    outcome = run_local(load_spec(JOB, _job(image_data, tmp_path, mlflow_uri, augment)), str(JOB))
-    assert outcome.status == "FINISHED"
-    client = MlflowClient(mlflow_uri)
-    run = client.get_run(outcome.run_id)
-    samples = client.get_metric_history(outcome.run_id, "val_samples")
-    assert [m.value for m in samples] == [len(CLASSES) * VAL_PER_CLASS] * 2
-    waits = client.get_metric_history(outcome.run_id, "data_wait_fraction")
-    assert sorted(m.step for m in waits) == [0, 1] and all(0 <= m.value <= 1 for m in waits)
-    assert run.data.params["data.augment"] == augment
-    # the worker's node logs its system metrics into the run, under its node id
-    nodes = {
-        k.split("/")[1]
-        for k in run.data.metrics
-        if k.startswith("system/") and k.endswith("/cpu_utilization_percentage")
-    }
-    assert len(nodes) == 1, sorted(run.data.metrics)
-    if augment == "paper":
-        code, stdout, stderr = run_orch("evaluate", outcome.run_id, "--tta", "10crop", "--output", "json")
-        assert code == 0, stderr
-        evaluated = json.loads(stdout)
-        assert (evaluated["views"], evaluated["samples"], evaluated["load_side"]) == (10, 15, 37)
-        assert 0 <= evaluated["top1_error"] <= 100
+    sets = _job(image_data, tmp_path, "paper") + ["tracking.system_metrics=false"]
+    outcome = run_local(load_spec(JOB, sets), str(JOB))
+    _check_run(mlflow_uri, outcome.run_id)
+    code, stdout, stderr = run_orch("evaluate", outcome.run_id, "--tta", "10crop", "--output", "json")
+    assert code == 0, stderr
+    evaluated = json.loads(stdout)
+    assert (evaluated["views"], evaluated["samples"], evaluated["load_side"]) == (10, 15, 37)
+    assert 0 <= evaluated["top1_error"] <= 100

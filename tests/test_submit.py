@@ -106,24 +106,6 @@ def test_two_workers_survive_a_killed_worker_and_log_exact_metrics_once(
     assert independent_top1_error(best) == pytest.approx(meta["metrics"]["val_top1_error"], abs=0.1)
 
 
-def test_cli_one_worker_prints_one_json_object(ray_address, small_fashion, mlflow_uri, tmp_path):
-    """The real `orch submit` in its own process (joining the session's Ray, itself the lean Ray
-    orch starts: cluster.connect())."""
-    sets = as_set_args(small_job(small_fashion, tmp_path, workers=1, epochs=1))
-    proc = orch_process(
-        "submit", DEMO, *sets, "--output", "json", cwd=tmp_path, uri=mlflow_uri, ray_address=ray_address
-    )
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    outcome = json.loads(out)
-    assert set(outcome) == {"run_id", "status", "metrics", "best_checkpoint"}
-    assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_samples"] == 1000
-    assert outcome["metrics"]["epoch"] == 0 and "best_val_top1_error" in outcome["metrics"]
-    assert "epoch   1/1" in err and "Traceback" not in err
-    run = MlflowClient(mlflow_uri).get_run(outcome["run_id"])
-    assert run.info.status == "FINISHED" and int(run.data.tags["orch.driver_pid"]) == proc.pid
-
-
 def test_ctrl_c_marks_the_run_killed(ray_address, small_fashion, mlflow_uri, tmp_path):
     """Ctrl-C (SIGINT to the driver) while epoch 1 trains: the hook sends it, then holds."""
     notice = Notice(tmp_path)
