@@ -9,8 +9,6 @@ no more than trained ones.
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from orchestrator.train.checkpoint import load_meta, load_model_state
 from orchestrator.train.metrics import EvalCounts
 
 from eval_fixtures import all_runs, fake_run, make_checkpoint, run_orch, write_dataset
-from job_fixtures import ROOT, SMALL_VAL, raw_fashion_mnist_test
+from job_fixtures import SMALL_VAL, raw_fashion_mnist_test
 
 SEEDS = (0, 1, 2)
 
@@ -158,40 +156,6 @@ def test_vote_and_logits_with_weights(members, raw_logits):
     averaged = ensemble(names, combine="logits", weights="1,1,2", workers=2)
     mean_logits = sum(w * z for w, z in zip(weights, logits))
     assert abs(averaged["ensemble"]["top1_error"] - error(mean_logits.argmax(1), y)) <= 0.1
-
-
-def test_evaluate_a_trained_run_from_the_shell(members, store, ray_address):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli.main",
-            "evaluate",
-            "member-seed0",
-            "--tta",
-            "flip",
-            "--workers",
-            "2",
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(Path.home()),
-            "MLFLOW_TRACKING_URI": store,
-            "RAY_ADDRESS": ray_address,
-        },
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    outcome = json.loads(proc.stdout)
-    assert outcome["run_id"] == members[0]["run_id"] and outcome["samples"] == SMALL_VAL
-    assert outcome["views"] == 2 and outcome["images_per_second"] > 0
-    logged = MlflowClient(store).get_run(members[0]["run_id"]).data.metrics
-    assert logged["eval_flip_top1_error"] == pytest.approx(outcome["top1_error"])
 
 
 def test_members_of_different_depths_and_archs(ray_cluster, store, tmp_path):

@@ -11,7 +11,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from eval_fixtures import run_orch
 from job_fixtures import as_set_args, orch_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,16 +91,27 @@ def test_orch_submit_trains_an_imagenet_job_and_prints_one_json_object(ray_addre
     assert len(node_cpu) == 1 and node_cpu[0].count("/") == 2, sorted(run.data.metrics)
 
 
-def test_paper_augmentation_trains_and_its_run_takes_tencrop(ray_cluster, image_data, mlflow_uri, tmp_path):
-    """`augment: paper` in process, then `orch evaluate RUN --tta 10crop` on the run."""
+def test_paper_augmentation_trains_and_orch_evaluate_takes_tencrop_from_the_shell(
+    ray_address, image_data, mlflow_uri, tmp_path
+):
+    """`augment: paper` in process, then the real `orch evaluate RUN --tta 10crop --workers 2`
+    in its own process, joining the session's Ray: every image counted once over two shards,
+    the result logged to the run."""
     from orchestrator.spec import load_spec
     from orchestrator.targets.local import run_local
 
     sets = _job(image_data, tmp_path, "paper") + ["tracking.system_metrics=false"]
     outcome = run_local(load_spec(JOB, sets), str(JOB))
     _check_run(mlflow_uri, outcome.run_id)
-    code, stdout, stderr = run_orch("evaluate", outcome.run_id, "--tta", "10crop", "--output", "json")
-    assert code == 0, stderr
-    evaluated = json.loads(stdout)
+    proc = orch_process(
+        "evaluate", outcome.run_id, "--tta", "10crop", "--workers", "2", "--output", "json",
+        cwd=tmp_path, uri=mlflow_uri, ray_address=ray_address,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    evaluated = json.loads(out)
+    assert evaluated["run_id"] == outcome.run_id and evaluated["workers"] == 2
     assert (evaluated["views"], evaluated["samples"], evaluated["load_side"]) == (10, 15, 37)
-    assert 0 <= evaluated["top1_error"] <= 100
+    assert evaluated["images_per_second"] > 0
+    logged = MlflowClient(mlflow_uri).get_run(outcome.run_id).data.metrics
+    assert logged["eval_10crop_top1_error"] == pytest.approx(evaluated["top1_error"])
