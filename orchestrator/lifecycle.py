@@ -16,8 +16,10 @@ import time
 import psutil
 from mlflow.tracking import MlflowClient
 
+from orchestrator.best import DEFAULT_METRIC, DEFAULT_MODE, BestRule
 from orchestrator.errors import OrchError, last_line
 from orchestrator.run_lookup import find_run
+from orchestrator.tracking import best_metrics
 from orchestrator.train.checkpoint import describe, list_checkpoints
 
 ACTIVE = "RUNNING"
@@ -35,7 +37,7 @@ def driver_tags() -> dict:
 
 def summary(run, uri: str) -> dict:
     """One run as `orch runs` and `orch status` show it."""
-    tags, metrics = run.data.tags, run.data.metrics
+    tags = run.data.tags
     epochs = tags.get("orch.epochs") or run.data.params.get("training.epochs")  # raised on resume
     return {
         "run_id": run.info.run_id,
@@ -44,8 +46,7 @@ def summary(run, uri: str) -> dict:
         "status": run.info.status,
         "epoch": int(tags["orch.epoch"]) if "orch.epoch" in tags else None,
         "epochs": int(epochs) if epochs and epochs.isdigit() else None,
-        "best_val_top1_error": metrics.get("best_val_top1_error", _best(uri, run, "val_top1_error")),
-        "best_val_top5_error": metrics.get("best_val_top5_error", _best(uri, run, "val_top5_error")),
+        **_best(uri, run),
         "target": tags.get("orch.target"),
         "where": _where(tags),
         "ray_job_id": tags.get("orch.ray_job_id"),
@@ -178,11 +179,15 @@ def job_log_chunks(uri: str, run, follow: bool, interval: float = 2.0):
             time.sleep(interval)
 
 
-def _best(uri: str, run, key: str):
-    """While a run goes on it has no best_ metric yet (that is logged at its end)."""
-    if key not in run.data.metrics:
-        return None
-    return min(m.value for m in MlflowClient(uri).get_metric_history(run.info.run_id, key))
+def _best(uri: str, run) -> dict:
+    """best_val_top1_error and best_val_top5_error: as logged at the run's end, or while it goes
+    on, read at the best epoch so far by the run's rule (orchestrator/best.py)."""
+    logged = {k: run.data.metrics[k] for k in ("best_val_top1_error", "best_val_top5_error") if k in run.data.metrics}
+    if len(logged) < 2 and run.data.metrics:
+        params = run.data.params
+        rule = BestRule(params.get("checkpoint.metric", DEFAULT_METRIC), params.get("checkpoint.mode", DEFAULT_MODE))
+        logged = {**best_metrics(uri, run.info.run_id, rule), **logged}
+    return {k: logged.get(k) for k in ("best_val_top1_error", "best_val_top5_error")}
 
 
 def _where(tags: dict) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from orchestrator.best import BestRule
 from orchestrator.spec import JobSpec, flatten
 
 EPOCH_METRICS = (
@@ -96,16 +97,26 @@ def epoch_history(uri: str, run_id: str, key: str = "val_top1_error") -> dict[in
     return {m.step: m.value for m in MlflowClient(uri).get_metric_history(run_id, key)}
 
 
-def log_best(uri: str, run_id: str, mode: str = "min") -> dict:
-    """Log best_<metric> for the error metrics and return them."""
-    client = MlflowClient(uri)
-    best = {}
-    for key in BEST_METRICS:
-        values = [m.value for m in client.get_metric_history(run_id, key)]
-        if values:
-            best[f"best_{key}"] = min(values) if mode == "min" else max(values)
+def log_best(uri: str, run_id: str, rule: BestRule) -> dict:
+    """Log best_epoch and best_<metric> for the error metrics, read at the epoch the run's rule
+    chooses (orchestrator/best.py), and return them."""
+    best = best_metrics(uri, run_id, rule)
     if best:
-        client.log_batch(run_id, metrics=[Metric(k, v, now_ms(), 0) for k, v in best.items()])
+        MlflowClient(uri).log_batch(run_id, metrics=[Metric(k, v, now_ms(), 0) for k, v in best.items()])
+    return best
+
+
+def best_metrics(uri: str, run_id: str, rule: BestRule) -> dict:
+    """{best_epoch, best_val_top1_error, best_val_top5_error} at the rule's best epoch so far;
+    {} before the first epoch is logged."""
+    epoch = rule.best_epoch(epoch_history(uri, run_id, rule.metric))
+    if epoch is None:
+        return {}
+    best = {"best_epoch": float(epoch)}
+    for key in BEST_METRICS:
+        value = epoch_history(uri, run_id, key).get(epoch)
+        if value is not None:
+            best[f"best_{key}"] = value
     return best
 
 

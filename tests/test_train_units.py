@@ -13,7 +13,7 @@ from orchestrator.models import build_model
 from orchestrator.spec.schema import OptimizerSpec
 from orchestrator.targets.local import root_cause
 from orchestrator.train.checkpoint import load_meta, load_model_state, load_train_state, save_checkpoint
-from orchestrator.train.loop import resolve_precision, seed_everything
+from orchestrator.train.loop import _load_into, resolve_precision, seed_everything
 from orchestrator.train.optim import build_optimizer
 from orchestrator.train.steps import StepContext, evaluate, train_one_epoch
 
@@ -206,3 +206,18 @@ def test_train_one_epoch_on_gpu_bf16_channels_last():
     assert got["train_samples"] == 21 and 0 < got["train_loss"] < 10
     ctx = StepContext(torch.device("cuda"), "bf16", 0.0, lambda step: 0.1)
     assert evaluate(model, loader, ctx)["val_samples"] == 21
+
+
+@pytest.mark.parametrize("saved, resumed", [("fp32", "fp16"), ("fp16", "bf16"), ("fp16", "fp16")])
+def test_resume_may_change_precision(tmp_path, saved, resumed):
+    """A checkpoint written under one precision loads under another: the fp16 loss scale goes
+    on only from fp16 to fp16 (a resume that changed precision used to crash in the loop)."""
+    model = build_model("cifar_resnet8", 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    old = torch.amp.GradScaler("cpu", enabled=saved == "fp16", init_scale=1024.0)
+    state = {"optimizer": optimizer.state_dict(), "scaler": old.state_dict(), "epoch": 4, "step": 40, "seed": 0}
+    save_checkpoint(tmp_path, model.state_dict(), state, {"epoch": 4})
+    new = torch.amp.GradScaler("cpu", enabled=resumed == "fp16")
+    assert _load_into(tmp_path, build_model("cifar_resnet8", 10), optimizer, new) == 5
+    if saved == resumed == "fp16":
+        assert new.get_scale() == 1024.0

@@ -51,7 +51,8 @@ checkpoint_option = click.option(
     type=click.Choice(["best", "latest"]),
     default="best",
     show_default=True,
-    help="Within a run: best by val_top1_error, or latest by epoch.",
+    help="Within a run: best by the run's checkpoint.metric and checkpoint.mode (default: lowest "
+    "val_top1_error; ties: the later epoch), or latest by epoch.",
 )
 batch_size_option = click.option(
     "--batch-size",

@@ -2,7 +2,7 @@
 checkpoint on this machine, its checksums checked.
 
 A run's checkpoints are the `epoch_NNNN/` directories under its `orch.checkpoint_dir` tag.
-`best` is the one with the lowest meta.json val_top1_error (ties: the later epoch); `latest`
+`best` is chosen by the run's rule (orchestrator/best.py: its checkpoint.metric and mode); `latest`
 the highest epoch. A directory holding meta.json is a checkpoint; one holding `epoch_NNNN/`
 directories is treated like a run's checkpoint dir.
 
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from orchestrator.best import BestRule
 from orchestrator.errors import OrchError
 from orchestrator.run_lookup import find_run, list_runs, store_exists
 from orchestrator.train.checkpoint import (
@@ -129,14 +130,12 @@ def pick(root: str, which: str, owner: str) -> str:
 
     if which == "latest":
         return location(max(found)[1])
-    scored = []
-    for epoch, path in found:
-        error = _read_meta_at(fs, path, location(path)).get("metrics", {}).get("val_top1_error")
-        if error is not None:
-            scored.append((float(error), -epoch, path))
-    if not scored:
-        raise CheckpointError(f"{owner}: no checkpoint under {root} records val_top1_error; use --checkpoint latest")
-    return location(min(scored)[2])
+    metas = {path: _read_meta_at(fs, path, location(path)) for _, path in found}
+    rule = BestRule.of(metas[max(found)[1]].get("spec", {}).get("checkpoint", {}))  # the run's own rule
+    best = rule.pick([(epoch, metas[path].get("metrics", {}).get(rule.metric), path) for epoch, path in found])
+    if best is None:
+        raise CheckpointError(f"{owner}: no checkpoint under {root} records {rule.metric}; use --checkpoint latest")
+    return location(best)
 
 
 @lru_cache(maxsize=64)  # from_uri may ask the network (an S3 bucket's region): once per location

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from orchestrator.best import DEFAULT_METRIC, DEFAULT_MODE, RANKABLE
+
 # Paths a worker opens: made absolute when the spec is read (Ray workers run in another
 # directory) and placed on the data volume for Kubernetes pods.
 PATH_FIELDS = (("data", "train"), ("data", "val"), ("checkpoint", "storage"))
@@ -123,8 +125,8 @@ class CheckpointSpec(_Section):
     storage: str = "checkpoints"
     shared: bool = Field(False, description="checkpoint.storage is on a filesystem every node mounts (NFS, a PVC)")
     num_to_keep: int | None = Field(None, ge=1, description="best by metric, plus the latest")
-    metric: str = "val_top1_error"
-    mode: Literal["min", "max"] = "min"
+    metric: Literal[RANKABLE] = Field(DEFAULT_METRIC, description="what 'best' means everywhere (orchestrator/best.py)")
+    mode: Literal["min", "max"] = DEFAULT_MODE
 
 
 class TrackingSpec(_Section):

@@ -9,6 +9,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from orchestrator import cluster, preflight, telemetry, tracking
+from orchestrator.best import BestRule
 from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import JobFailed, JobInterrupted
 from orchestrator.lifecycle import driver_tags
@@ -67,10 +68,10 @@ def drive(
         finally:
             try:
                 printer.stop()
-                tracking.log_best(uri, run_id, spec.checkpoint.mode)
+                tracking.log_best(uri, run_id, BestRule.of(spec.checkpoint))
             finally:
                 tracking.end_run(uri, run_id, status, error)
-    best_checkpoint = _best_checkpoint(result, spec)
+    best_checkpoint = _best_checkpoint(run_dir) if result is not None else None
     if best_checkpoint:
         tracking.set_tags(uri, run_id, {"orch.best_checkpoint": best_checkpoint})
     return read_outcome(uri, run_id)
@@ -141,8 +142,11 @@ def root_cause(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _best_checkpoint(result, spec: JobSpec) -> str | None:
-    if result is None:
+def _best_checkpoint(run_dir: str) -> str | None:
+    """The run's best kept checkpoint by its rule (orchestrator/best.py), as evaluate picks it."""
+    from orchestrator.evaluation.checkpoints import CheckpointError, pick
+
+    try:
+        return str(pick(run_dir, "best", run_dir))
+    except CheckpointError:
         return None
-    best = result.get_best_checkpoint(spec.checkpoint.metric, spec.checkpoint.mode)
-    return best.path if best else None

@@ -47,6 +47,7 @@ def train_worker(config: dict) -> None:
     num_classes = spec.model.num_classes or info.num_classes
     train_loader, val_loader = _loaders(spec, info, device)
 
+    torch.manual_seed(spec.training.seed)  # the initial weights follow training.seed
     model = build_model(spec.model.arch, num_classes, **spec.model.options)
     memory_format = torch.channels_last if spec.training.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
@@ -201,7 +202,11 @@ def _load_into(path, model, optimizer, scaler) -> int:
     model.load_state_dict(load_model_state(path))
     state = load_train_state(path)
     optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
+    if scaler.is_enabled() and state["scaler"]:
+        # An fp16 run's loss scale carries on; one saved without a scaler (bf16, fp32) leaves a
+        # fresh fp16 scaler to start its own, and bf16/fp32 ignore a saved one: precision may
+        # change on resume (or differ on the CPU a GPU run resumes on).
+        scaler.load_state_dict(state["scaler"])
     return int(state["epoch"]) + 1
 
 
