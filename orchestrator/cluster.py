@@ -63,16 +63,21 @@ def check_resources(scaling: ScalingSpec, nodes: list[dict] | None = None, where
     per_worker = worker_resources(scaling)
     if nodes is None:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    for name, amount in per_worker.items():
-        need = amount * scaling.num_workers
-        have = sum(node.get(name, 0) for node in nodes)
-        if have < need:
-            raise ResourceError(
-                f"scaling: {scaling.num_workers} workers x {amount:g} {name} = {need:g} {name}, "
-                f"but {where} has {have:g} {name} ({len(nodes)} node{'s' if len(nodes) != 1 else ''}); "
-                f"lower scaling.num_workers or scaling.{'gpus' if name == 'GPU' else 'cpus'}_per_worker"
-                + (", or set scaling.use_gpu=false" if name == "GPU" else "")
-            )
+    short = [
+        (name, amount, sum(node.get(name, 0) for node in nodes))
+        for name, amount in per_worker.items()
+        if sum(node.get(name, 0) for node in nodes) < amount * scaling.num_workers
+    ]
+    if short:  # every resource that falls short, in one line
+        count = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}"
+        lacks = "; ".join(
+            f"{scaling.num_workers} workers x {amount:g} {name} = {amount * scaling.num_workers:g} {name}, "
+            f"but {where} has {have:g} {name}"
+            for name, amount, have in short
+        )
+        fixes = " or ".join(f"scaling.{'gpus' if name == 'GPU' else 'cpus'}_per_worker" for name, _, _ in short)
+        gpu = ", or set scaling.use_gpu=false" if any(name == "GPU" for name, _, _ in short) else ""
+        raise ResourceError(f"scaling: {lacks} ({count}); lower scaling.num_workers or {fixes}{gpu}")
     fits = [n for n in nodes if all(n.get(k, 0) >= v for k, v in per_worker.items())]
     if not fits:
         largest = max(nodes, key=lambda n: tuple(n.get(k, 0) for k in per_worker), default={})

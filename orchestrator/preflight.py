@@ -28,13 +28,15 @@ def plan(spec: JobSpec, require_data: bool = True) -> dict:
     """
     if not require_data and not (os.path.exists(spec.data.train) and os.path.exists(spec.data.val)):
         return _plan_without_data(spec)
+    # The files the spec names come first: a missing or foreign .beton is named before
+    # anything about the dataset.json beside it.
+    n_train = num_samples(spec.data.train)
+    n_val = num_samples(spec.data.val)
     info = read_dataset_info(spec.data.train)
     num_classes = spec.model.num_classes or info.num_classes
     if num_classes < info.num_classes:
         raise SpecError(f"model.num_classes: {num_classes} is fewer than the dataset's {info.num_classes} classes")
     check_model(spec, num_classes)
-    n_train = num_samples(spec.data.train)
-    n_val = num_samples(spec.data.val)
     if spec.data.max_train_samples:
         n_train = min(n_train, spec.data.max_train_samples)
     workers = spec.scaling.num_workers

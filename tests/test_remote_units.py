@@ -30,6 +30,16 @@ def test_missing_gpus_are_named_with_the_amounts():
     assert "scaling.use_gpu=false" in message
 
 
+def test_every_resource_that_falls_short_is_named_at_once():
+    nodes = [{"CPU": 2.0}, {"CPU": 2.0}]
+    with pytest.raises(ResourceError) as info:
+        cluster.check_resources(ScalingSpec(num_workers=4, use_gpu=True, cpus_per_worker=2), nodes, where=WHERE)
+    message = str(info.value)
+    assert "4 workers x 2 CPU = 8 CPU, but the Ray cluster at http://head:8265 has 4 CPU" in message
+    assert "4 workers x 1 GPU = 4 GPU, but the Ray cluster at http://head:8265 has 0 GPU (2 nodes)" in message
+    assert "scaling.cpus_per_worker or scaling.gpus_per_worker" in message and "\n" not in message
+
+
 def test_a_worker_must_fit_on_one_node():
     nodes = [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}]
     cluster.check_resources(ScalingSpec(num_workers=2, use_gpu=True, cpus_per_worker=2), nodes, where=WHERE)

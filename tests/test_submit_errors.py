@@ -98,3 +98,16 @@ def test_dry_run_with_data_shows_the_plan(fashion_mnist, in_tmp, monkeypatch):
     assert "val_shard_sizes: [3334, 3333, 3333]" in out
     assert "steps_per_epoch: 156" in out  # 60,000 / 3 workers / 128
     assert not (in_tmp / "u.db").exists()
+
+
+def test_the_file_the_spec_names_is_named_before_its_dataset_json(tmp_path):
+    """No dataset.json beside a file that is not a .beton: the error is about the file."""
+    from orchestrator.errors import DataError
+    from orchestrator.preflight import plan
+    from orchestrator.spec import load_spec
+
+    fake = tmp_path / "train.beton"
+    fake.write_text("not a beton")
+    spec = load_spec(DEMO, [f"data.train={fake}", f"data.val={fake}"])
+    with pytest.raises(DataError, match=f"^{fake}: not an FFCV .beton file"):
+        plan(spec)
