@@ -221,3 +221,16 @@ def test_resume_may_change_precision(tmp_path, saved, resumed):
     assert _load_into(tmp_path, build_model("cifar_resnet8", 10), optimizer, new) == 5
     if saved == resumed == "fp16":
         assert new.get_scale() == 1024.0
+
+
+def test_deterministic_turns_on_pytorchs_deterministic_algorithms():
+    from orchestrator.train.steps import configure_backends
+
+    try:
+        configure_backends(torch.device("cpu"), deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.set_float32_matmul_precision("highest")

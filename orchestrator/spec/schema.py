@@ -110,6 +110,11 @@ class TrainingSpec(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    deterministic: bool = Field(
+        False,
+        description="PyTorch's deterministic algorithms (no cuDNN autotuning, no TF32): reproducible "
+        "GPU steps at a cost in throughput; an op without a deterministic version raises",
+    )
     max_failures: int = Field(0, ge=-1)
 
 

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 def train_worker(config: dict) -> None:
     spec = JobSpec.model_validate(config["spec"])
     device = _device(spec)
-    configure_backends(device)  # cuDNN autotuning for fixed-size inputs, TF32
+    configure_backends(device, spec.training.deterministic)  # cuDNN autotuning and TF32, unless deterministic
     info = read_dataset_info(spec.data.train)
     num_classes = spec.model.num_classes or info.num_classes
     train_loader, val_loader = _loaders(spec, info, device)

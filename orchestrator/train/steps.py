@@ -5,6 +5,7 @@ on the device and read once at the end, so the host can queue work ahead of a GP
 with torch alone (bench/gpu.py runs it where Ray, pydantic and FFCV are not installed).
 """
 
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,10 +29,22 @@ class StepContext:
     before_step: callable = None  # global step -> None: the tests' fault hook (train/faults.py)
 
 
-def configure_backends(device: torch.device) -> None:
+def configure_backends(device: torch.device, deterministic: bool = False) -> None:
     """On CUDA: cuDNN picks the fastest convolution algorithms for the shapes it sees, and
     float32 matmuls and convolutions may use TF32, as NVIDIA's reference scripts set them.
-    Nothing on the CPU. Process-wide settings: call once per worker, before training."""
+    deterministic=True (training.deterministic) instead asks PyTorch for deterministic
+    algorithms everywhere: no autotuning, no TF32, cuBLAS with a fixed workspace; on GPUs this
+    costs throughput (NVIDIA's and PyTorch's notes put it at several to tens of percent,
+    depending on the model) and an op with no deterministic version raises. Process-wide
+    settings: call once per worker, before CUDA is first used."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        return
     if device.type != "cuda":
         return
     torch.backends.cudnn.benchmark = True
