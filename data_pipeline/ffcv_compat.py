@@ -41,11 +41,31 @@ def import_ffcv():
 
         Compiler.set_num_threads = classmethod(set_num_threads)
         Compiler.compile = classmethod(_compile_cached)
+        _seed_each_batch()
         # An operation that reads ctypes pointers cannot be cached; it is compiled as before.
         warnings.filterwarnings("ignore", message="Cannot cache compiled function", category=NumbaWarning)
         _patched = True
         torch.set_num_threads(threads)
     return ffcv
+
+
+def _seed_each_batch() -> None:
+    """Seed the random draws of FFCV's augmentations (numba's generator, one per thread) before
+    every batch, from the loader's seed, its epoch and the batch's index: the same spec draws
+    the same crops and flips, run after run, and a resumed epoch draws what it drew before.
+    The draws are made in the loader's thread, or by numba's threads, each over a fixed share
+    of the batch (static scheduling), so seeding every one of those threads suffices."""
+    from ffcv.loader.epoch_iterator import EpochIterator
+
+    from data_pipeline.rng import seed_batch
+
+    run_pipeline = EpochIterator.run_pipeline
+
+    def seeded_run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
+        seed_batch(self.loader.seed, self.loader.next_epoch - 1, b_ix)
+        return run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event)
+
+    EpochIterator.run_pipeline = seeded_run_pipeline
 
 
 def loader_threads(num_workers: int) -> int:

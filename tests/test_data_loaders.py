@@ -115,6 +115,21 @@ def test_set_epoch_gives_a_deterministic_shuffle(cifar_train):
     assert not np.array_equal(epoch_labels(cifar_train, 4), first)
 
 
+def test_augmentations_draw_the_same_each_run_with_one_loader_thread(index_beton):
+    """Crops and flips (numba's generator) are seeded per batch from the loader's seed, epoch and
+    batch: a second loader, as a second run or a resumed epoch builds it, draws the same."""
+    path, mean, std = index_beton
+
+    def images(seed: int, epoch: int) -> torch.Tensor:
+        loader = build_train_loader(path, augment="cifar", batch_size=64, num_workers=1, seed=seed, mean=mean, std=std)
+        loader.set_epoch(epoch)
+        return torch.cat([batch.clone() for batch, _ in loader])
+
+    first = images(seed=5, epoch=1)
+    assert torch.equal(images(seed=5, epoch=1), first)
+    assert not torch.equal(images(seed=6, epoch=1), first)
+
+
 def test_normalization(imagenet_train):
     imagenet_train.set_epoch(5)
     images = torch.cat([x.clone() for x, _ in imagenet_train])

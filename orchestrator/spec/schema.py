@@ -112,8 +112,9 @@ class TrainingSpec(_Section):
     compile: bool = False
     deterministic: bool = Field(
         False,
-        description="PyTorch's deterministic algorithms (no cuDNN autotuning, no TF32): reproducible "
-        "GPU steps at a cost in throughput; an op without a deterministic version raises",
+        description="PyTorch's deterministic algorithms (no cuDNN autotuning, no TF32) and one FFCV "
+        "loader thread per worker: the same draws and steps each run, at a cost in throughput; an op "
+        "without a deterministic version raises",
     )
     max_failures: int = Field(0, ge=-1)
 
