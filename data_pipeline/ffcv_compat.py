@@ -51,10 +51,11 @@ def import_ffcv():
 
 def _seed_each_batch() -> None:
     """Seed the random draws of FFCV's augmentations (numba's generator, one per thread) before
-    every batch, from the loader's seed, its epoch and the batch's index: the same spec draws
-    the same crops and flips, run after run, and a resumed epoch draws what it drew before.
-    The draws are made in the loader's thread, or by numba's threads, each over a fixed share
-    of the batch (static scheduling), so seeding every one of those threads suffices."""
+    every batch, from the loader's seed, its epoch and the batch's index. With one loader
+    thread the draws are made in the loader's thread: the same spec draws the same crops and
+    flips, run after run, and a resumed epoch draws what it drew before. With several, numba's
+    threads are seeded too, but which thread draws for which image can vary between runs, so
+    only one thread (training.deterministic) guarantees the same draws."""
     from ffcv.loader.epoch_iterator import EpochIterator
 
     from data_pipeline.rng import seed_batch

@@ -12,7 +12,9 @@ def _seed_this_thread(value):
 
 @numba.njit(parallel=True, cache=True)
 def _seed_every_thread(value, threads):
-    for i in numba.prange(threads):  # static scheduling: one iteration on each thread
+    # One iteration per thread; which thread takes which is not fixed, so this narrows the
+    # spread between runs with several loader threads without making them equal.
+    for i in numba.prange(threads):
         np.random.seed(value + i)
 
 

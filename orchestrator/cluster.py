@@ -63,10 +63,11 @@ def check_resources(scaling: ScalingSpec, nodes: list[dict] | None = None, where
     per_worker = worker_resources(scaling)
     if nodes is None:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    totals = {name: sum(node.get(name, 0) for node in nodes) for name in per_worker}
     short = [
-        (name, amount, sum(node.get(name, 0) for node in nodes))
+        (name, amount, totals[name])
         for name, amount in per_worker.items()
-        if sum(node.get(name, 0) for node in nodes) < amount * scaling.num_workers
+        if totals[name] < amount * scaling.num_workers
     ]
     if short:  # every resource that falls short, in one line
         count = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}"

@@ -16,7 +16,7 @@ import time
 import psutil
 from mlflow.tracking import MlflowClient
 
-from orchestrator.best import DEFAULT_METRIC, DEFAULT_MODE, BestRule
+from orchestrator.best import BestRule
 from orchestrator.errors import OrchError, last_line
 from orchestrator.run_lookup import find_run
 from orchestrator.tracking import best_metrics
@@ -184,8 +184,10 @@ def _best(uri: str, run) -> dict:
     on, read at the best epoch so far by the run's rule (orchestrator/best.py)."""
     logged = {k: run.data.metrics[k] for k in ("best_val_top1_error", "best_val_top5_error") if k in run.data.metrics}
     if len(logged) < 2 and run.data.metrics:
-        params = run.data.params
-        rule = BestRule(params.get("checkpoint.metric", DEFAULT_METRIC), params.get("checkpoint.mode", DEFAULT_MODE))
+        params = run.data.params  # the flattened spec: checkpoint.metric, checkpoint.mode
+        rule = BestRule.of(
+            {key: params[f"checkpoint.{key}"] for key in ("metric", "mode") if f"checkpoint.{key}" in params}
+        )
         logged = {**best_metrics(uri, run.info.run_id, rule), **logged}
     return {k: logged.get(k) for k in ("best_val_top1_error", "best_val_top5_error")}
 

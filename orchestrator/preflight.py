@@ -7,7 +7,7 @@ import click
 import torch
 
 from data_pipeline import num_samples, read_dataset_info, val_shard
-from data_pipeline.geometry import eval_style, val_resize_side
+from data_pipeline.geometry import eval_style, paper_scale_bounds, val_resize_side
 from orchestrator.errors import SpecError
 from orchestrator.models import build_model
 from orchestrator.spec.schema import JobSpec
@@ -82,10 +82,8 @@ def resolution_warnings(spec: JobSpec, info) -> list[str]:
     if spec.data.augment == "paper":
         # The paper itself upsamples toward 480 (ImageNet's typical shorter side is 375); only a
         # stored side below the smallest draw means every training view is upsampled.
-        needs["train"] = (
-            "augment paper resizes to at least",
-            round(spec.data.paper.short_side_min * res.max_res / 224),
-        )
+        smallest_draw, _ = paper_scale_bounds(spec.data.paper.short_side_min, spec.data.paper.short_side_max)
+        needs["train"] = ("augment paper resizes to at least", round(smallest_draw * res.max_res))
     warnings = []
     for split, (what, side) in needs.items():
         stored = (info.short_side.get(split) or {}).get("median")

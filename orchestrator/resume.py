@@ -7,7 +7,6 @@ import json
 import tempfile
 
 import click
-import pyarrow.fs as pafs
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -18,7 +17,7 @@ from orchestrator.outcome import JobOutcome
 from orchestrator.run_lookup import find_run
 from orchestrator.spec.load import parse_override, set_dotted, spec_from_dict
 from orchestrator.targets.local import drive
-from orchestrator.train.checkpoint import latest_good, list_checkpoints, load_meta
+from orchestrator.train.checkpoint import latest_good, list_checkpoints, load_meta, open_location
 
 
 def resume_run(ref: str, overrides=(), *, uri: str | None = None, progress_to_stderr: bool = False) -> JobOutcome:
@@ -70,7 +69,7 @@ def set_aside(run_dir: str, damaged: list[str]) -> None:
     the same name."""
     if not damaged:
         return
-    fs, root = _fs(run_dir)
+    fs, root = open_location(run_dir)
     names = {location.rstrip("/").rsplit("/", 1)[-1] for location in damaged}
     for name in names:
         fs.move(f"{root}/{name}", f"{root}/{name}.damaged")
@@ -144,9 +143,3 @@ def _reopen(uri: str, run, spec, overrides, good: str) -> None:
     if spec.training.epochs != int(run.data.params.get("training.epochs", spec.training.epochs)):
         tags["orch.epochs"] = spec.training.epochs  # params are immutable in MLflow; the new target
     tracking.set_tags(uri, run_id, tags)
-
-
-def _fs(location: str):
-    if "://" not in location:
-        return pafs.LocalFileSystem(), location.rstrip("/")
-    return pafs.FileSystem.from_uri(location)

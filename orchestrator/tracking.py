@@ -109,14 +109,14 @@ def log_best(uri: str, run_id: str, rule: BestRule) -> dict:
 def best_metrics(uri: str, run_id: str, rule: BestRule) -> dict:
     """{best_epoch, best_val_top1_error, best_val_top5_error} at the rule's best epoch so far;
     {} before the first epoch is logged."""
-    epoch = rule.best_epoch(epoch_history(uri, run_id, rule.metric))
+    history = {key: epoch_history(uri, run_id, key) for key in dict.fromkeys((rule.metric, *BEST_METRICS))}
+    epoch = rule.best_epoch(history[rule.metric])
     if epoch is None:
         return {}
     best = {"best_epoch": float(epoch)}
     for key in BEST_METRICS:
-        value = epoch_history(uri, run_id, key).get(epoch)
-        if value is not None:
-            best[f"best_{key}"] = value
+        if epoch in history[key]:
+            best[f"best_{key}"] = history[key][epoch]
     return best
 
 

@@ -35,6 +35,7 @@ from orchestrator.train.checkpoint import (
     epoch_of,
     list_checkpoints,
     load_meta,
+    open_location,
     sha256_file,
     verify,
 )
@@ -141,10 +142,8 @@ def pick(root: str, which: str, owner: str) -> str:
 @lru_cache(maxsize=64)  # from_uri may ask the network (an S3 bucket's region): once per location
 def open_storage(location: str) -> tuple[pafs.FileSystem, str]:
     """pyarrow's filesystem and path for a local path or a URI, resolved as Ray Train resolves its storage_path."""
-    if not is_uri(location):
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
     try:
-        return pafs.FileSystem.from_uri(location)
+        return open_location(location)
     except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid (unknown scheme) is a ValueError
         raise CheckpointError(f"{location}: cannot open ({_first_line(exc)})") from None
 

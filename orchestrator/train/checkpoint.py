@@ -62,7 +62,7 @@ def sha256_file(path) -> str:
 
 def verify(location: str, fs: pafs.FileSystem | None = None) -> dict:
     """{file: sha256} of a checkpoint whose files all match its checksums.json; else DamagedCheckpoint."""
-    fs, path = _resolve(location, fs)
+    fs, path = open_location(location, fs)
     try:
         with fs.open_input_stream(f"{path}/{CHECKSUMS_FILE}") as f:
             expected = json.loads(f.read().decode())["files"]
@@ -89,7 +89,7 @@ def epoch_of(location: str) -> int | None:
 
 def list_checkpoints(run_dir: str, fs: pafs.FileSystem | None = None) -> list[str]:
     """The run's epoch_NNNN checkpoint locations, oldest first (same form as run_dir)."""
-    fs, path = _resolve(run_dir, fs)
+    fs, path = open_location(run_dir, fs)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     except OSError:
@@ -116,7 +116,7 @@ def latest_good(run_dir: str, fs: pafs.FileSystem | None = None, below: int | No
 
 def describe(location: str, fs: pafs.FileSystem | None = None) -> dict:
     """What `orch checkpoints` shows: path, epoch, metrics, size, model checksum and whether it verifies."""
-    fs, path = _resolve(location, fs)
+    fs, path = open_location(location, fs)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     entry = {
         "path": location,
@@ -137,11 +137,14 @@ def describe(location: str, fs: pafs.FileSystem | None = None) -> dict:
     return entry
 
 
-def _resolve(location: str, fs: pafs.FileSystem | None):
+def open_location(location: str, fs: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem and path for a checkpoint location: a local path (made absolute) or
+    a URI (s3://, gs://, file://, ...) opened with FileSystem.from_uri, as Ray Train opens its
+    storage_path; with `fs` given, the location is already a path on it."""
     if fs is not None:
         return fs, location.rstrip("/")
     if "://" not in location:
-        return pafs.LocalFileSystem(), os.path.abspath(location)
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
     return pafs.FileSystem.from_uri(location)
 
 
