@@ -55,7 +55,8 @@ def _seed_each_batch() -> None:
     thread the draws are made in the loader's thread: the same spec draws the same crops and
     flips, run after run, and a resumed epoch draws what it drew before. With several, numba's
     threads are seeded too, but which thread draws for which image can vary between runs, so
-    only one thread (training.deterministic) guarantees the same draws."""
+    only one thread (training.deterministic) guarantees the same draws. A pass that skips the
+    batches a step checkpoint trained (TrainLoader.set_epoch) numbers its batches from there."""
     from ffcv.loader.epoch_iterator import EpochIterator
 
     from data_pipeline.rng import seed_batch
@@ -63,7 +64,7 @@ def _seed_each_batch() -> None:
     run_pipeline = EpochIterator.run_pipeline
 
     def seeded_run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
-        seed_batch(self.loader.seed, self.loader.next_epoch - 1, b_ix)
+        seed_batch(self.loader.seed, self.loader.next_epoch - 1, b_ix + getattr(self.loader, "orch_batch_offset", 0))
         return run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event)
 
     EpochIterator.run_pipeline = seeded_run_pipeline

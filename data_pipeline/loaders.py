@@ -16,6 +16,7 @@ import torch
 from data_pipeline import geometry
 from data_pipeline.beton import field_metadata, image_and_label_fields, num_samples, open_reader
 from data_pipeline.ffcv_compat import import_ffcv, loader_threads
+from data_pipeline.rng import batch_seed
 from data_pipeline.schedule import ResolutionSchedule, val_shard
 from orchestrator.errors import DataError
 
@@ -58,17 +59,20 @@ class _Batches:
 
 class Lighting:
     """AlexNet's PCA lighting noise (data_pipeline.geometry), added to normalized batches: one
-    RGB shift per image, drawn on the batch's device from torch's generator (seeded per epoch
-    by the training loop), divided by std since the batch is already normalized."""
+    RGB shift per image, drawn on the batch's device from a generator seeded per batch (from
+    the loader's seed, the epoch and the batch), divided by std since the batch is already
+    normalized."""
 
     def __init__(self, alpha_std: float, std, device):
         self.alpha_std = alpha_std
         self._eigval = torch.tensor(geometry.LIGHTING_EIGVAL, dtype=torch.float32, device=device)
         eigvec = torch.tensor(geometry.LIGHTING_EIGVEC, dtype=torch.float32, device=device)
         self._to_normalized = eigvec.T * 255.0 / torch.tensor(std, dtype=torch.float32, device=device)
+        self._generator = torch.Generator(device=device)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        alphas = torch.randn(images.shape[0], 3, device=images.device) * self.alpha_std
+    def __call__(self, images: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        generator = self._generator.manual_seed(seed) if seed is not None else None
+        alphas = torch.randn(images.shape[0], 3, device=images.device, generator=generator) * self.alpha_std
         shift = (alphas * self._eigval) @ self._to_normalized
         return images + shift.view(-1, 3, 1, 1)
 
@@ -83,21 +87,42 @@ class TrainLoader(_Batches):
         self._lighting = lighting
         self.resolution: int = resolution
         self.batch_size: int = loader.batch_size
+        self._skip = 0
+        _skip_batches_of(loader, lambda: self._skip)
 
     def __iter__(self):
         if self._lighting is None:
             yield from super().__iter__()
             return
-        for images, labels in super().__iter__():
-            yield self._lighting(images), labels
+        epoch = self._loader.next_epoch
+        for batch, (images, labels) in enumerate(super().__iter__(), start=self._skip):
+            yield self._lighting(images, batch_seed(self._loader.seed, epoch, batch)), labels
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select epoch's shuffle (a resumed run sees the same order) and, imagenet style, its resolution."""
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Select epoch's shuffle (a resumed run sees the same order) and, imagenet style, its
+        resolution; the next pass starts after `skip_batches` of the epoch's batches (a step
+        checkpoint's), which are neither read nor decoded, and draws the augmentations the
+        uninterrupted epoch drew for the batches that follow."""
+        if not 0 <= skip_batches < len(self):
+            raise ValueError(f"skip_batches must be in [0, {len(self)}), got {skip_batches}")
         self._loader.next_epoch = epoch
+        self._skip = self._loader.orch_batch_offset = skip_batches
         if self._schedule is not None:
             self.resolution = self._schedule.at(epoch)
             # Buffers are sized from the decoder's state at the start of every epoch (ffcv-imagenet does this).
             self._decoder.output_size = (self.resolution, self.resolution)
+
+
+def _skip_batches_of(loader, skip) -> None:
+    """Make an ffcv Loader's next pass leave out its first skip() batches: its traversal order
+    (which depends only on seed and epoch) loses them, and FFCV's drop_last slice is kept."""
+    sample_order = loader.next_traversal_order
+
+    def next_traversal_order():
+        order = sample_order()
+        return order[skip() * loader.batch_size : len(loader) * loader.batch_size]
+
+    loader.next_traversal_order = next_traversal_order
 
 
 class ValLoader(_Batches):

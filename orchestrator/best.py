@@ -7,6 +7,7 @@ in `orch evaluate`/`orch ensemble` all choose through `BestRule.pick`. Imports n
 the spec schema reads RANKABLE from here.
 """
 
+import sys
 from dataclasses import dataclass
 
 # Per-epoch metrics the training loop reports that can rank checkpoints (checkpoint.metric).
@@ -39,6 +40,12 @@ class BestRule:
     def best_epoch(self, history: dict[int, float]) -> int | None:
         """The best epoch of {epoch: value of the rule's metric}."""
         return self.pick([(epoch, value, epoch) for epoch, value in history.items()])
+
+    def never_best(self) -> float:
+        """A score that ranks below every real one under this rule, for Ray's retention of a
+        checkpoint that was not validated (a step checkpoint). Finite: Ray's record stores NaN
+        and infinities as null, which it cannot rank once read back."""
+        return sys.float_info.max if self.mode == "min" else -sys.float_info.max
 
     def describe(self) -> str:
         return f"{'lowest' if self.mode == 'min' else 'highest'} {self.metric}"

@@ -21,7 +21,8 @@ class EpochLogger(UserCallback):
     """Runs on the Ray Train controller after every `ray.train.report` and worker failure.
 
     Logs rank 0's (already globally reduced) metrics with step = epoch. An epoch is logged
-    at most once, even when a restarted worker group, or a resumed run, reports it again.
+    at most once, even when a restarted worker group, or a resumed run, reports it again; a
+    step checkpoint's report logs none (tag orch.step_checkpoint names the checkpoint).
     Each worker-group failure that Ray Train will retry is counted in the tag orch.restarts,
     its cause in orch.last_restart_cause. The tag `workers` says where each rank of the
     latest worker group runs (rank, hostname, Ray node id).
@@ -43,12 +44,15 @@ class EpochLogger(UserCallback):
         epoch = int(report["epoch"])
         if checkpoint is not None:
             client.set_tag(self.run_id, "orch.latest_checkpoint", checkpoint.path)
-        for key in ("restored_from", "restore_warning"):
-            if report.get(key):
-                client.set_tag(self.run_id, f"orch.{key}", str(report[key])[:5000])
+        if report.get("restored_from"):
+            client.set_tag(self.run_id, "orch.restored_from", str(report["restored_from"])[:5000])
         workers = worker_placement(metrics)
         if workers:
             client.set_tag(self.run_id, "workers", json.dumps(workers))
+        if report.get("report") == "step":  # a step checkpoint's or a stop's: no epoch to log
+            if checkpoint is not None:
+                client.set_tag(self.run_id, "orch.step_checkpoint", checkpoint.path)
+            return
         if epoch in self._logged:
             return
         values = [Metric(k, float(report[k]), now_ms(), epoch) for k in EPOCH_METRICS if k in report]

@@ -85,17 +85,25 @@ def driver_alive(run) -> bool | None:
     return recorded is None or abs(float(recorded) - started) < 1.0
 
 
-def stop(uri: str, ref: str, wait_s: float = 120.0) -> dict:
+def stop(uri: str, ref: str, wait_s: float = 120.0, save: bool = False) -> dict:
     """End a run's job and mark the run KILLED if its driver does not; checkpoints are kept.
 
-    A local run's driver (the `orch submit` or `orch resume` process) gets SIGINT, which aborts
-    Ray Train; a Ray job or a RayJob is stopped through its cluster, which signals its entrypoint.
+    save=True first asks the training workers, through the run's orch.stop_request tag, to write
+    a step checkpoint and stop (train/stopping.py), and waits up to `wait_s` for the run to end;
+    the job is stopped outright only if it has not by then. Otherwise, a local run's driver (the
+    `orch submit` or `orch resume` process) gets SIGINT, which aborts Ray Train; a Ray job or a
+    RayJob is stopped through its cluster, which signals its entrypoint.
     """
     run = find_run(uri, ref)
     run_id = run.info.run_id
     if run.info.status != ACTIVE:
         raise OrchError(f"run {run_id} is {run.info.status}, not running: nothing to stop")
     backend = job_backend(run)
+    if save and (backend is not None or driver_alive(run) is not False):  # workers that can still save
+        saved = _stop_with_checkpoint(uri, run_id, wait_s)
+        if saved is not None:
+            return saved
+        wait_s = min(wait_s, 60.0)
     if backend is not None:
         asked = backend.stop_job(run)
         how, wait = asked["how"], asked.get("running", True)
@@ -113,6 +121,24 @@ def stop(uri: str, ref: str, wait_s: float = 120.0) -> dict:
     client.set_tag(run_id, "orch.error", "stopped by `orch stop`")
     client.set_terminated(run_id, status="KILLED")
     return {"run_id": run_id, "status": "KILLED", "how": how}
+
+
+def _stop_with_checkpoint(uri: str, run_id: str, wait_s: float) -> dict | None:
+    """Ask the workers for a step checkpoint and a stop; the outcome once the run has ended,
+    None when it has not within `wait_s` (the job is then stopped without one)."""
+    from orchestrator.train.stopping import POLL_S, STOP_TAG
+
+    client = MlflowClient(uri)
+    client.set_tag(run_id, STOP_TAG, f"save (asked {time.strftime('%Y-%m-%d %H:%M:%S')})")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        run = client.get_run(run_id)
+        if run.info.status != ACTIVE:
+            where = run.data.tags.get("orch.step_checkpoint") or run.data.tags.get("orch.latest_checkpoint")
+            how = f"the workers wrote a checkpoint and stopped ({where}); `orch resume {run_id}` continues it"
+            return {"run_id": run_id, "status": run.info.status, "how": how, "checkpoint": where}
+        time.sleep(min(1.0, POLL_S / 2))
+    return None
 
 
 def _signal_driver(run) -> tuple[str, bool]:

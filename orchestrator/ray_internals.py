@@ -9,10 +9,16 @@ tests/test_ray_internals.py calls each of them against the installed Ray.
   orch talks to remote heads that ask for a token.
 - Ray Train's checkpoint record (checkpoint_manager_snapshot.json in a run's folder), from which
   damaged checkpoints are dropped so that Ray neither restores from them nor later deletes a good
-  checkpoint of the same name.
+  checkpoint of the same name; and the same record in the memory of a running Ray Train
+  controller (its CheckpointManager), for a damaged checkpoint found while the run goes on.
+- Ray Train V2's internal callback classes: a worker-group callback runs on the controller before
+  Ray hands its latest checkpoint to a new worker group, a worker callback on each worker
+  actor's main thread (where a SIGTERM handler can be installed).
 """
 
+import gc
 import logging
+import os
 
 import ray
 
@@ -107,3 +113,61 @@ def _without(names: set[str], record: dict, results_key: str, partner_key: str) 
     record[results_key] = [r for r, _ in kept]
     record[partner_key] = [p for _, p in kept]
     return kept
+
+
+def callback_bases() -> tuple[type, type]:
+    """(WorkerGroupCallback, WorkerCallback): Ray Train V2's internal callback classes, which
+    RunConfig(callbacks=...) accepts beside UserCallbacks."""
+    try:
+        from ray.train.v2._internal.execution.callback import WorkerCallback, WorkerGroupCallback
+    except ImportError as exc:
+        raise _changed("ray.train.v2._internal.execution.callback.{WorkerGroupCallback,WorkerCallback}", exc) from None
+    for cls, hook in ((WorkerGroupCallback, "before_init_train_context"), (WorkerCallback, "after_init_train_context")):
+        if not callable(getattr(cls, hook, None)):
+            raise _changed(f"{cls.__name__}.{hook}")
+    return WorkerGroupCallback, WorkerCallback
+
+
+def controller_checkpoint_manager():
+    """The CheckpointManager of the Ray Train controller this code runs in (a controller-side
+    callback's process holds exactly one)."""
+    try:
+        from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
+    except ImportError as exc:
+        raise _changed("ray.train.v2._internal.execution.checkpoint.checkpoint_manager", exc) from None
+    managers = [o for o in gc.get_objects() if isinstance(o, CheckpointManager)]
+    if len(managers) != 1:
+        raise _changed(f"where the controller keeps its CheckpointManager ({len(managers)} found in this process)")
+    for name in ("_checkpoint_results", "_latest_checkpoint_result", "_checkpoint_to_report_index"):
+        if not hasattr(managers[0], name):
+            raise _changed(f"CheckpointManager.{name}")
+    return managers[0]
+
+
+def latest_recorded(manager):
+    """The Checkpoint (path, filesystem) the controller hands a new worker group, or None."""
+    latest = manager._latest_checkpoint_result
+    return latest.checkpoint if latest is not None else None
+
+
+def drop_from_checkpoint_manager(manager, names: set[str]) -> None:
+    """Drop the checkpoints whose folder names are in `names` from a running controller's record
+    (and the record it writes to storage); the newest surviving report becomes the latest."""
+
+    def named(result) -> bool:
+        return os.path.basename(result.checkpoint.path.rstrip("/")) in names
+
+    dropped = [r for r in manager._checkpoint_results if named(r)]
+    manager._checkpoint_results = [r for r in manager._checkpoint_results if not named(r)]
+    for result in dropped:
+        manager._checkpoint_to_report_index.pop(result.checkpoint, None)
+        getattr(manager, "_pending_training_results", {}).pop(result.checkpoint, None)
+    latest = manager._latest_checkpoint_result
+    if latest is not None and named(latest):
+        index = manager._checkpoint_to_report_index
+        kept = manager._checkpoint_results
+        manager._latest_checkpoint_result = max(kept, key=lambda r: index.get(r.checkpoint, -1)) if kept else None
+    try:
+        manager._write_state_to_storage()
+    except AttributeError as exc:
+        raise _changed("CheckpointManager._write_state_to_storage", exc) from None

@@ -94,13 +94,15 @@ def session_store(empty_store, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def trained_run(ray_cluster, small_fashion, session_store, tmp_path_factory) -> dict:
-    """One real run, trained once (1 worker, 2 epochs of 2,000 images): {run_id, checkpoint
-    (its best), run_dir}. Tests only read it."""
+    """One real run, trained once (1 worker, 2 epochs of 2,000 images, deterministic, so that a
+    run of the same spec reproduces its metrics): {run_id, checkpoint (its best), run_dir}.
+    Tests only read it."""
     from orchestrator.spec import load_spec
     from orchestrator.targets.local import run_local
 
     storage = tmp_path_factory.mktemp("trained")
     sets = small_job(small_fashion, storage, workers=1) + [
+        "training.deterministic=true",  # tests/test_recovery.py stops and resumes the same spec
         "experiment=orch-trained",
         "tracking.run_name=member-seed0",
         f"tracking.tracking_uri={session_store}",

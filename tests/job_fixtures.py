@@ -94,9 +94,9 @@ def orch_process(
     )
 
 
-def fault(action: str, epoch: int, step: int, rank: int | None = None, notify: Path | None = None) -> str:
+def fault(action: str, epoch: int, step: int, rank: int | None = None, notify: Path | None = None, **extra) -> str:
     """$ORCH_TEST_FAULT for orchestrator/train/faults.py: act before `step` of `epoch`."""
-    spec = {"action": action, "epoch": epoch, "step": step}
+    spec = {"action": action, "epoch": epoch, "step": step, **extra}
     if rank is not None:
         spec["rank"] = rank
     if notify is not None:

@@ -14,17 +14,18 @@ from mlflow.tracking import MlflowClient
 from orchestrator import lifecycle, run_lookup
 from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import OrchError
-from orchestrator.resume import set_aside
+from orchestrator.restart import restart_point
 from orchestrator.train.checkpoint import (
     CHECKSUMS_FILE,
     DamagedCheckpoint,
+    checkpoint_name,
     describe,
     latest_good,
     list_checkpoints,
+    position_of,
     save_checkpoint,
     verify,
 )
-from orchestrator.train.loop import good_checkpoint
 
 
 def write_run_dir(root, errors=(30.0, 20.0, 25.0)):
@@ -61,16 +62,35 @@ def test_damaged_latest_falls_back_to_the_previous_good_one(tmp_path, damage):
         verify(str(latest))
     good, damaged = latest_good(str(root))
     assert good == str(root / "epoch_0001") and [d for d, _ in damaged] == [str(latest)]
-    location, warning = good_checkpoint(str(latest))
-    assert location == str(root / "epoch_0001") and "damaged" in warning
     assert describe(str(latest))["status"] == "damaged"
+    point = restart_point(str(root), newest=str(latest))  # as the controller's keeper calls it
+    assert point.location == str(root / "epoch_0001") and point.damaged[0][0] == str(latest)
+    assert "damaged" in point.warning and "continuing from" in point.warning
+    assert (root / "epoch_0002.damaged").is_dir() and not latest.exists()
 
 
 def test_no_good_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     root = write_run_dir(tmp_path, errors=(30.0,))
     (root / "epoch_0000" / CHECKSUMS_FILE).unlink()
-    with pytest.raises(RuntimeError, match="no earlier checkpoint"):
-        good_checkpoint(str(root / "epoch_0000"))
+    point = restart_point(str(root))
+    assert point.location is None and "no earlier checkpoint verifies" in point.warning
+    assert (root / "epoch_0000").is_dir()  # nothing is moved when nothing verifies
+    with pytest.raises(DamagedCheckpoint):
+        verify(str(root / "epoch_0000"))  # what a worker handed it raises: the attempt fails
+
+
+def test_step_checkpoints_sort_within_their_epoch_and_restart_from_the_newest(tmp_path):
+    root = write_run_dir(tmp_path, errors=(30.0, 20.0))
+    save_checkpoint(root / checkpoint_name(2, 5), {"w": torch.zeros(4)}, {"epoch": 2}, {"epoch": 2, "metrics": {}})
+    save_checkpoint(root / checkpoint_name(1, 3), {"w": torch.zeros(4)}, {"epoch": 1}, {"epoch": 1, "metrics": {}})
+    names = [c.rsplit("/", 1)[-1] for c in list_checkpoints(str(root))]
+    assert names == ["epoch_0000", "epoch_0001_step_000003", "epoch_0001", "epoch_0002_step_000005"]
+    assert [c.rsplit("/", 1)[-1] for c in list_checkpoints(str(root), steps=False)] == ["epoch_0000", "epoch_0001"]
+    assert position_of(str(root / "epoch_0002_step_000005")) == (2, 5)
+    assert restart_point(str(root)).location == str(root / "epoch_0002_step_000005")
+    # Bounded by what Ray hands over: nothing newer than it is considered.
+    assert restart_point(str(root), newest=str(root / "epoch_0001")).location == str(root / "epoch_0001")
+    assert describe(str(root / "epoch_0001_step_000003"))["step"] == 3
 
 
 def test_describe_lists_path_epoch_metrics_size_checksum(tmp_path):
@@ -93,7 +113,8 @@ def test_damaged_checkpoints_leave_rays_snapshot(tmp_path):
         "current_report_index": 3,
     }
     (root / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
-    set_aside(str(root), [str(root / "epoch_0002")])
+    (root / "epoch_0002" / CHECKSUMS_FILE).unlink()
+    assert restart_point(str(root)).location == str(root / "epoch_0001")
     after = json.loads((root / "checkpoint_manager_snapshot.json").read_text())
     assert [r["checkpoint_dir_name"] for r in after["checkpoint_results"]] == ["epoch_0001", "epoch_0000"]
     assert after["checkpoint_report_indices"] == [1, 0]
@@ -177,12 +198,15 @@ signal.pause()
     assert outcome["status"] == "KILLED" and "SIGINT" in outcome["how"]
 
 
-def test_stop_marks_a_run_whose_driver_is_gone_killed(mlflow_uri, tmp_path):
+@pytest.mark.parametrize("save", [False, True])
+def test_stop_marks_a_run_whose_driver_is_gone_killed(mlflow_uri, tmp_path, save):
+    """No driver, no workers to write a checkpoint: --save does not wait for one."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     client, run_id = _fake_run(mlflow_uri, tmp_path, **{"orch.driver_pid": str(gone.pid)})
-    outcome = lifecycle.stop(mlflow_uri, run_id, wait_s=1)
+    outcome = lifecycle.stop(mlflow_uri, run_id, wait_s=60, save=save)
     assert outcome["status"] == "KILLED" and client.get_run(run_id).info.status == "KILLED"
+    assert "driver was gone" in outcome["how"] and "orch.stop_request" not in client.get_run(run_id).data.tags
     with pytest.raises(OrchError, match="not running"):
         lifecycle.stop(mlflow_uri, run_id)
 

@@ -130,6 +130,24 @@ def test_augmentations_draw_the_same_each_run_with_one_loader_thread(index_beton
     assert not torch.equal(images(seed=6, epoch=1), first)
 
 
+def test_a_skipping_pass_hands_the_rest_of_the_epoch_drawn_alike(index_beton):
+    """After a step checkpoint: the batches it trained are left out, and the rest come in the
+    same order with the same crops and flips as in the uninterrupted epoch."""
+    path, mean, std = index_beton
+    loader = build_train_loader(path, augment="cifar", batch_size=64, num_workers=1, seed=5, mean=mean, std=std)
+
+    def batches(skip: int) -> list:
+        loader.set_epoch(2, skip_batches=skip)
+        return [(images.clone(), labels.clone()) for images, labels in loader]
+
+    whole, rest = batches(0), batches(3)
+    assert len(whole) == len(loader) and len(rest) == len(loader) - 3
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole[3:], rest))
+    assert len(batches(0)) == len(loader)  # the next pass starts whole again
+    with pytest.raises(ValueError, match="skip_batches"):
+        loader.set_epoch(2, skip_batches=len(loader))
+
+
 def test_normalization(imagenet_train):
     imagenet_train.set_epoch(5)
     images = torch.cat([x.clone() for x, _ in imagenet_train])

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator import ray_internals
 from orchestrator.cli.main import main
 from orchestrator.spec import load_spec
 from orchestrator.targets.local import run_local
@@ -13,7 +14,7 @@ from orchestrator.tracking import set_tags, start_run
 from orchestrator.train.checkpoint import list_checkpoints, load_meta, verify
 
 from eval_fixtures import run_orch
-from job_fixtures import DEMO, small_job
+from job_fixtures import DEMO, fault, small_job
 
 pytestmark = pytest.mark.slow
 
@@ -22,16 +23,31 @@ def steps(uri, run_id, key="val_top1_error") -> list[int]:
     return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
-def test_retention_then_resume_past_a_truncated_checkpoint(ray_cluster, small_fashion, mlflow_uri, tmp_path, capsys):
+def test_restarts_and_resume_set_damaged_checkpoints_aside_and_retention_holds(
+    ray_cluster, small_fashion, mlflow_uri, tmp_path, capsys, monkeypatch
+):
     sets = small_job(small_fashion, tmp_path, workers=1, epochs=3) + [
         "data.max_train_samples=600",
         "checkpoint.num_to_keep=2",
+        "training.max_failures=1",
+        "training.deterministic=true",  # epoch 1 trained again gives what it gave the first time
     ]
     spec = load_spec(DEMO, sets)
+    # In epoch 2 the worker dies after epoch 1's checkpoint was damaged in storage: before Ray
+    # hands a checkpoint to the new workers, the controller's keeper (orchestrator/restart.py)
+    # renames it NAME.damaged and drops it from Ray's record; they continue from epoch 0's.
+    monkeypatch.setenv("ORCH_TEST_FAULT", fault("kill", epoch=2, step=1, damage=True))
     outcome = run_local(spec, str(DEMO))
-    capsys.readouterr()  # its epoch lines
+    monkeypatch.delenv("ORCH_TEST_FAULT")
+    assert "epoch_0001 is damaged" in capsys.readouterr().err  # told with the epoch lines
     run_id, client = outcome.run_id, MlflowClient(mlflow_uri)
-    run_dir = client.get_run(run_id).data.tags["orch.checkpoint_dir"]
+    tags = client.get_run(run_id).data.tags
+    run_dir = tags["orch.checkpoint_dir"]
+    assert tags["orch.restored_from"] == f"{run_dir}/epoch_0000" and tags["orch.restarts"] == "1"
+    assert "epoch_0001 is damaged" in tags["orch.restore_warning"] and "continuing from" in tags["orch.restore_warning"]
+    assert (Path(run_dir) / "epoch_0001.damaged").is_dir()
+    record = json.loads((Path(run_dir) / ray_internals.CHECKPOINT_RECORD).read_text())
+    assert sorted(ray_internals.recorded_checkpoints(record)) == [Path(c).name for c in list_checkpoints(run_dir)]
 
     # num_to_keep=2: the 2 best by val_top1_error, and always the latest.
     errors = {m.step: m.value for m in client.get_metric_history(run_id, "val_top1_error")}
@@ -69,7 +85,8 @@ def test_retention_then_resume_past_a_truncated_checkpoint(ray_cluster, small_fa
     status = json.loads(cli(capsys, "status", spec.name, "--output", "json"))
     assert status["run_id"] == run_id and status["status"] == "FINISHED" and status["epoch"] == 3
     logs = cli(capsys, "logs", run_id).splitlines()
-    assert [line.split()[1] for line in logs[:-1]] == ["1/4", "2/4", "3/4", "4/4"]
+    assert [line.split()[1] for line in logs if line.startswith("epoch")] == ["1/4", "2/4", "3/4", "4/4"]
+    assert logs[-2].startswith("restarts: 1 (last: rank 0:")
     assert logs[-1] == f"run {run_id}: FINISHED"
     table = cli(capsys, "runs")
     assert run_id in table and "FINISHED" in table and "4/4" in table

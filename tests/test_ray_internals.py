@@ -45,6 +45,7 @@ def test_a_real_runs_checkpoint_record_has_the_shape_orch_edits(trained_run):
         "ray.train.v2._internal.execution.worker_group.poll",
         "ray._private.authentication.authentication_token_setup",
         "ray._private.authentication.http_token_authentication",
+        "ray.train.v2._internal.execution.callback",
     ],
 )
 def test_a_moved_internal_fails_loudly_naming_the_ray_version(module, monkeypatch):
@@ -53,9 +54,19 @@ def test_a_moved_internal_fails_loudly_naming_the_ray_version(module, monkeypatc
         "poll": lambda: ray_internals.is_preempted(RuntimeError()),
         "authentication_token_setup": ray_internals.use_cluster_token,
         "http_token_authentication": ray_internals.auth_headers,
+        "callback": ray_internals.callback_bases,
     }[module.rsplit(".", 1)[-1]]
     with pytest.raises(RayInternalChanged, match=f"Ray {ray.__version__} changed {module}"):
         call()
+
+
+def test_the_callback_bases_have_the_hooks_orch_overrides(monkeypatch):
+    group, worker = ray_internals.callback_bases()
+    assert callable(group.before_init_train_context) and callable(worker.after_init_train_context)
+    # Where there is not exactly one CheckpointManager (a controller holds one), it says so.
+    monkeypatch.setattr(ray_internals.gc, "get_objects", lambda: [])
+    with pytest.raises(RayInternalChanged, match="0 found"):
+        ray_internals.controller_checkpoint_manager()
 
 
 def test_a_reshaped_checkpoint_record_fails_loudly():

@@ -1,8 +1,9 @@
 """`orch submit` end to end on the real parts: local Ray, FFCV files of Fashion-MNIST, MLflow.
 
 The exactness test validates on the whole 10,000-image test set, each sample once across
-ranks, and has a worker killed mid-epoch: Ray Train restarts the worker group from the latest
-checkpoint and the run records every epoch exactly once plus the restart. Failures come from
+ranks, and has a worker preempted (SIGTERM) mid-epoch: the ranks write a step checkpoint, Ray
+Train restarts the worker group from it and the run records every epoch exactly once plus the
+restart. Failures come from
 the training loop's fault hook at a chosen step (orchestrator/train/faults.py), never from a
 signal timed against the progress output.
 """
@@ -68,11 +69,12 @@ def only_run(uri):
     return runs[0]
 
 
-def test_two_workers_survive_a_killed_worker_and_log_exact_metrics_once(
+def test_two_workers_survive_a_preempted_worker_and_log_exact_metrics_once(
     ray_cluster, fashion_mnist, mlflow_uri, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setenv("ORCH_TEST_FAULT", fault("kill", epoch=1, step=3, rank=1))
-    spec = load_spec(DEMO, small_job(fashion_mnist, tmp_path, workers=2) + ["training.max_failures=2"])
+    monkeypatch.setenv("ORCH_TEST_FAULT", fault("sigterm", epoch=1, step=3, rank=1))
+    sets = small_job(fashion_mnist, tmp_path, workers=2) + ["training.max_failures=2", "checkpoint.num_to_keep=3"]
+    spec = load_spec(DEMO, sets)
     outcome = run_local(spec, str(DEMO))
 
     assert outcome.status == "FINISHED"
@@ -90,10 +92,16 @@ def test_two_workers_survive_a_killed_worker_and_log_exact_metrics_once(
         m.value for m in client.get_metric_history(run.info.run_id, "val_top1_error")
     )
 
-    # The kill: one restart, counted with its cause, from epoch 0's checkpoint.
-    assert run.data.tags["orch.restarts"] == "1"
-    assert "rank" in run.data.tags["orch.last_restart_cause"]
-    assert run.data.tags["orch.restored_from"].endswith("epoch_0000")
+    # The SIGTERM to rank 1 before step 3 of epoch 1: both ranks agreed to write a step checkpoint
+    # there; one restart, counted with its cause, continued from it, skipping the trained batches.
+    tags = run.data.tags
+    assert tags["orch.restarts"] == "1" and "SIGTERM" in tags["orch.last_restart_cause"]
+    step_checkpoint = Path(tags["orch.checkpoint_dir"]) / "epoch_0001_step_000003"
+    assert tags["orch.step_checkpoint"] == tags["orch.restored_from"] == str(step_checkpoint)
+    state = torch.load(step_checkpoint / "train_state.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["progress"]["batches"] == 3 and state["progress"]["samples"] == 600
+    assert state["step"] == 10 + 3  # 2,000 images in batches of 100 over 2 ranks: 10 steps an epoch
+    assert "val_top1_error" not in load_meta(step_checkpoint)["metrics"]  # never ranked as an epoch
     err = capsys.readouterr().err
     assert "workers failed" in err and "continuing from the latest checkpoint" in err, err[-3000:]
 

@@ -107,11 +107,11 @@ def _tiny_model() -> torch.nn.Module:
     )
 
 
-def _train(model, loader, before_step=None, device="cpu", precision="fp32") -> dict:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+def _train(model, loader, before_step=None, device="cpu", precision="fp32", optimizer=None, **kwargs) -> dict:
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=False)
     ctx = StepContext(torch.device(device), precision, 0.1, lambda step: 0.1 / (step + 1), before_step)
-    return train_one_epoch(model, loader, optimizer, scaler, ctx, first_step=7)
+    return train_one_epoch(model, loader, optimizer, scaler, ctx, first_step=7, **kwargs)
 
 
 def test_train_loss_is_the_mean_per_sample_loss():
@@ -131,6 +131,33 @@ def test_train_loss_is_the_mean_per_sample_loss():
     assert got["train_loss"] == pytest.approx(sum(losses) / 12, rel=1e-6)
     assert got["lr"] == 0.1 / 10  # the last step's (global step 9)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
+
+def test_an_epoch_stopped_at_a_step_and_continued_equals_the_whole_epoch():
+    """What a step checkpoint carries (the epoch's progress) and a restored worker continues
+    from: the rest of the batches, the schedule at the same step, the whole epoch's train_loss."""
+    whole_model, loader = _tiny_model(), Batches(sizes=(5, 3, 4, 6))
+    whole = _train(whole_model, loader)
+    model = _tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    saved = {}
+
+    def at_step(batch, progress):  # the loop's hook: checkpoint and stop before batch 2
+        if batch == 2:
+            saved["progress"] = progress()
+            return True
+        return False
+
+    assert _train(model, loader, optimizer=optimizer, at_step=at_step) is None
+    progress = saved["progress"]
+    assert (progress.batches, progress.samples) == (2, 8)
+    rest = Batches(sizes=(5, 3, 4, 6))
+    rest.batches = rest.batches[2:]  # the loader skips what the checkpoint trained
+    continued = _train(model, rest, optimizer=optimizer, start=progress)
+    assert continued["train_samples"] == whole["train_samples"] == 18
+    assert continued["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-9)
+    assert continued["lr"] == whole["lr"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), whole_model.state_dict().values()))
 
 
 def test_data_wait_fraction_grows_with_a_slow_loader():
@@ -218,7 +245,7 @@ def test_resume_may_change_precision(tmp_path, saved, resumed):
     state = {"optimizer": optimizer.state_dict(), "scaler": old.state_dict(), "epoch": 4, "step": 40, "seed": 0}
     save_checkpoint(tmp_path, model.state_dict(), state, {"epoch": 4})
     new = torch.amp.GradScaler("cpu", enabled=resumed == "fp16")
-    assert _load_into(tmp_path, build_model("cifar_resnet8", 10), optimizer, new) == 5
+    assert _load_into(tmp_path, build_model("cifar_resnet8", 10), optimizer, new).epoch == 5
     if saved == resumed == "fp16":
         assert new.get_scale() == 1024.0
 

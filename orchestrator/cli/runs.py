@@ -150,11 +150,17 @@ def _job_logs(uri, run, follow: bool, interval: float, output: str) -> None:
     show_default=True,
     help="Seconds to wait for the driver (or the cluster job) to end the run.",
 )
+@click.option(
+    "--save",
+    is_flag=True,
+    help="First have the workers write a checkpoint of the step they are at and stop (within "
+    "--wait seconds), so that `orch resume` loses no training.",
+)
 @uri_option
 @output_option
-def stop(run, wait_s, uri, output):
+def stop(run, wait_s, save, uri, output):
     """End a running job, mark its run KILLED and keep its checkpoints (resume it with `orch resume`)."""
-    outcome = lifecycle.stop(_uri(uri), run, wait_s)
+    outcome = lifecycle.stop(_uri(uri), run, wait_s, save=save)
     if not _as_json(output, outcome):
         click.echo(f"run {outcome['run_id']}: {outcome['status']} ({outcome['how']})")
 
@@ -164,7 +170,8 @@ def stop(run, wait_s, uri, output):
 @uri_option
 @output_option
 def checkpoints(run, uri, output):
-    """List a run's kept checkpoints: path, epoch, metrics, size, checksum (damaged ones flagged)."""
+    """List a run's kept checkpoints: path, epoch (and step, for a checkpoint within an epoch),
+    metrics, size, checksum (damaged ones flagged)."""
     rows = lifecycle.checkpoints(find_run(_uri(uri), run))
     if _as_json(output, {"checkpoints": rows}):
         return
@@ -173,7 +180,8 @@ def checkpoints(run, uri, output):
     for c in rows:
         err = c["metrics"].get("val_top1_error")
         state = (c["sha256"] or "")[:12] if c["status"] == "ok" else f"DAMAGED: {c.get('problem')}"
-        click.echo(f"{c['path']}  epoch {c['epoch']}  top-1 err {_pct(err)}  {c['size_bytes'] / 1e6:.1f} MB  {state}")
+        where = f"epoch {c['epoch']}" + (f" step {c['step']}" if c.get("step") is not None else "")
+        click.echo(f"{c['path']}  {where}  top-1 err {_pct(err)}  {c['size_bytes'] / 1e6:.1f} MB  {state}")
 
 
 def _epoch(row) -> str:

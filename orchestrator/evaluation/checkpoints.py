@@ -117,10 +117,11 @@ def run_checkpoint(run, which: str) -> str:
 
 
 def pick(root: str, which: str, owner: str) -> str:
-    """best or latest among root's epoch_NNNN/ directories (local or at a URI) that hold a meta.json."""
+    """best or latest among root's epoch_NNNN/ directories (local or at a URI) that hold a
+    meta.json; step checkpoints (mid-epoch, never validated) are for continuing training only."""
     fs, base = open_storage(root)
     found = []
-    for path in list_checkpoints(base, fs):
+    for path in list_checkpoints(base, fs, steps=False):
         if _file_type(fs, f"{path}/{META_FILE}", root) == pafs.FileType.File:
             found.append((epoch_of(path), path))
     if not found:

@@ -133,6 +133,12 @@ class CheckpointSpec(_Section):
     num_to_keep: int | None = Field(None, ge=1, description="best by metric, plus the latest")
     metric: Literal[RANKABLE] = Field(DEFAULT_METRIC, description="what 'best' means everywhere (orchestrator/best.py)")
     mode: Literal["min", "max"] = DEFAULT_MODE
+    every_n_steps: int | None = Field(
+        None,
+        ge=1,
+        description="also checkpoint within epochs, every N training steps (counted over the run), "
+        "for long epochs; kept under num_to_keep like epoch checkpoints",
+    )
 
 
 class TrackingSpec(_Section):

@@ -8,7 +8,7 @@ import threading
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator import cluster, preflight, telemetry, tracking
+from orchestrator import cluster, preflight, restart, telemetry, tracking
 from orchestrator.best import BestRule
 from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import JobFailed, JobInterrupted
@@ -16,7 +16,7 @@ from orchestrator.lifecycle import driver_tags
 from orchestrator.outcome import JobOutcome, read_outcome
 from orchestrator.progress import EpochPrinter
 from orchestrator.spec.schema import JobSpec
-from orchestrator.train import faults
+from orchestrator.train import faults, stopping
 from orchestrator.train.loop import train_worker
 
 
@@ -57,7 +57,9 @@ def drive(
         printer.start()
         try:
             result = fit(build_trainer(spec, uri, run_id, resume_from, run_dir=run_dir))
-            status = "FINISHED"
+            stopped = stop_message(result, run_id)
+            status = "KILLED" if stopped else "FINISHED"
+            error = stopped
         except (KeyboardInterrupt, SystemExit):
             # Ray Train's own SIGINT handler aborts the run and exits via SystemExit.
             status = "KILLED"
@@ -74,7 +76,23 @@ def drive(
     best_checkpoint = _best_checkpoint(run_dir) if result is not None else None
     if best_checkpoint:
         tracking.set_tags(uri, run_id, {"orch.best_checkpoint": best_checkpoint})
+    if status == "KILLED":
+        raise JobInterrupted(error)
     return read_outcome(uri, run_id)
+
+
+def stop_message(result, run_id: str) -> str | None:
+    """Why training ended before its last epoch (`orch stop --save`), from its last report; None
+    when it ran to the end."""
+    metrics = getattr(result, "metrics", None) or {}
+    if not metrics.get("stopped_by"):
+        return None
+    checkpoint = getattr(result, "checkpoint", None)
+    saved = f"checkpoint {checkpoint.path}" if checkpoint is not None else "its last checkpoint"
+    return (
+        f"run {run_id} stopped by `{metrics['stopped_by']}` in epoch {metrics['epoch']} after "
+        f"{metrics['batches']} batches: marked KILLED; `orch resume {run_id}` continues from {saved}"
+    )
 
 
 def ray_run_name(spec: JobSpec, run_id: str) -> str:
@@ -101,6 +119,7 @@ def build_trainer(
             "resume_from": resume_from,
             "fault": faults.from_env(run_dir),
             "telemetry": telemetry.config(spec, uri, run_id),
+            "run": {"tracking_uri": uri, "run_id": run_id},  # the workers read `orch stop --save` there
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -117,7 +136,11 @@ def build_trainer(
                 checkpoint_score_order=spec.checkpoint.mode,
             ),
             failure_config=FailureConfig(max_failures=spec.training.max_failures),
-            callbacks=[EpochLogger(uri, run_id, spec.training.max_failures)],
+            callbacks=[
+                EpochLogger(uri, run_id, spec.training.max_failures),
+                restart.keeper(uri, run_id),  # on the controller: the checkpoint a new worker group gets
+                stopping.sigterm_callback(),  # on each worker: SIGTERM asks for a step checkpoint
+            ],
         ),
     )
 

@@ -9,8 +9,10 @@ Each file is written under a temporary name and renamed, so a reader never sees 
 checksums.json comes last, so a checkpoint without it, or whose files do not match it, was
 cut short or damaged afterwards (a truncated upload, a full disk) and must not be loaded.
 
-A run's checkpoints are the `epoch_NNNN` directories of its storage folder, which may be a
-local path or a pyarrow-supported URI (s3://, gs://): listing and hashing go through pyarrow.
+A run's checkpoints are the directories of its storage folder named `epoch_NNNN` (written at
+the end of epoch NNNN) and `epoch_NNNN_step_SSSSSS` (written within epoch NNNN after SSSSSS of
+its batches: on preemption, `orch stop --save` or checkpoint.every_n_steps). The folder may be
+a local path or a pyarrow-supported URI (s3://, gs://): listing and hashing go through pyarrow.
 """
 
 import hashlib
@@ -26,7 +28,7 @@ MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
 META_FILE = "meta.json"
 CHECKSUMS_FILE = "checksums.json"
-_EPOCH_DIR = re.compile(r"epoch_(\d+)")
+_CHECKPOINT_DIR = re.compile(r"epoch_(\d+)(?:_step_(\d+))?")
 
 
 class DamagedCheckpoint(Exception):
@@ -82,29 +84,51 @@ def verify(location: str, fs: pafs.FileSystem | None = None) -> dict:
     return expected
 
 
+def checkpoint_name(epoch: int, step: int | None = None) -> str:
+    """The folder name of epoch's end-of-epoch checkpoint, or of one after `step` of its batches."""
+    return f"epoch_{epoch:04d}" if step is None else f"epoch_{epoch:04d}_step_{step:06d}"
+
+
+def position_of(location: str) -> tuple[int, float] | None:
+    """(epoch, batches of it trained) for a checkpoint's location, inf for an end-of-epoch one,
+    so that positions sort in training order; None for a folder that is not a checkpoint."""
+    match = _CHECKPOINT_DIR.fullmatch(location.rstrip("/").rsplit("/", 1)[-1])
+    if not match:
+        return None
+    return int(match.group(1)), float("inf") if match.group(2) is None else int(match.group(2))
+
+
 def epoch_of(location: str) -> int | None:
-    match = _EPOCH_DIR.fullmatch(location.rstrip("/").rsplit("/", 1)[-1])
-    return int(match.group(1)) if match else None
+    position = position_of(location)
+    return None if position is None else position[0]
 
 
-def list_checkpoints(run_dir: str, fs: pafs.FileSystem | None = None) -> list[str]:
-    """The run's epoch_NNNN checkpoint locations, oldest first (same form as run_dir)."""
+def is_step_checkpoint(location: str) -> bool:
+    position = position_of(location)
+    return position is not None and position[1] != float("inf")
+
+
+def list_checkpoints(run_dir: str, fs: pafs.FileSystem | None = None, *, steps: bool = True) -> list[str]:
+    """The run's checkpoint locations in training order (same form as run_dir); steps=False
+    leaves out the step checkpoints (evaluation ranks whole epochs)."""
     fs, path = open_location(run_dir, fs)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     except OSError:
         return []
-    names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and epoch_of(i.base_name) is not None]
-    return [f"{run_dir.rstrip('/')}/{n}" for n in sorted(names, key=epoch_of)]
+    names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and position_of(i.base_name) is not None]
+    if not steps:
+        names = [n for n in names if not is_step_checkpoint(n)]
+    return [f"{run_dir.rstrip('/')}/{n}" for n in sorted(names, key=position_of)]
 
 
-def latest_good(run_dir: str, fs: pafs.FileSystem | None = None, below: int | None = None):
+def latest_good(run_dir: str, fs: pafs.FileSystem | None = None, below: tuple | None = None):
     """(newest checkpoint that verifies, [(damaged location, why), ...] newer than it).
 
-    `below`: only consider epochs before it (the damaged one a caller already holds)."""
+    `below`: only consider positions before it (position_of the damaged one a caller holds)."""
     damaged = []
     for location in reversed(list_checkpoints(run_dir, fs)):
-        if below is not None and epoch_of(location) >= below:
+        if below is not None and position_of(location) >= below:
             continue
         try:
             verify(location, fs)
@@ -121,6 +145,7 @@ def describe(location: str, fs: pafs.FileSystem | None = None) -> dict:
     entry = {
         "path": location,
         "epoch": epoch_of(location),
+        "step": position_of(location)[1] if is_step_checkpoint(location) else None,
         "metrics": {},
         "size_bytes": sum(i.size or 0 for i in infos if i.type == pafs.FileType.File),
     }

@@ -5,11 +5,15 @@ starts, instead of timing a signal against a polling loop:
 
     {"action": "kill", "epoch": 1, "step": 2, "rank": 1, "notify": "/tmp/x/fifo"}
 
-- action: `kill` (SIGKILL this worker), `interrupt` (SIGINT to the job's driver, as Ctrl-C
-  does, then hold) or `hold` (stop making progress until stopped from outside);
+- action: `kill` (SIGKILL this worker), `sigterm` (SIGTERM to this worker, as a pod eviction
+  sends it, then go on: the loop checkpoints and stops), `interrupt` (SIGINT to the job's
+  driver, as Ctrl-C does, then hold) or `hold` (stop making progress until stopped from outside,
+  or until `orch stop --save` asks this worker for a checkpoint);
 - epoch, step: when, before that step (counted from 0 within the epoch) is trained;
 - rank: which rank acts (default: every rank);
-- notify: a path (a FIFO the test reads, or a file) that gets one line just before acting.
+- notify: a path (a FIFO the test reads, or a file) that gets one line just before acting;
+- damage: true to truncate the model.pt of the run's newest checkpoint first (a checkpoint
+  damaged in storage, which the restart must set aside).
 
 The driver reads the variable and hands it to the workers with the loop's configuration, so it
 reaches them whichever Ray they run in. It fires only in a worker group that started fresh,
@@ -26,7 +30,7 @@ import time
 from orchestrator import ray_internals
 
 FAULT_VARIABLE = "ORCH_TEST_FAULT"
-ACTIONS = ("kill", "interrupt", "hold")
+ACTIONS = ("kill", "sigterm", "interrupt", "hold")
 
 
 def from_env(run_dir: str) -> dict | None:
@@ -42,7 +46,7 @@ def from_env(run_dir: str) -> dict | None:
     except (ValueError, KeyError, TypeError, AssertionError):
         raise ValueError(
             f"${FAULT_VARIABLE}: expected JSON like "
-            '{"action": "kill|interrupt|hold", "epoch": 1, "step": 2}, got ' + repr(text)
+            '{"action": "kill|sigterm|interrupt|hold", "epoch": 1, "step": 2}, got ' + repr(text)
         ) from None
     fault.update(driver_pid=os.getpid(), run_dir=run_dir)
     return fault
@@ -64,15 +68,47 @@ def step_hook(fault: dict | None, rank: int, steps_per_epoch: int, fresh: bool):
 def act(fault: dict, rank: int) -> None:
     if fault["epoch"] > 0:
         _wait_for_checkpoint(fault["run_dir"], fault["epoch"] - 1)
+    if fault.get("damage"):
+        _damage_newest(fault["run_dir"])
     if fault.get("notify"):
         with open(fault["notify"], "a") as f:
             f.write(f"{fault['action']} epoch {fault['epoch']} step {fault['step']} rank {rank} pid {os.getpid()}\n")
     if fault["action"] == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault["action"] == "sigterm":
+        _sigterm_self()
+        return
     if fault["action"] == "interrupt":
         os.kill(fault["driver_pid"], signal.SIGINT)
-    while True:  # hold until the job is stopped from outside
-        time.sleep(1)
+    _hold()
+
+
+def _hold() -> None:
+    """Make no progress until the job is stopped from outside, or until `orch stop --save` asks
+    for a checkpoint (then go on: the loop writes it at this step)."""
+    from orchestrator.train import stopping
+
+    while stopping.local_request() == stopping.NONE:
+        time.sleep(0.2)
+
+
+def _sigterm_self(timeout_s: float = 10) -> None:
+    """SIGTERM to this process, returning once its handler (on the main thread) has taken it,
+    so the request is seen at this very step."""
+    from orchestrator.train import stopping
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while stopping.local_request() == stopping.NONE and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _damage_newest(run_dir: str) -> None:
+    from orchestrator.train.checkpoint import MODEL_FILE, list_checkpoints
+
+    newest = list_checkpoints(run_dir)[-1]
+    with open(os.path.join(newest, MODEL_FILE), "r+b") as f:
+        f.truncate(1000)
 
 
 def _wait_for_checkpoint(run_dir: str, epoch: int, timeout_s: float = 300) -> None:

@@ -2,7 +2,12 @@
 
 Per epoch: train on this rank's shard, evaluate every validation sample once across ranks,
 rank 0 writes a checkpoint, and every rank calls `ray.train.report` (a barrier). MLflow
-logging happens on the Ray Train controller (orchestrator.tracking), once per report.
+logging happens on the Ray Train controller (orchestrator.epoch_logger), once per epoch.
+
+Between steps, every rank agrees whether to stop (train/stopping.py): on a SIGTERM or `orch
+stop --save`, and every checkpoint.every_n_steps steps, rank 0 writes a step checkpoint
+(epoch_NNNN_step_SSSSSS) holding the epoch's progress. A run restored from one continues that
+epoch after its last trained batch, with the same data order, augmentation draws and schedule.
 """
 
 import logging
@@ -10,6 +15,7 @@ import random
 import socket
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import ray.train
@@ -19,24 +25,31 @@ from torch.nn.parallel import DistributedDataParallel
 from data_pipeline import ResolutionSchedule, build_train_loader, build_val_loader, read_dataset_info
 from data_pipeline.geometry import eval_style
 from orchestrator import telemetry
+from orchestrator.best import BestRule
 from orchestrator.models import build_model
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train import distributed as dist
 from orchestrator.train import faults
-from orchestrator.train.checkpoint import (
-    DamagedCheckpoint,
-    epoch_of,
-    latest_good,
-    load_model_state,
-    load_train_state,
-    save_checkpoint,
-    verify,
-)
+from orchestrator.train.checkpoint import checkpoint_name, load_model_state, load_train_state, save_checkpoint, verify
 from orchestrator.train.optim import build_optimizer
 from orchestrator.train.schedule import lr_at, scaled_lr
-from orchestrator.train.steps import StepContext, configure_backends, evaluate, train_one_epoch
+from orchestrator.train.steps import EpochProgress, StepContext, configure_backends, evaluate, train_one_epoch
+from orchestrator.train.stopping import NONE, PREEMPTED, REASONS, STOP, StopRequests, StopWatcher
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Start:
+    """Where a worker group starts: the epoch to train, and how far into it (a step checkpoint's)."""
+
+    epoch: int = 0
+    progress: EpochProgress | None = None
+
+
+class Preempted(RuntimeError):
+    """Raised on every rank after the step checkpoint a SIGTERM asked for: the worker group
+    fails and Ray Train restarts it from that checkpoint (within training.max_failures)."""
 
 
 def train_worker(config: dict) -> None:
@@ -56,8 +69,7 @@ def train_worker(config: dict) -> None:
     precision = resolve_precision(spec.training.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    start_epoch, restored = _restore(config, model, optimizer, scaler)
-    placement = worker_placement()
+    start, restored = _restore(config, model, optimizer, scaler)
     wrapped = _wrap(model, device, spec.training.compile)
     steps_per_epoch = len(train_loader)
     ctx = StepContext(
@@ -74,23 +86,57 @@ def train_worker(config: dict) -> None:
         "spec": config["spec"],
         "preprocess": preprocess_info(spec, info),
     }
+    # Told once, with the first report: where this worker group runs (the controller tags the
+    # run with every rank's), and what it was restored from.
+    reporter = Reporter(model, optimizer, scaler, spec, meta_base, once={**restored, **worker_placement()})
+    stops = StopRequests()
+    run = config.get("run") or {}
     local_rank = ray.train.get_context().get_local_rank()
-    with telemetry.node_monitor(config.get("telemetry"), local_rank, placement["worker_node_id"]):
-        for epoch in range(start_epoch, spec.training.epochs):
+    with (
+        telemetry.node_monitor(config.get("telemetry"), local_rank, reporter.once["worker_node_id"]),
+        StopWatcher(run.get("tracking_uri"), run.get("run_id")),
+    ):
+        for epoch in range(start.epoch, spec.training.epochs):
+            progress = start.progress if epoch == start.epoch else None
             seed_everything(spec.training.seed, epoch, dist.rank())
-            train_loader.set_epoch(epoch)
-            started = time.perf_counter()
-            metrics = train_one_epoch(wrapped, train_loader, optimizer, scaler, ctx, epoch * steps_per_epoch)
+            train_loader.set_epoch(epoch, skip_batches=progress.batches if progress else 0)
+            began = time.perf_counter()
+            at_step = step_checkpoints(spec, epoch, steps_per_epoch, stops, reporter, progress)
+            first_step = epoch * steps_per_epoch
+            metrics = train_one_epoch(wrapped, train_loader, optimizer, scaler, ctx, first_step, progress, at_step)
+            if metrics is None:
+                return  # stopped by `orch stop --save`: its checkpoint is written
             metrics.update(evaluate(wrapped, val_loader, ctx))
             metrics.update(
-                epoch=epoch, epoch_seconds=time.perf_counter() - started, train_resolution=train_loader.resolution
+                epoch=epoch, epoch_seconds=time.perf_counter() - began, train_resolution=train_loader.resolution
             )
-            if restored:  # told once, with the first epoch after a restore, for the run's record
-                metrics.update(restored)
-                restored = {}
-            metrics.update(placement)  # where this worker group runs: the controller tags the run with it
-            placement = {}
-            _report(model, optimizer, scaler, epoch, (epoch + 1) * steps_per_epoch, spec, metrics, meta_base)
+            reporter.report(metrics, epoch=epoch, step=(epoch + 1) * steps_per_epoch)
+
+
+def step_checkpoints(spec: JobSpec, epoch: int, steps_per_epoch: int, stops: StopRequests, reporter, start):
+    """train_one_epoch's at_step for `epoch`: before each batch, every rank agrees on the stop
+    requests; a request, or checkpoint.every_n_steps coming due, writes a step checkpoint (none
+    when nothing was trained since the last checkpoint). A preemption then fails the worker
+    group (Preempted), a stop ends training."""
+    every = spec.checkpoint.every_n_steps
+    saved = {"batch": start.batches if start else 0}  # what the checkpoint restored from, or the last epoch's, covers
+
+    def at_step(batch: int, progress) -> bool:
+        reason = stops.agree()
+        due = every is not None and (epoch * steps_per_epoch + batch) % every == 0
+        if reason == NONE and not due:
+            return False
+        where = f"epoch {epoch}, after {batch} of its {steps_per_epoch} batches"
+        if batch > saved["batch"]:
+            reporter.report_step(epoch, epoch * steps_per_epoch + batch, progress(), REASONS.get(reason, ""))
+            saved["batch"] = batch
+        elif reason == STOP:  # nothing new to save: the last checkpoint is where a resume continues
+            reporter.report_stop(epoch, batch, REASONS[STOP])
+        if reason == PREEMPTED:
+            raise Preempted(f"a worker got SIGTERM (preemption) at {where}; Ray Train restarts from its checkpoint")
+        return reason == STOP
+
+    return at_step
 
 
 def worker_placement() -> dict:
@@ -160,47 +206,25 @@ def _loaders(spec: JobSpec, info, device: torch.device):
     return train, val
 
 
-def _restore(config: dict, model, optimizer, scaler) -> tuple[int, dict]:
-    """Load the latest good checkpoint: Ray's after a worker failure, else the one to resume from.
-
-    Returns the next epoch and, when something was restored, {"restored_from": location} plus
-    "restore_warning" when the latest checkpoint was damaged and an earlier one was used.
-    """
+def _restore(config: dict, model, optimizer, scaler) -> tuple[Start, dict]:
+    """Load the checkpoint this worker group continues from: the one Ray hands over after a
+    failure (chosen by orchestrator.restart's keeper on the controller), else the one `orch
+    resume` chose. Returns where training starts and, when something was restored,
+    {"restored_from": location}."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         location, fs = checkpoint.path, checkpoint.filesystem
     elif config.get("resume_from"):
         location, fs = config["resume_from"], None
     else:
-        return 0, {}
-    location, warning = good_checkpoint(location, fs)
+        return Start(), {}
+    verify(location, fs)  # damaged since it was chosen: this attempt fails, the next chooses again
     with ray.train.Checkpoint(location, filesystem=fs).as_directory() as path:
-        epoch = _load_into(path, model, optimizer, scaler)
-    restored = {"restored_from": location}
-    if warning:
-        restored["restore_warning"] = warning
-    return epoch, restored
+        start = _load_into(path, model, optimizer, scaler)
+    return start, {"restored_from": location}
 
 
-def good_checkpoint(location: str, fs=None) -> tuple[str, str | None]:
-    """`location` if it verifies, else the newest earlier checkpoint beside it that does (with a
-    warning). Never silently starts from scratch: no good checkpoint at all is an error."""
-    try:
-        verify(location, fs)
-        return location, None
-    except DamagedCheckpoint as exc:
-        problem = str(exc)
-    parent = location.rstrip("/").rsplit("/", 1)[0]
-    epoch = epoch_of(location)
-    fallback, _ = latest_good(parent, fs, below=epoch) if epoch is not None else (None, [])
-    if fallback is None:
-        raise RuntimeError(f"checkpoint {location} is damaged ({problem}) and no earlier checkpoint verifies")
-    warning = f"checkpoint {location} is damaged ({problem}); continuing from {fallback}"
-    logger.warning(warning)
-    return fallback, warning
-
-
-def _load_into(path, model, optimizer, scaler) -> int:
+def _load_into(path, model, optimizer, scaler) -> Start:
     model.load_state_dict(load_model_state(path))
     state = load_train_state(path)
     optimizer.load_state_dict(state["optimizer"])
@@ -209,7 +233,9 @@ def _load_into(path, model, optimizer, scaler) -> int:
         # fresh fp16 scaler to start its own, and bf16/fp32 ignore a saved one: precision may
         # change on resume (or differ on the CPU a GPU run resumes on).
         scaler.load_state_dict(state["scaler"])
-    return int(state["epoch"]) + 1
+    if state.get("progress"):  # a step checkpoint: that epoch goes on
+        return Start(int(state["epoch"]), EpochProgress(**state["progress"]))
+    return Start(int(state["epoch"]) + 1)
 
 
 def _wrap(model, device: torch.device, compile_model: bool):
@@ -218,20 +244,50 @@ def _wrap(model, device: torch.device, compile_model: bool):
     return torch.compile(model) if compile_model else model
 
 
-def _report(model, optimizer, scaler, epoch, step, spec, metrics, meta_base) -> None:
-    dir_name = f"epoch_{epoch:04d}"
-    if not dist.is_main():
-        ray.train.report(metrics, checkpoint=None)
-        return
-    train_state = {
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "seed": spec.training.seed,
-    }
-    meta = dict(meta_base, epoch=epoch, metrics=metrics)
-    with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
-        save_checkpoint(tmp, model.state_dict(), train_state, meta)
-        checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
+class Reporter:
+    """This rank's part of each report: rank 0 writes the checkpoint, every rank calls
+    ray.train.report (a barrier). `once` rides on the first report of the worker group."""
+
+    def __init__(self, model, optimizer, scaler, spec: JobSpec, meta_base: dict, once: dict):
+        self.model, self.optimizer, self.scaler, self.spec = model, optimizer, scaler, spec
+        self.meta_base = meta_base
+        self.once = once
+
+    def report(self, metrics: dict, *, epoch: int, step: int, progress: EpochProgress | None = None, score=None):
+        """An end-of-epoch checkpoint, or with `progress` a step checkpoint within `epoch`;
+        `score` ({metric: value}) goes to Ray's retention only, not into meta.json."""
+        metrics = {**metrics, **self.once}
+        self.once = {}
+        if not dist.is_main():
+            ray.train.report({**metrics, **(score or {})}, checkpoint=None)
+            return
+        train_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "seed": self.spec.training.seed,
+            "progress": asdict(progress) if progress else None,
+        }
+        meta = dict(self.meta_base, epoch=epoch, step=progress.batches if progress else None, metrics=metrics)
+        name = checkpoint_name(epoch, progress.batches if progress else None)
+        with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
+            save_checkpoint(tmp, self.model.state_dict(), train_state, meta)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({**metrics, **(score or {})}, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+    def report_step(self, epoch: int, step: int, progress: EpochProgress, stopped_by: str) -> None:
+        """A step checkpoint. Its report is not an epoch's (the controller logs no metrics for
+        it), and Ray's retention ranks it below every epoch checkpoint (it was not validated)."""
+        rule = BestRule.of(self.spec.checkpoint)
+        metrics = self._step_metrics(epoch, progress.batches, stopped_by)
+        self.report(metrics, epoch=epoch, step=step, progress=progress, score={rule.metric: rule.never_best()})
+
+    def report_stop(self, epoch: int, batch: int, stopped_by: str) -> None:
+        """A stop with nothing new to save: a report without a checkpoint, so the driver learns why."""
+        ray.train.report({**self._step_metrics(epoch, batch, stopped_by), **self.once}, checkpoint=None)
+        self.once = {}
+
+    @staticmethod
+    def _step_metrics(epoch: int, batch: int, stopped_by: str) -> dict:
+        return {"report": "step", "epoch": epoch, "batches": batch, "stopped_by": stopped_by}

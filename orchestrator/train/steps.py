@@ -9,6 +9,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,17 @@ import torch.nn.functional as F
 from orchestrator.train.distributed import all_reduce_max, all_reduce_sum
 from orchestrator.train.metrics import EvalCounts
 from orchestrator.train.optim import set_lr
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: `batches` trained (on every rank), and the loss and samples of those
+    batches summed over all ranks; a step checkpoint carries it, so a resumed epoch's train_loss
+    still covers the whole epoch."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    samples: int = 0
 
 
 @dataclass
@@ -81,19 +93,29 @@ class TimedBatches:
             start = time.perf_counter()
 
 
-def train_one_epoch(model, loader, optimizer, scaler, ctx: StepContext, first_step: int) -> dict:
-    """Train over this rank's shard. Returns the mean loss and samples summed over all ranks,
-    images/s (all ranks' samples over this rank's time), and data_wait_fraction: the largest
-    share of any rank's epoch spent waiting for its loader."""
+def train_one_epoch(
+    model, loader, optimizer, scaler, ctx: StepContext, first_step: int, start: EpochProgress = None, at_step=None
+) -> dict | None:
+    """Train over this rank's shard, from batch `start.batches` on (the loader skips the ones
+    before it). Returns the mean loss and samples summed over all ranks (the carried part of
+    the epoch included), images/s (this attempt's samples of all ranks over this rank's time),
+    and data_wait_fraction: the largest share of any rank's time spent waiting for its loader.
+
+    `at_step(i, progress)`, called before batch i on every rank, may write a step checkpoint
+    (calling `progress()`, a collective, for the epoch's progress so far) and returns True to
+    stop: the epoch then returns None."""
+    start = start or EpochProgress()
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     samples = 0
-    lr = ctx.lr_for_step(first_step)
+    lr = ctx.lr_for_step(first_step + start.batches)
     batches = TimedBatches(loader)
-    start = time.perf_counter()
-    for i, (images, labels) in enumerate(batches):
+    began = time.perf_counter()
+    for i, (images, labels) in enumerate(batches, start=start.batches):
         if ctx.before_step is not None:
             ctx.before_step(first_step + i)
+        if at_step is not None and at_step(i, partial(_progress, i, start, loss_sum, samples, ctx)):
+            return None
         lr = ctx.lr_for_step(first_step + i)
         set_lr(optimizer, lr)
         with autocast(ctx):
@@ -105,15 +127,22 @@ def train_one_epoch(model, loader, optimizer, scaler, ctx: StepContext, first_st
         loss_sum.add_(loss.detach(), alpha=labels.numel())  # stays on the device: no sync
         samples += labels.numel()
     _synchronize(ctx.device)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - began
     loss_total, samples_total = _sum_over_ranks(loss_sum, samples, ctx)
+    epoch_samples = samples_total + start.samples
     return {
-        "train_loss": loss_total / max(samples_total, 1),
+        "train_loss": (loss_total + start.loss_sum) / max(epoch_samples, 1),
         "lr": lr,
         "train_images_per_second": samples_total / seconds,
-        "train_samples": int(samples_total),
+        "train_samples": int(epoch_samples),
         "data_wait_fraction": _max_over_ranks(batches.waited / max(seconds, 1e-9), ctx),
     }
+
+
+def _progress(batches: int, start: EpochProgress, loss_sum: torch.Tensor, samples: int, ctx) -> EpochProgress:
+    """The epoch's progress before batch `batches`, over all ranks (a collective; one host read)."""
+    loss_total, samples_total = _sum_over_ranks(loss_sum, samples, ctx)
+    return EpochProgress(batches, start.loss_sum + loss_total, start.samples + int(samples_total))
 
 
 @torch.no_grad()
