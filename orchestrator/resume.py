@@ -1,6 +1,12 @@
 """`orch resume RUN`: a new driver continues a run from its latest good checkpoint, in the
 same MLflow run and the same checkpoint folder (so retention and Ray Train's own record of
 the run carry on). It is also how a run whose driver or head node was lost goes on.
+
+A run continues where it ran (its orch.target tag) unless --target or --address moves it: a
+local run here, a Ray cluster's run as a new Ray job on that cluster, a Kubernetes run as a new
+RayJob. The submitter of a remote resume may not see the checkpoint folder or the data, so it
+checks what it can without them, reopens the run and submits a job whose entrypoint
+(targets.entrypoint --resume) calls continue_here() on the cluster, as a local resume does here.
 """
 
 import json
@@ -14,15 +20,34 @@ from orchestrator import cluster, preflight, ray_internals, tracking
 from orchestrator.errors import OrchError, SpecError
 from orchestrator.lifecycle import ACTIVE, driver_alive, driver_tags
 from orchestrator.outcome import JobOutcome
+from orchestrator.restart import RestartPoint, record_warning, restart_point
 from orchestrator.run_lookup import find_run
 from orchestrator.spec.load import parse_override, set_dotted, spec_from_dict
+from orchestrator.targets import jobs_address, kuberay, ray_cluster
+from orchestrator.targets import kuberay_manifest as manifest
 from orchestrator.targets.local import drive
-from orchestrator.train.checkpoint import latest_good, list_checkpoints, load_meta, open_location
+from orchestrator.train.checkpoint import list_checkpoints, load_meta, position_of
+from orchestrator.train.stopping import STOP_TAG
+
+# The tags that name the job a run last ran as, per target; a resume elsewhere drops the others.
+JOB_TAGS = ("orch.target", "orch.ray_address", "orch.ray_job_id", "orch.k8s_namespace", "orch.rayjob")
 
 
-def resume_run(ref: str, overrides=(), *, uri: str | None = None, progress_to_stderr: bool = False) -> JobOutcome:
-    """Continue run `ref` to the (possibly raised) training.epochs. Every check runs before the
-    run is touched, so bad input leaves it as it was."""
+def resume_run(
+    ref: str,
+    overrides=(),
+    *,
+    uri: str | None = None,
+    target: str | None = None,
+    address: str | None = None,
+    namespace: str | None = None,
+    image: str | None = None,
+    detach: bool = False,
+    progress_to_stderr: bool = False,
+) -> JobOutcome:
+    """Continue run `ref` to the (possibly raised) training.epochs, where it ran unless `target` or
+    `address` says otherwise. Every check runs before the run is touched, so bad input leaves it
+    as it was."""
     uri = tracking.tracking_uri(explicit=uri)
     tracking.quiet_mlflow()
     run = find_run(uri, ref)
@@ -34,20 +59,29 @@ def resume_run(ref: str, overrides=(), *, uri: str | None = None, progress_to_st
         )
     spec, original = run_spec(uri, run, overrides)
     check_resumable(original, spec)
+    tags = run.data.tags
+    target = target or ("ray" if address else tags.get("orch.target") or "local")
+    if target == "ray":
+        address = jobs_address(spec, address or tags.get("orch.ray_address"))
+        return _resume_on_ray(uri, run, spec, overrides, address, detach, progress_to_stderr)
+    if target == "k8s":
+        namespace = namespace or tags.get("orch.k8s_namespace") or spec.cluster.kubernetes.namespace
+        return _resume_on_k8s(uri, run, spec, original, overrides, namespace, image, detach)
+    return continue_here(uri, run, spec, overrides, progress_to_stderr=progress_to_stderr)
+
+
+def continue_here(
+    uri: str, run, spec, overrides=(), *, reopen: bool = True, progress_to_stderr: bool = False
+) -> JobOutcome:
+    """Continue `run` on the Ray this process reaches, from the checkpoint pick_checkpoint()
+    picks in its folder (which must be readable here): check the spec against that checkpoint,
+    the data and the cluster, reopen the run (with `reopen`, a local resume; a remote one's
+    submitter reopened it already), and train it to spec.training.epochs."""
+    run_id = run.info.run_id
     run_dir = run.data.tags.get("orch.checkpoint_dir")
-    good, damaged = latest_good(run_dir) if run_dir else (None, [])
-    if good is None:
-        raise OrchError(
-            f"run {run_id} has no checkpoint to resume from"
-            + (f" ({len(damaged)} damaged in {run_dir})" if damaged else f" in {run_dir}")
-        )
+    good = pick_checkpoint(uri, run_id, run_dir)
     meta = load_meta(good) if "://" not in good else None
-    epoch = meta["epoch"] if meta else int(good.rsplit("_", 1)[-1])
-    if epoch + 1 >= spec.training.epochs:
-        raise SpecError(
-            f"training.epochs: run {run_id} has trained {epoch + 1} epochs, its spec asks for "
-            f"{spec.training.epochs}; to train more: --set training.epochs={epoch + 2}"
-        )
+    check_epochs_left(run_id, epochs_done(good), spec)
     plan = preflight.plan(spec)
     if meta and plan["num_classes"] != meta["num_classes"]:
         raise SpecError(
@@ -56,35 +90,96 @@ def resume_run(ref: str, overrides=(), *, uri: str | None = None, progress_to_st
         )
     cluster.connect()
     cluster.check_resources(spec.scaling)
-    for location, why in damaged:
-        click.echo(f"orch: warning: checkpoint {location} is damaged ({why}); resuming from {good}", err=True)
-    set_aside(run_dir, [location for location, _ in damaged])
-    _reopen(uri, run, spec, overrides, good)
+    if reopen:
+        _reopen(uri, run, spec, overrides, {"orch.target": "local"}, good)
+    tracking.set_tags(uri, run_id, {"orch.resumed_from": good, **driver_tags()})
     return drive(spec, uri, run_id, run_dir, resume_from=good, progress_to_stderr=progress_to_stderr)
 
 
-def set_aside(run_dir: str, damaged: list[str]) -> None:
-    """Rename damaged checkpoints to NAME.damaged and drop them from Ray Train's checkpoint
-    record, so Ray neither hands them to the workers nor later deletes a good checkpoint of
-    the same name."""
-    if not damaged:
-        return
-    fs, root = open_location(run_dir)
-    names = {location.rstrip("/").rsplit("/", 1)[-1] for location in damaged}
-    for name in names:
-        fs.move(f"{root}/{name}", f"{root}/{name}.damaged")
-    record_path = f"{root}/{ray_internals.CHECKPOINT_RECORD}"
+def pick_checkpoint(uri: str, run_id: str, run_dir: str | None) -> str:
+    """The checkpoint the run continues from, as orchestrator/restart.py chooses it for every
+    path: the newest that verifies, an epoch's or a step's. Newer damaged ones are set aside (so
+    neither Ray nor a later resume takes them), told and recorded on the run: the one change a
+    resume makes before its other checks."""
     try:
-        with fs.open_input_stream(record_path) as f:
-            record = json.loads(f.read().decode())
-    except (OSError, ValueError):
-        return  # no record yet: Ray wrote none before the first checkpoint
-    try:
-        record = ray_internals.drop_from_checkpoint_record(record, names)
+        point = restart_point(run_dir) if run_dir else RestartPoint(None)
     except ray_internals.RayInternalChanged as exc:
         raise OrchError(str(exc)) from None
-    with fs.open_output_stream(record_path) as f:
-        f.write(json.dumps(record).encode())
+    if point.location is None:
+        raise OrchError(
+            f"run {run_id} has no checkpoint to resume from"
+            + (f" ({len(point.damaged)} damaged in {run_dir})" if point.damaged else f" in {run_dir}")
+        )
+    if point.warning:
+        click.echo(f"orch: warning: {point.warning}", err=True)
+        record_warning(uri, run_id, point.warning)
+    return point.location
+
+
+def epochs_done(checkpoint: str) -> int:
+    """How many whole epochs a checkpoint holds: an end-of-epoch one its epoch and those before,
+    a step checkpoint only those before the epoch it is within."""
+    epoch, batches = position_of(checkpoint)
+    return epoch + 1 if batches == float("inf") else epoch
+
+
+def check_epochs_left(run_id: str, done: int, spec) -> None:
+    """The run has trained `done` whole epochs; the spec must ask for more."""
+    if done >= spec.training.epochs:
+        raise SpecError(
+            f"training.epochs: run {run_id} has trained {done} epochs, its spec asks for "
+            f"{spec.training.epochs}; to train more: --set training.epochs={done + 1}"
+        )
+
+
+def relaunch_on_k8s(uri: str, run, pods, overrides, *, pod_uri: str, namespace: str, image: str, api) -> str:
+    """Reopen a run whose checks passed and create its next RayJob, whose entrypoint continues
+    it; returns the RayJob's name."""
+    run_id = run.info.run_id
+    check_epochs_left(run_id, logged_epoch(run) + 1, pods)
+    resume = _next_resume(run)
+    name = manifest.rayjob_name(pods.name, run_id, resume)
+    _reopen(uri, run, pods, overrides, kuberay.job_tags(namespace, name))
+    kuberay.launch(
+        pods, None, uri=uri, pod_uri=pod_uri, namespace=namespace, image=image, api=api, run_id=run_id, resume=resume
+    )
+    return name
+
+
+def logged_epoch(run) -> int:
+    """The last epoch the run logged (orch.epoch): what a submitter that cannot read the
+    checkpoint folder knows of how far the run got."""
+    epoch = run.data.tags.get("orch.epoch")
+    if epoch is None:
+        raise OrchError(
+            f"run {run.info.run_id} logged no epoch, so it has no checkpoint to resume from; submit the job again"
+        )
+    return int(epoch)
+
+
+def _resume_on_ray(uri: str, run, spec, overrides, address: str, detach: bool, progress_to_stderr: bool):
+    """The cluster's checks (as `orch submit --address` makes them), then the run reopened and
+    continued by a new Ray job."""
+    address, uri = ray_cluster.check_cluster(spec, address, uri)
+    run_id = run.info.run_id
+    check_epochs_left(run_id, logged_epoch(run) + 1, spec)
+    jobs = ray_cluster.client(address)
+    resume = _next_resume(run)
+    _reopen(uri, run, spec, overrides, ray_cluster.job_tags(address, ray_cluster.ray_job_id(spec, run_id, resume)))
+    job_id = ray_cluster.submit_job(jobs, spec, uri, run_id, address, resume=resume)
+    return ray_cluster.settle(jobs, job_id, spec, uri, run_id, detach=detach, progress_to_stderr=progress_to_stderr)
+
+
+def _resume_on_k8s(uri: str, run, spec, original: dict, overrides, namespace: str, image: str | None, detach: bool):
+    """The checks `orch submit --target k8s` makes (and that the pods see the same checkpoint
+    folder), then the run reopened and continued by a new RayJob."""
+    pods, pod_uri, namespace = kuberay.prepare(spec, uri, namespace)
+    check_resumable(original, pods)
+    image = image or spec.cluster.kubernetes.image
+    kuberay.check_launchable(uri, namespace, image)
+    api = kuberay.api_client()
+    name = relaunch_on_k8s(uri, run, pods, overrides, pod_uri=pod_uri, namespace=namespace, image=image, api=api)
+    return kuberay.settle(api, namespace, name, uri=uri, run_id=run.info.run_id, detach=detach)
 
 
 def run_spec(uri: str, run, overrides=()):
@@ -130,16 +225,30 @@ def _spec_artifact(uri: str, run_id: str) -> dict | None:
             return None
 
 
-def _reopen(uri: str, run, spec, overrides, good: str) -> None:
+def _next_resume(run) -> int:
+    """The number the run's next resume gets (its orch.resumes tag counts those before)."""
+    return int(run.data.tags.get("orch.resumes", "0")) + 1
+
+
+def _reopen(uri: str, run, spec, overrides, job: dict, good: str | None = None) -> None:
+    """Mark the run RUNNING for its next resume: the new spec, tags naming the job it continues
+    as (`job`: orch.target and that target's tags; another target's are dropped), and
+    resumes/resume_N.json: the overrides, the previous job, the new one, and the checkpoint it
+    continues from when that is chosen here (`good`)."""
     client = MlflowClient(uri)
-    run_id = run.info.run_id
-    resumes = int(run.data.tags.get("orch.resumes", "0")) + 1
+    run_id, tags = run.info.run_id, run.data.tags
+    resumes = _next_resume(run)
+    previous = {key: tags[key] for key in JOB_TAGS if key in tags}
+    record = {"overrides": list(overrides), "previous_job": previous, "job": job, **({"from": good} if good else {})}
     client.update_run(run_id, status=ACTIVE)
     client.log_dict(run_id, spec.model_dump(mode="json"), "spec.json")
-    client.log_dict(run_id, {"overrides": list(overrides), "from": good}, f"resumes/resume_{resumes}.json")
-    if "orch.error" in run.data.tags:  # the last attempt's; this one records its own
-        client.delete_tag(run_id, "orch.error")
-    tags = {"orch.resumes": resumes, "orch.resumed_from": good, **driver_tags()}
+    client.log_dict(run_id, record, f"resumes/resume_{resumes}.json")
+    # The last attempt's error (this one records its own), a stop request it carried out, and
+    # the tags of a job elsewhere.
+    for key in ["orch.error", STOP_TAG, *(key for key in previous if key not in job)]:
+        if key in tags:
+            client.delete_tag(run_id, key)
+    new = {"orch.resumes": resumes, **job}
     if spec.training.epochs != int(run.data.params.get("training.epochs", spec.training.epochs)):
-        tags["orch.epochs"] = spec.training.epochs  # params are immutable in MLflow; the new target
-    tracking.set_tags(uri, run_id, tags)
+        new["orch.epochs"] = spec.training.epochs  # params are immutable in MLflow; the new target
+    tracking.set_tags(uri, run_id, new)

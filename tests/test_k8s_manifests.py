@@ -314,9 +314,10 @@ def test_strict_pack_must_fit_one_pod():
 
 
 @pytest.mark.parametrize("spec_name", ["resnet152-imagenet", "3D_Net.v2", "a" * 80, "--"])
-def test_rayjob_names_are_kuberay_valid(spec_name):
-    name = manifest.rayjob_name(spec_name, "0123456789abcdef0123456789abcdef")
-    assert DNS_1035.match(name) and len(name) <= 47 and name.endswith("-01234567"), name
+@pytest.mark.parametrize("resume, suffix", [(0, "-01234567"), (12, "-01234567-r12")])
+def test_rayjob_names_are_kuberay_valid(spec_name, resume, suffix):
+    name = manifest.rayjob_name(spec_name, "0123456789abcdef0123456789abcdef", resume)
+    assert DNS_1035.match(name) and len(name) <= 47 and name.endswith(suffix), name
 
 
 def test_pod_paths(tmp_path, monkeypatch):

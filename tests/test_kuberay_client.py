@@ -18,7 +18,7 @@ import pytest
 from kubernetes.client import ApiClient, Configuration
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
+from orchestrator import resume, tracking
 from orchestrator.cli.main import main
 from orchestrator.errors import JobFailed, OrchError
 from orchestrator.spec import load_spec
@@ -232,6 +232,68 @@ def test_a_deleted_rayjob_leaves_its_run_killed(kube, store, pods):
     run_id = k8s_run(store, pods, "job-gone").info.run_id
     outcome = kuberay.follow(kube.api(), "orch", "job-gone", uri=store, run_id=run_id, poll_s=0.01)
     assert outcome.status == "KILLED" == MlflowClient(store).get_run(run_id).info.status
+
+
+# --- resuming -----------------------------------------------------------------------------------
+
+
+def ended_k8s_run(store: str, pods, name: str):
+    """A k8s run that trained epoch 0 and was stopped, as `orch resume` finds it."""
+    run_id = k8s_run(store, pods, name).info.run_id
+    tracking.set_tags(store, run_id, {"orch.epoch": 0, "orch.checkpoint_dir": "/data/checkpoints/x"})
+    tracking.end_run(store, run_id, "KILLED", "stopped by `orch stop`")
+    return MlflowClient(store).get_run(run_id)
+
+
+def test_resume_creates_a_new_rayjob_that_continues_the_run(kube, store, pods, tmp_path):
+    run = ended_k8s_run(store, pods, "resnet152-imagenet-first")
+    run_id = run.info.run_id
+    spec, _ = resume.run_spec(store, run, ["training.epochs=3"])
+    resumed, pod_uri, _ = kuberay.prepare(spec, store, "orch")
+    kube.reply("POST", RAYJOBS, (201, {"kind": "RayJob"}))
+    name = resume.relaunch_on_k8s(
+        store, run, resumed, ["training.epochs=3"], pod_uri=pod_uri, namespace="orch", image="img", api=kube.api()
+    )
+    (request,) = kube.requests
+    body = request["body"]
+    assert request["method"] == "POST" and body["metadata"]["name"] == name != "resnet152-imagenet-first"
+    assert name == manifest.rayjob_name("resnet152-imagenet", run_id, 1) and name.endswith(f"{run_id[:8]}-r1")
+    assert body["spec"]["entrypoint"].endswith(" --resume") and f"--run-id {run_id}" in body["spec"]["entrypoint"]
+    assert body == manifest.rayjob_manifest(
+        resumed, run_id=run_id, image="img", tracking_uri=POD_URI, namespace="orch", resume=1
+    )
+    run = MlflowClient(store).get_run(run_id)
+    tags = run.data.tags
+    assert run.info.status == "RUNNING" and "orch.error" not in tags  # the entrypoint ends it
+    assert (tags["orch.target"], tags["orch.k8s_namespace"], tags["orch.rayjob"]) == ("k8s", "orch", name)
+    assert tags["orch.resumes"] == "1" and tags["orch.epochs"] == "3"
+    record = json.loads(
+        Path(MlflowClient(store).download_artifacts(run_id, "resumes/resume_1.json", tmp_path)).read_text()
+    )
+    assert record["previous_job"]["orch.rayjob"] == "resnet152-imagenet-first" and record["job"]["orch.rayjob"] == name
+    kube.reply("GET", f"{RAYJOBS}/{name}", (200, rayjob(name, jobDeploymentStatus="Initializing")))
+    assert kuberay.job_status(run, api=kube.api())["rayjob"] == name  # orch status follows the new RayJob
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ([], "cluster.kubernetes.image: no training image; pass --image or set it"),
+        (["--image", "img"], "tracking.tracking_uri: sqlite:///"),
+        (["--image", "img", "--namespace", "Not_A_Name"], "--namespace: 'Not_A_Name' is not a Kubernetes namespace"),
+    ],
+)
+def test_resume_refuses_before_touching_the_run(args, fragment, capsys, store, pods, monkeypatch):
+    run = ended_k8s_run(store, pods, "job-r")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["resume", run.info.run_id, *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("orch: error:")]
+    assert fragment in line, line
+    after = MlflowClient(store).get_run(run.info.run_id)
+    assert after.info.status == "KILLED" and after.data.tags == run.data.tags
 
 
 # --- status, logs, stop ------------------------------------------------------------------------

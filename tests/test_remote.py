@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -81,21 +82,28 @@ def error_line(proc) -> str:
     return lines[0]
 
 
-def test_two_workers_train_on_both_nodes(ray_nodes, mlflow_server, small_fashion, tmp_path):
-    uri = mlflow_server.uri
+@pytest.fixture(scope="module")
+def first_job(ray_nodes, mlflow_server, small_fashion, tmp_path_factory) -> dict:
+    """One 1-epoch job submitted with --address, trained once for the tests that read it and then
+    resume it (in this file's order): {proc, outcome, cwd}."""
+    cwd = tmp_path_factory.mktemp("first-job")
     proc = orch(
         "submit",
         str(DEMO),
-        *job_sets(small_fashion, tmp_path),
+        *job_sets(small_fashion, cwd),
         "--address",
         ray_nodes.dashboard,
         "--output",
         "json",
-        uri=uri,
-        cwd=tmp_path,
+        uri=mlflow_server.uri,
+        cwd=cwd,
     )
     assert proc.returncode == 0, proc.stderr[-5000:] + ray_nodes.logs()
-    outcome = json.loads(proc.stdout)
+    return {"proc": proc, "outcome": json.loads(proc.stdout), "cwd": cwd}
+
+
+def test_two_workers_train_on_both_nodes(first_job, ray_nodes, mlflow_server):
+    uri, proc, outcome, cwd = mlflow_server.uri, first_job["proc"], first_job["outcome"], first_job["cwd"]
     assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_samples"] == SMALL_VAL
     assert "epoch   1/1" in proc.stderr
 
@@ -106,14 +114,42 @@ def test_two_workers_train_on_both_nodes(ray_nodes, mlflow_server, small_fashion
     workers = json.loads(tags["workers"])
     assert [w["rank"] for w in workers] == [0, 1]
     assert {w["node_id"] for w in workers} == {n["node_id"] for n in ray_nodes.alive_nodes()}
-    assert outcome["best_checkpoint"].startswith(str(tmp_path / "ckpt"))
+    assert outcome["best_checkpoint"].startswith(str(cwd / "ckpt"))
 
-    status = json.loads(orch("status", outcome["run_id"], "--output", "json", uri=uri, cwd=tmp_path).stdout)
+    status = json.loads(orch("status", outcome["run_id"], "--output", "json", uri=uri, cwd=cwd).stdout)
     assert status["ray_job_id"] == tags["orch.ray_job_id"] and status["status"] == "FINISHED"
     assert status["ray_job_status"] == "SUCCEEDED" and len(status["workers"]) == 2
-    logs = orch("logs", outcome["run_id"], uri=uri, cwd=tmp_path)
+    logs = orch("logs", outcome["run_id"], uri=uri, cwd=cwd)
     assert logs.returncode == 0 and "epoch   1/1" in logs.stdout, logs.stderr
     assert logs.stdout.rstrip().endswith(f"run {outcome['run_id']}: FINISHED")
+
+
+def test_resume_continues_on_the_cluster_the_run_ran_on(first_job, ray_nodes, mlflow_server, tmp_path):
+    """No --address: the run's own cluster trains its second epoch as a new Ray job, in the same run."""
+    uri, run_id, cwd = mlflow_server.uri, first_job["outcome"]["run_id"], first_job["cwd"]
+    client = MlflowClient(uri)
+    first_job_id = client.get_run(run_id).data.tags["orch.ray_job_id"]
+    proc = orch("resume", run_id, "--set", "training.epochs=2", "--output", "json", uri=uri, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-5000:] + ray_nodes.logs()
+    outcome = json.loads(proc.stdout)
+    assert outcome["run_id"] == run_id and outcome["status"] == "FINISHED"
+    assert "epoch   2/2" in proc.stderr and "epoch   1/2" not in proc.stderr  # only the new epoch
+
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val_top1_error")) == [0, 1]
+    assert (tags["orch.target"], tags["orch.ray_address"]) == ("ray", ray_nodes.dashboard)
+    assert tags["orch.ray_job_id"] == f"{first_job_id}-r1" and tags["orch.resumes"] == "1"
+    assert tags["orch.resumed_from"].endswith("epoch_0000")
+    nodes = {n["node_id"] for n in ray_nodes.alive_nodes()}
+    assert {w["node_id"] for w in json.loads(tags["workers"])} == nodes and tags["orch.driver_node_id"] in nodes
+    record = json.loads(Path(client.download_artifacts(run_id, "resumes/resume_1.json", tmp_path)).read_text())
+    assert record["previous_job"]["orch.ray_job_id"] == first_job_id
+    assert record["job"]["orch.ray_job_id"] == tags["orch.ray_job_id"]
+
+    status = json.loads(orch("status", run_id, "--output", "json", uri=uri, cwd=cwd).stdout)
+    assert status["ray_job_id"] == tags["orch.ray_job_id"] and status["ray_job_status"] == "SUCCEEDED"
+    assert status["status"] == "FINISHED" and status["epoch"] == 1
 
 
 def test_orch_stop_ends_a_detached_job_killed(ray_nodes, mlflow_server, small_fashion, tmp_path):

@@ -205,3 +205,34 @@ def test_the_cause_of_a_failed_job_skips_rays_own_lines():
     )
     assert last_line(log, "no cause recorded") == "/bin/sh: 1: /nonexistent/python: not found"
     assert last_line("", "no cause recorded") == "no cause recorded"
+
+
+@pytest.mark.parametrize(
+    "recorded, args",
+    [
+        ({"orch.target": "ray", "orch.ray_address": "http://127.0.0.1:9", "orch.ray_job_id": "demo-1"}, []),
+        ({"orch.target": "local"}, ["--address", "http://127.0.0.1:9"]),
+    ],
+    ids=["the-runs-cluster", "--address"],
+)
+def test_resume_on_an_unreachable_cluster_leaves_the_run_as_it_was(recorded, args, spec, mlflow_uri, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.cli.main import main
+    from orchestrator.tracking import end_run, set_tags, start_run
+
+    run_id = start_run(spec, str(DEMO), mlflow_uri)
+    set_tags(mlflow_uri, run_id, {**recorded, "orch.epoch": 0, "orch.checkpoint_dir": spec.checkpoint.storage})
+    end_run(mlflow_uri, run_id, "FAILED", "the head went away")
+    before = MlflowClient(mlflow_uri).get_run(run_id)
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["resume", run_id, "--set", "training.epochs=2", *args])
+    assert time.monotonic() - started < 20
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("orch: error: cannot reach the Ray Jobs API at http://127.0.0.1:9") and "--address" in line
+    after = MlflowClient(mlflow_uri).get_run(run_id)
+    assert after.info.status == "FAILED" and after.data.tags == before.data.tags
+    assert MlflowClient(mlflow_uri).list_artifacts(run_id, "resumes") == []

@@ -6,35 +6,23 @@ cluster through its Jobs API: --address, $RAY_ADDRESS as http(s)://..., or clust
 """
 
 import json
-import os
 
 import click
 import yaml
 
-from orchestrator.cli.options import output_option, set_option
+from orchestrator.cli.options import output_option, set_option, target_options
 from orchestrator.spec import load_spec
+from orchestrator.targets import jobs_address
 
 
 @click.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @set_option
-@click.option(
-    "--target",
-    type=click.Choice(["local", "ray", "k8s"]),
-    default=None,
-    help="Where to run: local (default), ray (a Ray cluster's Jobs API; implied by an "
-    "http(s) address), k8s (a KubeRay RayJob).",
+@target_options(
+    target="local, or ray when an address is given",
+    address="$RAY_ADDRESS when it is http(s)://..., else the spec's cluster.address",
+    namespace="cluster.kubernetes.namespace",
 )
-@click.option(
-    "--address",
-    metavar="URL",
-    default=None,
-    help="Ray Jobs API of a cluster, http://HEAD:8265 (default: $RAY_ADDRESS when it is "
-    "http(s)://..., else the spec's cluster.address).",
-)
-@click.option("--namespace", default=None, help="k8s: namespace (default: cluster.kubernetes.namespace).")
-@click.option("--image", default=None, help="k8s: training image (default: cluster.kubernetes.image).")
-@click.option("--detach", is_flag=True, help="ray/k8s: submit, print the run id and return.")
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -48,7 +36,7 @@ def submit(spec_path, overrides, target, address, namespace, image, detach, dry_
     127.0.0.1:8265.
     """
     spec = load_spec(spec_path, overrides)
-    address = address or _http_address(os.environ.get("RAY_ADDRESS")) or spec.cluster.address
+    address = jobs_address(spec, address)
     target = target or ("ray" if address else "local")
     progress_to_stderr = output == "json"
     if target == "k8s":
@@ -74,12 +62,6 @@ def submit(spec_path, overrides, target, address, namespace, image, detach, dry_
         outcome = run_local(spec, spec_path, progress_to_stderr=progress_to_stderr)
     if outcome is not None:
         _print_outcome(outcome, output)
-
-
-def _http_address(value: str | None) -> str | None:
-    """$RAY_ADDRESS names a Jobs API only as http(s)://...; host:port is a GCS address that
-    the local target joins with ray.init."""
-    return value if value and value.startswith(("http://", "https://")) else None
 
 
 def _print_outcome(outcome, output: str) -> None:

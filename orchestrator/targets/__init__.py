@@ -2,3 +2,13 @@
 cluster through its Jobs API (ray_cluster.py); Kubernetes as a KubeRay RayJob (kuberay.py, its
 manifest in kuberay_manifest.py). Remote jobs run entrypoint.py on the cluster, which trains
 with the same code as a local run."""
+
+import os
+
+
+def jobs_address(spec, given: str | None = None) -> str | None:
+    """The Ray Jobs API a job goes to: `given` (--address, or the cluster a resumed run ran on),
+    else $RAY_ADDRESS when it is http(s)://... (host:port is a GCS address, which the local
+    target joins with ray.init), else the spec's cluster.address."""
+    env = os.environ.get("RAY_ADDRESS") or ""
+    return given or (env if env.startswith(("http://", "https://")) else None) or spec.cluster.address

@@ -1,11 +1,13 @@
 """What a Ray job runs on the cluster, for `orch submit --address` and for KubeRay RayJobs:
 
-    python -m orchestrator.targets.entrypoint --run-id RUN --tracking-uri URI \\
+    python -m orchestrator.targets.entrypoint --run-id RUN --tracking-uri URI [--resume] \\
         (--spec-file PATH | --spec-b64 B64 | $ORCH_SPEC_B64)
 
 It trains an MLflow run the submitter created, with the same code as a local run
-(targets.local.drive), so a remote run records exactly what a local one does. Inside a Ray
-job, ray.init() joins the job's cluster. Exit codes and errors are the CLI's: one line on
+(targets.local.drive), so a remote run records exactly what a local one does. With --resume
+(`orch resume`: the submitter reopened the run) it continues the run from the checkpoint
+orchestrator.resume.continue_here picks in the run's folder, which the cluster sees. Inside a
+Ray job, ray.init() joins the job's cluster. Exit codes and errors are the CLI's: one line on
 stderr; a problem found here also ends the run FAILED with it.
 """
 
@@ -27,7 +29,10 @@ from orchestrator.errors import OrchError, SpecError
 @click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI", help="Its MLflow store.")
 @click.option("--spec-file", type=click.Path(dir_okay=False), help="The resolved spec, as JSON.")
 @click.option("--spec-b64", envvar="ORCH_SPEC_B64", help="The resolved spec, as base64 of its JSON.")
-def entrypoint(run_id, tracking_uri, spec_file, spec_b64):
+@click.option(
+    "--resume", is_flag=True, help="Continue the run (reopened by `orch resume`) from its latest good checkpoint."
+)
+def entrypoint(run_id, tracking_uri, spec_file, spec_b64, resume):
     """Train RUN_ID's job on the Ray cluster this process runs in."""
     from orchestrator import tracking
     from orchestrator.progress import format_summary
@@ -37,7 +42,7 @@ def entrypoint(run_id, tracking_uri, spec_file, spec_b64):
     run = _running_run(tracking_uri, run_id)
     try:
         spec = read_spec(spec_file, spec_b64)
-        outcome = train(spec, tracking_uri, run)
+        outcome = (continue_run if resume else train)(spec, tracking_uri, run)
     except BaseException as exc:  # whatever stopped it before training did: the run says so
         if MlflowClient(tracking_uri).get_run(run_id).info.status == "RUNNING":
             stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
@@ -69,10 +74,7 @@ def read_spec(spec_file: str | None, spec_b64: str | None):
 
 def train(spec, uri: str, run):
     """Check the job against this cluster, record where it is driven from, and train."""
-    import ray
-
-    from orchestrator import cluster, preflight, tracking
-    from orchestrator.lifecycle import driver_tags
+    from orchestrator import cluster, preflight
     from orchestrator.targets.local import checkpoint_dir, drive
 
     preflight.tell_warnings(preflight.plan(spec))  # the spec and its data, checked where the data is read
@@ -80,16 +82,30 @@ def train(spec, uri: str, run):
     cluster.check_resources(spec.scaling)
     run_id = run.info.run_id
     run_dir = run.data.tags.get("orch.checkpoint_dir") or checkpoint_dir(spec, run_id)
-    tracking.set_tags(
-        uri,
-        run_id,
-        {
-            **driver_tags(),
-            "orch.checkpoint_dir": run_dir,
-            "orch.driver_node_id": ray.get_runtime_context().get_node_id(),
-        },
-    )
+    _record_driver(uri, run_id, {"orch.checkpoint_dir": run_dir})
     return drive(spec, uri, run_id, run_dir)
+
+
+def continue_run(spec, uri: str, run):
+    """Continue a run `orch resume` reopened, as a local resume does (orchestrator.resume), here
+    where its checkpoint folder and data are."""
+    from orchestrator import cluster
+    from orchestrator.resume import continue_here
+
+    cluster.connect()
+    _record_driver(uri, run.info.run_id)
+    return continue_here(uri, run, spec, reopen=False)
+
+
+def _record_driver(uri: str, run_id: str, tags: dict | None = None) -> None:
+    """Tag who drives the run (this process, on this Ray node), with `tags`."""
+    import ray
+
+    from orchestrator import tracking
+    from orchestrator.lifecycle import driver_tags
+
+    node = {"orch.driver_node_id": ray.get_runtime_context().get_node_id()}
+    tracking.set_tags(uri, run_id, {**driver_tags(), **node, **(tags or {})})
 
 
 def _running_run(uri: str, run_id: str):

@@ -1,9 +1,10 @@
 """Run a job on Kubernetes as a KubeRay RayJob, and follow, read and stop it.
 
 `orch submit --target k8s` creates the MLflow run here, then a RayJob whose head runs
-`python -m orchestrator.targets.entrypoint`, which attaches to that run. Status comes from the
-RayJob (`jobStatus`, `jobDeploymentStatus`), never from pod exit codes. Every function takes
-`api` (a kubernetes ApiClient) so tests can point it at a local HTTP server.
+`python -m orchestrator.targets.entrypoint`, which attaches to that run; `orch resume` reopens
+a run and creates a new RayJob (its name suffixed -rN) whose entrypoint continues it. Status
+comes from the RayJob (`jobStatus`, `jobDeploymentStatus`), never from pod exit codes. Every
+function takes `api` (a kubernetes ApiClient) so tests can point it at a local HTTP server.
 """
 
 import json
@@ -37,19 +38,37 @@ def submit_k8s(
 ):
     """Validate, then print the RayJob (dry run: nothing is created, not even an MLflow run) or
     create the run and the RayJob and, unless detached, follow it to its end."""
-    from orchestrator import preflight, tracking
-    from orchestrator.outcome import read_outcome
+    from orchestrator import tracking
 
-    namespace = _namespace(namespace or spec.cluster.kubernetes.namespace)
-    pods = manifest.pod_spec(spec)
-    preflight.check_model(pods, pods.model.num_classes or 10)
     uri = tracking.tracking_uri(spec)
-    pod_uri = manifest.pod_tracking_uri(spec.cluster.kubernetes, uri)
-    pods.tracking.tracking_uri = pod_uri
+    pods, pod_uri, namespace = prepare(spec, uri, namespace or spec.cluster.kubernetes.namespace)
     image = image or spec.cluster.kubernetes.image
     if dry_run:
         print_manifest(pods, image, pod_uri, namespace, output)
         return None
+    check_launchable(uri, namespace, image)
+    api = api or api_client()
+    run_id, name = launch(pods, spec_path, uri=uri, pod_uri=pod_uri, namespace=namespace, image=image, api=api)
+    return settle(api, namespace, name, uri=uri, run_id=run_id, detach=detach, poll_s=poll_s)
+
+
+def prepare(spec: JobSpec, uri: str, namespace: str) -> tuple[JobSpec, str, str]:
+    """The spec as the pods see it (paths on the data volume, their MLflow URI; its model
+    checked), that URI, and the namespace, checked."""
+    from orchestrator import preflight
+
+    namespace = _namespace(namespace)
+    pods = manifest.pod_spec(spec)
+    preflight.check_model(pods, pods.model.num_classes or 10)
+    pod_uri = manifest.pod_tracking_uri(spec.cluster.kubernetes, uri)
+    pods.tracking.tracking_uri = pod_uri
+    return pods, pod_uri, namespace
+
+
+def check_launchable(uri: str, namespace: str, image: str | None) -> None:
+    """A RayJob needs a training image, and its run must live in an MLflow store the pods reach."""
+    from orchestrator import preflight
+
     if not image:
         raise SpecError(
             "cluster.kubernetes.image: no training image; pass --image or set it (build one from the Dockerfile)"
@@ -60,15 +79,11 @@ def submit_k8s(
             f"$MLFLOW_TRACKING_URI) to the MLflow server of k8s/mlflow.yaml, e.g. after "
             f"`kubectl -n {namespace} port-forward svc/mlflow 5000`: http://localhost:5000"
         )
-    api = api or api_client()
-    run_id, name = launch(pods, spec_path, uri=uri, pod_uri=pod_uri, namespace=namespace, image=image, api=api)
-    _say(
-        f"RayJob {namespace}/{name} created for run {run_id} "
-        f"(orch status/logs/stop {run_id}; kubectl -n {namespace} get rayjob {name})"
-    )
-    if detach:
-        return read_outcome(uri, run_id, status="RUNNING")
-    return follow(api, namespace, name, uri=uri, run_id=run_id, poll_s=poll_s)
+
+
+def job_tags(namespace: str, name: str) -> dict:
+    """The run's tags that name its RayJob, which `orch status/logs/stop` follow."""
+    return {"orch.target": "k8s", "orch.k8s_namespace": namespace, "orch.rayjob": name}
 
 
 def print_manifest(pods: JobSpec, image: str | None, pod_uri: str, namespace: str, output: str) -> None:
@@ -93,32 +108,55 @@ def print_manifest(pods: JobSpec, image: str | None, pod_uri: str, namespace: st
 
 
 def launch(
-    pods: JobSpec, spec_path: str | None, *, uri: str, pod_uri: str, namespace: str, image: str, api
+    pods: JobSpec,
+    spec_path: str | None,
+    *,
+    uri: str,
+    pod_uri: str,
+    namespace: str,
+    image: str,
+    api,
+    run_id: str | None = None,
+    resume: int = 0,
 ) -> tuple[str, str]:
-    """Create the MLflow run, then the RayJob; a RayJob the API refuses ends the run FAILED."""
+    """Create the MLflow run (or take `run_id`, a run `orch resume` reopened for its `resume`-th
+    RayJob, whose entrypoint continues it), then the RayJob; a RayJob the API refuses ends the
+    run FAILED. Returns the run id and the RayJob's name."""
     from orchestrator import tracking
     from orchestrator.targets.local import checkpoint_dir
 
-    run_id = tracking.start_run(pods, spec_path, uri)
-    name = manifest.rayjob_name(pods.name, run_id)
-    tracking.set_tags(
-        uri,
-        run_id,
-        {
-            "orch.target": "k8s",
-            "orch.k8s_namespace": namespace,
-            "orch.rayjob": name,
+    if run_id is None:
+        run_id = tracking.start_run(pods, spec_path, uri)
+        tags = {
+            **job_tags(namespace, manifest.rayjob_name(pods.name, run_id)),
             "orch.checkpoint_dir": checkpoint_dir(pods, run_id),
-        },
+        }
+        tracking.set_tags(uri, run_id, tags)
+    body = manifest.rayjob_manifest(
+        pods, run_id=run_id, image=image, tracking_uri=pod_uri, namespace=namespace, resume=resume
     )
-    body = manifest.rayjob_manifest(pods, run_id=run_id, image=image, tracking_uri=pod_uri, namespace=namespace)
+    name = body["metadata"]["name"]
     try:
         _custom(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     except Exception as exc:
         error = _api_error(exc, f"creating RayJob {namespace}/{name}")
         tracking.end_run(uri, run_id, "FAILED", str(error))
         raise error from None
+    _say(
+        f"RayJob {namespace}/{name} created for run {run_id} "
+        f"(orch status/logs/stop {run_id}; kubectl -n {namespace} get rayjob {name})"
+    )
     return run_id, name
+
+
+def settle(api, namespace: str, name: str, *, uri: str, run_id: str, detach: bool, poll_s: float = 5.0):
+    """What `orch submit` and `orch resume` return for a created RayJob: detached, the run as it
+    stands; else follow() it to its end."""
+    from orchestrator.outcome import read_outcome
+
+    if detach:
+        return read_outcome(uri, run_id, status="RUNNING")
+    return follow(api, namespace, name, uri=uri, run_id=run_id, poll_s=poll_s)
 
 
 def follow(api, namespace: str, name: str, *, uri: str, run_id: str, poll_s: float = 5.0):

@@ -41,11 +41,14 @@ _SUFFIX = {
 }
 
 
-def rayjob_manifest(spec: JobSpec, *, run_id: str, image: str, tracking_uri: str, namespace: str) -> dict:
+def rayjob_manifest(
+    spec: JobSpec, *, run_id: str, image: str, tracking_uri: str, namespace: str, resume: int = 0
+) -> dict:
     """The RayJob: a head pod that runs orch's entrypoint (submitted over HTTP to its dashboard)
-    and one fixed-size worker group; KubeRay deletes the cluster `ttl` seconds after the job ends."""
+    and one fixed-size worker group; KubeRay deletes the cluster `ttl` seconds after the job ends.
+    `resume` = N: the run's Nth resume, a RayJob of its own whose entrypoint continues the run."""
     k8s = spec.cluster.kubernetes
-    name = rayjob_name(spec.name, run_id)
+    name = rayjob_name(spec.name, run_id, resume)
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
@@ -56,7 +59,7 @@ def rayjob_manifest(spec: JobSpec, *, run_id: str, image: str, tracking_uri: str
             "annotations": _annotations(spec, tracking_uri),
         },
         "spec": {
-            "entrypoint": entrypoint(spec, run_id, tracking_uri),
+            "entrypoint": entrypoint(spec, run_id, tracking_uri, resume=bool(resume)),
             "jobId": job_id(run_id),
             "submissionMode": "HTTPMode",
             "shutdownAfterJobFinishes": True,
@@ -71,11 +74,12 @@ def rayjob_manifest(spec: JobSpec, *, run_id: str, image: str, tracking_uri: str
     }
 
 
-def rayjob_name(spec_name: str, run_id: str) -> str:
-    """spec name + run id prefix as a DNS-1035 label (KubeRay's rule for RayJob names)."""
+def rayjob_name(spec_name: str, run_id: str, resume: int = 0) -> str:
+    """spec name + run id prefix (+ -rN for the run's Nth resume) as a DNS-1035 label (KubeRay's
+    rule for RayJob names), at most MAX_RAYJOB_NAME characters."""
     base = re.sub(r"[^a-z0-9-]+", "-", spec_name.lower()).strip("-")
     base = re.sub(r"^[^a-z]+", "", base) or "orch"
-    suffix = re.sub(r"[^a-z0-9]+", "-", run_id[:8].lower()).strip("-")
+    suffix = re.sub(r"[^a-z0-9]+", "-", run_id[:8].lower()).strip("-") + (f"-r{resume}" if resume else "")
     return f"{base[: MAX_RAYJOB_NAME - len(suffix) - 1].rstrip('-')}-{suffix}"
 
 
@@ -84,12 +88,13 @@ def job_id(run_id: str) -> str:
     return f"orch-{run_id}"
 
 
-def entrypoint(spec: JobSpec, run_id: str, tracking_uri: str) -> str:
-    """The driver command: orch's trainer attached to the MLflow run the submitting CLI created."""
+def entrypoint(spec: JobSpec, run_id: str, tracking_uri: str, resume: bool = False) -> str:
+    """The driver command: orch's trainer attached to the MLflow run the submitting CLI created
+    (with `resume`, reopened: it continues from the run's checkpoint)."""
     spec_b64 = base64.b64encode(json.dumps(spec.model_dump(mode="json")).encode()).decode()
     return (
         f"python -m orchestrator.targets.entrypoint --run-id {shlex.quote(run_id)} "
-        f"--tracking-uri {shlex.quote(tracking_uri)} --spec-b64 {spec_b64}"
+        f"--tracking-uri {shlex.quote(tracking_uri)} --spec-b64 {spec_b64}" + (" --resume" if resume else "")
     )
 
 

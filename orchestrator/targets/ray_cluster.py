@@ -1,5 +1,6 @@
 """A remote Ray cluster, reached through its Jobs API (the dashboard on its head, http://HEAD:8265):
-`orch submit --address` and the lifecycle of the Ray job a run was submitted as.
+`orch submit --address`, the job `orch resume` submits for a run that ran there, and the
+lifecycle of the Ray job a run was submitted as.
 
 The submitter checks what it can before anything exists (the spec, the cluster's resources,
 multi-node storage), then creates the MLflow run and submits a Ray job whose entrypoint
@@ -79,16 +80,10 @@ def submit_remote(
     MLflow and Ray Train are imported only once the checks pass, so that a job the cluster
     cannot run is refused in the time it takes to ask the cluster.
     """
-    preflight.plan(spec, require_data=False)  # the data is read on the cluster
-    address = connect(address)
-    nodes = alive_nodes(address)
-    cluster.check_resources(spec.scaling, nodes, where=f"the Ray cluster at {address}")
+    address, uri = check_cluster(spec, address)
     from orchestrator import tracking
-    from orchestrator.outcome import read_outcome
     from orchestrator.targets.local import checkpoint_dir
 
-    uri = tracking.tracking_uri(spec)
-    preflight.check_multi_node(spec, uri, len(nodes))
     jobs = client(address)
     run_id = tracking.start_run(spec, spec_path, uri)
     tracking.set_tags(
@@ -96,17 +91,42 @@ def submit_remote(
         run_id,
         {"orch.target": "ray", "orch.ray_address": address, "orch.checkpoint_dir": checkpoint_dir(spec, run_id)},
     )
-    job_id = _submit(jobs, spec, uri, run_id, address)
-    if detach:
-        state = jobs.get_job_status(job_id)
-        return read_outcome(uri, run_id, status="RUNNING" if str(state) == "RUNNING" else "SUBMITTED")
-    return _follow(jobs, job_id, spec, uri, run_id, progress_to_stderr)
+    job_id = submit_job(jobs, spec, uri, run_id, address)
+    return settle(jobs, job_id, spec, uri, run_id, detach=detach, progress_to_stderr=progress_to_stderr)
 
 
-def entrypoint_command(run_id: str, uri: str, address: str) -> str:
-    return shlex.join(
-        [cluster_python(address), "-m", "orchestrator.targets.entrypoint", "--run-id", run_id, "--tracking-uri", uri]
-    )
+def check_cluster(spec: JobSpec, address: str, uri: str | None = None) -> tuple[str, str]:
+    """What is checked before anything exists on the cluster at `address`: the spec (its data is
+    read on the cluster), that the head answers, its alive nodes' resources, and that MLflow and
+    the checkpoints are shared when it has several nodes. Returns the address as used and the
+    MLflow store (`uri`, else the spec's)."""
+    preflight.plan(spec, require_data=False)  # the data is read on the cluster
+    address = connect(address)
+    nodes = alive_nodes(address)
+    cluster.check_resources(spec.scaling, nodes, where=f"the Ray cluster at {address}")
+    from orchestrator import tracking
+
+    uri = uri or tracking.tracking_uri(spec)
+    preflight.check_multi_node(spec, uri, len(nodes))
+    return address, uri
+
+
+def job_tags(address: str, job_id: str) -> dict:
+    """The run's tags that name its Ray job, which `orch status/logs/stop` follow."""
+    return {"orch.target": "ray", "orch.ray_address": address, "orch.ray_job_id": job_id}
+
+
+def ray_job_id(spec: JobSpec, run_id: str, resume: int = 0) -> str:
+    """The Ray job's submission id: `{name}-{run8}`, and `-rN` for the run's Nth resume (Ray never
+    takes an id twice)."""
+    from orchestrator.targets.local import ray_run_name
+
+    return ray_run_name(spec, run_id) + (f"-r{resume}" if resume else "")
+
+
+def entrypoint_command(run_id: str, uri: str, address: str, resume: bool = False) -> str:
+    command = [cluster_python(address), "-m", "orchestrator.targets.entrypoint", "--run-id", run_id]
+    return shlex.join([*command, "--tracking-uri", uri, *(["--resume"] if resume else [])])
 
 
 def cluster_python(address: str) -> str:
@@ -146,16 +166,16 @@ def project_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "orchestrator").is_dir() else None
 
 
-def _submit(jobs, spec: JobSpec, uri: str, run_id: str, address: str) -> str:
-    """Submit the job (Ray uploads the working_dir) and tag its id; the run ends FAILED (KILLED on
-    Ctrl-C) if that does not happen."""
+def submit_job(jobs, spec: JobSpec, uri: str, run_id: str, address: str, resume: int = 0) -> str:
+    """Submit the run's job (Ray uploads the working_dir) and tag its id: the run's first job, or
+    with `resume` = N its Nth resume, whose entrypoint continues the run from its checkpoint. The
+    run ends FAILED (KILLED on Ctrl-C) if that does not happen."""
     from orchestrator import tracking
-    from orchestrator.targets.local import ray_run_name
 
-    job_id = ray_run_name(spec, run_id)
+    job_id = ray_job_id(spec, run_id, resume)
     try:
         jobs.submit_job(
-            entrypoint=entrypoint_command(run_id, uri, address),
+            entrypoint=entrypoint_command(run_id, uri, address, resume=bool(resume)),
             submission_id=job_id,
             runtime_env=runtime_env(spec, uri),
             metadata={"orch.run_id": run_id},
@@ -176,17 +196,29 @@ def _submit(jobs, spec: JobSpec, uri: str, run_id: str, address: str) -> str:
     return job_id
 
 
-def _follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to_stderr: bool):
-    """Print each epoch as the run logs it until the job ends; Ctrl-C stops the job. The run ends
-    FINISHED, FAILED or KILLED whatever happened to the job (one that could not start never ends
-    its run itself)."""
+def settle(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, *, detach: bool, progress_to_stderr: bool):
+    """What `orch submit` and `orch resume` return for a submitted job: detached, the run as it
+    stands (SUBMITTED until the job runs); else follow() it to its end."""
+    from orchestrator.outcome import read_outcome
+
+    if detach:
+        state = jobs.get_job_status(job_id)
+        return read_outcome(uri, run_id, status="RUNNING" if str(state) == "RUNNING" else "SUBMITTED")
+    return follow(jobs, job_id, spec, uri, run_id, progress_to_stderr)
+
+
+def follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to_stderr: bool):
+    """Print each epoch as the run logs it (not those a resumed run logged before) until the job
+    ends; Ctrl-C stops the job. The run ends FINISHED, FAILED or KILLED whatever happened to the
+    job (one that could not start never ends its run itself)."""
     from mlflow.tracking import MlflowClient
 
     from orchestrator import tracking
     from orchestrator.outcome import read_outcome
     from orchestrator.progress import EpochPrinter
 
-    printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr)
+    done = set(tracking.epoch_history(uri, run_id))
+    printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr, skip=done)
     printer.start()
     try:
         state = wait(jobs, job_id)
@@ -194,7 +226,7 @@ def _follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to
         click.echo(f"stopping Ray job {job_id} ...", err=True)
         jobs.stop_job(job_id)
         wait(jobs, job_id, timeout_s=STOP_WAIT_S + 15)
-        tracking.end_if_running(uri, run_id, "KILLED", "stopped by Ctrl-C in `orch submit`")
+        tracking.end_if_running(uri, run_id, "KILLED", "stopped by Ctrl-C while orch followed the Ray job")
         raise JobInterrupted(
             f"run {run_id} interrupted: Ray job {job_id} stopped, run marked KILLED, checkpoints kept"
         ) from None
