@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.best import BestRule
 from orchestrator.errors import OrchError, last_line
+from orchestrator.outcome import planned_epochs
 from orchestrator.run_lookup import find_run
 from orchestrator.tracking import best_metrics
 from orchestrator.train.checkpoint import describe, list_checkpoints
@@ -38,14 +39,13 @@ def driver_tags() -> dict:
 def summary(run, uri: str) -> dict:
     """One run as `orch runs` and `orch status` show it."""
     tags = run.data.tags
-    epochs = tags.get("orch.epochs") or run.data.params.get("training.epochs")  # raised on resume
     return {
         "run_id": run.info.run_id,
         "name": run.info.run_name,
         "experiment_id": run.info.experiment_id,
         "status": run.info.status,
         "epoch": int(tags["orch.epoch"]) if "orch.epoch" in tags else None,
-        "epochs": int(epochs) if epochs and epochs.isdigit() else None,
+        "epochs": planned_epochs(run),
         **_best(uri, run),
         "target": tags.get("orch.target"),
         "where": _where(tags),

@@ -18,11 +18,13 @@ class JobOutcome:
     metrics: dict  # the last epoch's metrics, the best_* ones and `epoch` (counted from 0)
     best_checkpoint: str | None
     tracking_uri: str
+    epochs: int | None = None  # the epochs the run trains to (training.epochs, raised by a resume)
 
     def as_json(self) -> dict:
         """What `--output json` prints."""
         shown = asdict(self)
         shown.pop("tracking_uri")
+        shown.pop("epochs")
         return shown
 
 
@@ -39,4 +41,11 @@ def read_outcome(uri: str, run_id: str, status: str | None = None) -> JobOutcome
         metrics=metrics,
         best_checkpoint=tags.get("orch.best_checkpoint"),
         tracking_uri=uri,
+        epochs=planned_epochs(run),
     )
+
+
+def planned_epochs(run) -> int | None:
+    """The epochs the run trains to: its spec's training.epochs, or what a resume raised it to."""
+    epochs = run.data.tags.get("orch.epochs") or run.data.params.get("training.epochs")
+    return int(epochs) if epochs and epochs.isdigit() else None

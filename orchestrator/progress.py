@@ -1,30 +1,44 @@
-"""What a person reads while a job runs: one line per epoch, then a summary.
+"""What a person reads while a job runs: one line per epoch, a progress line inside each epoch
+(orchestrator/terminal.py, on stderr), then a summary.
 
-The driver learns of each epoch from MLflow, where the controller logs it, so these lines
-show exactly what the run recorded.
+The driver learns of each epoch and step from MLflow, where the controller and rank 0 log them,
+so these lines show exactly what the run recorded.
 """
 
+import shlex
 import threading
+import time
 
 import click
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import epoch_history
+from orchestrator.terminal import STEPS_TAG, LiveLine, StepRate, duration, format_progress, newest_point, orch_program
+from orchestrator.tracking import epoch_history, tracking_uri
 
 _FIELDS = ("train_loss", "val_top1_error", "val_top5_error", "train_images_per_second", "epoch_seconds")
 _OPTIONAL = ("data_wait_fraction",)
 
 
 class EpochPrinter(threading.Thread):
-    """Polls the run's metrics and prints each new epoch once."""
+    """Polls the run's metrics: prints each new epoch once and, inside an epoch, the progress line
+    from its step metrics (when the run logs them)."""
 
-    def __init__(self, uri: str, run_id: str, epochs: int, err: bool, interval: float = 2.0, skip=()):
+    def __init__(
+        self, uri: str, run_id: str, epochs: int, err: bool, interval: float = 2.0, skip=(), live: LiveLine = None
+    ):
         super().__init__(daemon=True)
         self.uri, self.run_id, self.epochs, self.err, self.interval = uri, run_id, epochs, err, interval
+        self.live = live or LiveLine()
         self._halt = threading.Event()
         self._printed: set[int] = set(skip)  # epochs a resumed run printed before
         self._told: dict[str, str] = {}
-        self._tell_restarts(quiet=True)  # a resumed run's earlier restarts were told then
+        self._rate = StepRate()
+        self._since, self._progressed = time.monotonic(), False  # an epoch or a step shown since
+        run = self._run()
+        tags = run.data.tags if run else {}
+        self._tell_restarts(tags, quiet=True)  # a resumed run's earlier restarts were told then
+        self._steps_told = STEPS_TAG in tags  # a resumed run's workers were ready before
+        self._shown = newest_point(latest_metrics(run)) if run else None  # a resumed run's last point
 
     def run(self):
         while not self._halt.wait(self.interval):
@@ -34,6 +48,7 @@ class EpochPrinter(threading.Thread):
         self._halt.set()
         self.join(timeout=10)
         self.flush()
+        self.live.clear()
 
     def flush(self):
         try:
@@ -43,15 +58,43 @@ class EpochPrinter(threading.Thread):
         for epoch, values in epochs.items():
             if epoch not in self._printed:
                 self._printed.add(epoch)
+                self._progressed = True
+                self.live.clear()
                 click.echo(format_epoch(epoch, self.epochs, values), err=self.err)
-        self._tell_restarts()
+        run = self._run()
+        if run is not None:
+            self._tell_restarts(run.data.tags)
+            self._show_steps(run)
 
-    def _tell_restarts(self, quiet: bool = False):
-        """Say when Ray Train restarted the workers, and when a damaged checkpoint was skipped."""
+    def _run(self):
         try:
-            tags = MlflowClient(self.uri).get_run(self.run_id).data.tags
+            return MlflowClient(self.uri).get_run(self.run_id)
         except Exception:
+            return None
+
+    def _show_steps(self, run) -> None:
+        """Say when the workers are ready, then show each new step point of an epoch not printed
+        yet; on a terminal, until the first one, how long the workers have taken so far."""
+        steps_per_epoch = _int(run.data.tags.get(STEPS_TAG))
+        if steps_per_epoch and not self._steps_told and not self._progressed:
+            self._echo(f"orch: workers ready, {steps_per_epoch} steps an epoch: FFCV compiles its pipeline first")
+        self._steps_told = self._steps_told or bool(steps_per_epoch)
+        point = newest_point(latest_metrics(run)) if steps_per_epoch else None
+        if point is None or point == self._shown or point.step // steps_per_epoch in self._printed:
+            self._show_waiting(bool(steps_per_epoch))
             return
+        self._shown, self._progressed = point, True
+        rate = self._rate.update(point, steps_per_epoch)
+        self.live.show(format_progress(point, steps_per_epoch, self.epochs, rate))
+
+    def _show_waiting(self, ready: bool) -> None:
+        """'waiting for the workers: 25s' on a terminal, until the first step or epoch shows."""
+        if self.live.tty and not self._progressed:
+            what = "the first step (FFCV compiles its pipeline)" if ready else "the workers"
+            self.live.show(f"waiting for {what}: {duration(time.monotonic() - self._since)}")
+
+    def _tell_restarts(self, tags: dict, quiet: bool = False):
+        """Say when Ray Train restarted the workers, and when a damaged checkpoint was skipped."""
         for key, text in (
             ("orch.restarts", "workers failed ({cause}): restart {value}, continuing from the latest checkpoint"),
             ("orch.restore_warning", "warning: {value}"),
@@ -61,7 +104,21 @@ class EpochPrinter(threading.Thread):
                 self._told[key] = value
                 cause = tags.get("orch.last_restart_cause", "?")
                 if not quiet:
-                    click.echo(text.format(value=value, cause=cause), err=True)
+                    self._echo(text.format(value=value, cause=cause))
+
+    def _echo(self, text: str) -> None:
+        """A line on stderr, with the progress line taken off the terminal first."""
+        self.live.clear()
+        click.echo(text, err=True)
+
+
+def latest_metrics(run) -> dict:
+    """{key: (value, step, timestamp in ms)}: each metric's latest point, as MLflow has it."""
+    return {m.key: (m.value, m.step, m.timestamp) for m in run.data.to_proto().metrics}
+
+
+def _int(text) -> int | None:
+    return int(text) if text and str(text).isdigit() else None
 
 
 def logged_epochs(uri: str, run_id: str) -> dict[int, dict]:
@@ -79,8 +136,8 @@ def format_epoch(epoch: int, epochs: int, m: dict) -> str:
     return (
         f"epoch {epoch + 1:>3}/{epochs}  loss {m['train_loss']:.4f}  "
         f"top-1 err {m['val_top1_error']:6.2f}%  top-5 err {m['val_top5_error']:6.2f}%  "
-        f"{m['train_images_per_second']:,.0f} img/s{_data_wait(m)}  {_duration(m['epoch_seconds'])}/epoch  "
-        f"left ~{_duration(left)}"
+        f"{m['train_images_per_second']:,.0f} img/s{_data_wait(m)}  {duration(m['epoch_seconds'])}/epoch  "
+        f"left ~{duration(left)}"
     )
 
 
@@ -90,24 +147,63 @@ def _data_wait(m: dict) -> str:
     return "" if wait is None else f" (data wait {100 * wait:.0f}%)"
 
 
+_SUMMARY_ORDER = (
+    "epoch",
+    "best_val_top1_error",
+    "best_val_top5_error",
+    "val_top1_error",
+    "val_top5_error",
+    "val_loss",
+    "train_loss",
+    "lr",
+    "train_images_per_second",
+    "epoch_seconds",
+    "data_wait_fraction",
+    "val_samples",
+)
+
+
 def format_summary(outcome) -> str:
     """What `orch submit` and `orch resume` print at the end (a JobOutcome)."""
+    shown = sorted(outcome.metrics, key=_summary_rank)
     lines = [
         f"run {outcome.run_id}: {outcome.status}",
-        *(f"  {k:<24} {_number(v)}" for k, v in sorted(outcome.metrics.items())),
+        *(f"  {k:<24} {summary_value(k, outcome.metrics[k], outcome.epochs)}" for k in shown),
         f"  {'best checkpoint':<24} {outcome.best_checkpoint or '(none)'}",
-        f"  {'dashboard':<24} mlflow ui --backend-store-uri {outcome.tracking_uri}",
+        f"  {'dashboard':<24} {dashboard(outcome.tracking_uri)}",
     ]
     return "\n".join(lines)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
+def _summary_rank(key: str) -> tuple:
+    """Where a metric comes in the summary: _SUMMARY_ORDER, then any other by name."""
+    return (_SUMMARY_ORDER.index(key), "") if key in _SUMMARY_ORDER else (len(_SUMMARY_ORDER), key)
+
+
+def summary_value(key: str, value, epochs: int | None = None) -> str:
+    """A metric as the summary shows it: errors in %, the epoch as the epoch lines count it (3/3)."""
+    if key == "epoch":
+        return f"{int(value) + 1}/{epochs}" if epochs else str(int(value) + 1)
+    if key.endswith("_error"):
+        return f"{value:.2f}%"
+    if key == "data_wait_fraction":
+        return f"{100 * value:.0f}%"
+    if key == "epoch_seconds":
+        return duration(value)
+    if key == "train_images_per_second":
+        return f"{value:,.0f} img/s"
+    return _number(value)
+
+
+def dashboard(uri: str) -> str:
+    """How to open MLflow's UI on the store `uri` from this shell: `orch ui`, with --tracking-uri
+    when `orch ui` alone would open another store; a server is its own UI."""
+    if uri.startswith(("http://", "https://")):
+        return uri
+    command = f"{orch_program()} ui"
+    if uri != tracking_uri():
+        command += f" --tracking-uri {shlex.quote(uri)}"
+    return f"{command}, then open http://127.0.0.1:5000"
 
 
 def _number(value) -> str:

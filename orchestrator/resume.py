@@ -16,7 +16,7 @@ import click
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cluster, preflight, ray_internals, tracking
+from orchestrator import cluster, preflight, ray_internals, terminal, tracking
 from orchestrator.errors import OrchError, SpecError
 from orchestrator.lifecycle import ACTIVE, driver_alive, driver_tags
 from orchestrator.outcome import JobOutcome
@@ -88,6 +88,7 @@ def continue_here(
             f"model.num_classes: the checkpoint has {meta['num_classes']} classes, this spec "
             f"{plan['num_classes']}; cannot resume (the data changed?)"
         )
+    terminal.say(terminal.connecting())
     cluster.connect()
     cluster.check_resources(spec.scaling)
     if reopen:

@@ -10,6 +10,7 @@ on a cluster it runs on the head, which trains nothing.
 import contextlib
 import logging
 import socket
+import threading
 
 
 def config(spec, uri: str, run_id: str) -> dict | None:
@@ -30,10 +31,23 @@ def node_label(ray_node_id: str) -> str:
 
 @contextlib.contextmanager
 def node_monitor(telemetry: dict | None, local_rank: int, ray_node_id: str):
-    """Monitor this node while the block runs, when this worker is its local rank 0."""
+    """Monitor this node while the block runs, when this worker is its local rank 0. The monitor
+    starts in a thread of its own (importing MLflow takes seconds), so training does not wait."""
     if not telemetry or local_rank != 0:
         yield None
         return
+    monitors = []
+    starter = threading.Thread(target=lambda: monitors.append(_start_monitor(telemetry, ray_node_id)), daemon=True)
+    starter.start()
+    try:
+        yield monitors
+    finally:
+        starter.join()
+        for monitor in monitors:
+            monitor.finish()
+
+
+def _start_monitor(telemetry: dict, ray_node_id: str):
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop notices
@@ -46,7 +60,4 @@ def node_monitor(telemetry: dict | None, local_rank: int, ray_node_id: str):
         tracking_uri=telemetry["tracking_uri"],
     )
     monitor.start()
-    try:
-        yield monitor
-    finally:
-        monitor.finish()
+    return monitor

@@ -31,6 +31,8 @@ EPOCH_METRICS = (
     "val_samples",
 )
 BEST_METRICS = ("val_top1_error", "val_top5_error")
+# What MLflow 3's UI reads to show an experiment as model training (runs, metrics, models).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def tracking_uri(spec: JobSpec | None = None, explicit: str | None = None) -> str:
@@ -49,15 +51,35 @@ def start_run(spec: JobSpec, spec_path: str | None, uri: str) -> str:
     """Create the job's run: tags, the flattened spec as params, the spec as an artifact."""
     quiet_mlflow()
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(spec.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
-    run = client.create_run(experiment_id, run_name=spec.tracking.run_name or spec.name, tags=_tags(spec_path))
+    run = client.create_run(
+        experiment_id(client, spec.experiment), run_name=spec.tracking.run_name or spec.name, tags=_tags(spec_path)
+    )
     run_id = run.info.run_id
     params = [Param(k, _param_value(v)) for k, v in flatten(spec.model_dump(mode="json")).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i : i + 100])
     client.log_dict(run_id, spec.model_dump(mode="json"), "spec.json")
     return run_id
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created if there is none, marked as model training
+    (mark_model_training): every experiment orch creates or writes runs into comes from here."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
+    mark_model_training(client, found)
+    return found.experiment_id
+
+
+def mark_model_training(client: MlflowClient, experiment) -> None:
+    """Tag `experiment` mlflow.experimentKind=custom_model_development, the kind MLflow 3's UI
+    opens on its training views for (on GenAI's traces otherwise), unless it has a kind someone
+    chose: a missing one or one the UI only inferred is replaced."""
+    key, value = EXPERIMENT_KIND
+    kind = experiment.tags.get(key)
+    if kind is None or kind.endswith("_inferred") or kind == "no_inferred_type":
+        client.set_experiment_tag(experiment.experiment_id, key, value)
 
 
 def quiet_mlflow() -> None:

@@ -103,6 +103,7 @@ def trained_run(ray_cluster, small_fashion, session_store, tmp_path_factory) -> 
     storage = tmp_path_factory.mktemp("trained")
     sets = small_job(small_fashion, storage, workers=1) + [
         "training.deterministic=true",  # tests/test_recovery.py stops and resumes the same spec
+        "tracking.log_model=true",  # tests/test_dashboard.py finds it on the run
         "experiment=orch-trained",
         "tracking.run_name=member-seed0",
         f"tracking.tracking_uri={session_store}",

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,9 @@ def small_job(data: Path, tmp: Path, workers: int, epochs: int = 2) -> list[str]
         "model.arch=cifar_resnet8",
         # Each worker node's monitor imports MLflow (seconds); tests/test_imagenet_path.py checks it.
         "tracking.system_metrics=false",
+        # Saving the model as an MLflow model takes seconds; tests/test_dashboard.py checks it on
+        # the session's trained run.
+        "tracking.log_model=false",
     ]
 
 
@@ -92,6 +96,34 @@ def orch_process(
         text=True,
         **popen,
     )
+
+
+class TimedLines(threading.Thread):
+    """A stream read line by line in the background: [(time.monotonic() it arrived, line)]."""
+
+    def __init__(self, stream):
+        super().__init__(daemon=True)
+        self.stream, self.lines = stream, []
+        self.start()
+
+    def run(self):
+        for line in self.stream:
+            self.lines.append((time.monotonic(), line))
+
+    def text(self, timeout_s: float = 60) -> str:
+        self.join(timeout_s)
+        return "".join(line for _, line in self.lines)
+
+
+def communicate_timed(proc: subprocess.Popen, timeout_s: float) -> tuple[str, TimedLines]:
+    """Like proc.communicate(): its stdout once it exits, and its stderr lines as they arrived."""
+    out, err = TimedLines(proc.stdout), TimedLines(proc.stderr)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return out.text(), err
 
 
 def fault(action: str, epoch: int, step: int, rank: int | None = None, notify: Path | None = None, **extra) -> str:

@@ -4,6 +4,7 @@ ResNet job with `augment: imagenet` (through `orch submit` as a user runs it) an
 `orch evaluate RUN --tta 10crop` on the paper run."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from job_fixtures import as_set_args, orch_process
+from job_fixtures import TimedLines, as_set_args, communicate_timed, orch_process
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = ROOT / "jobs" / "resnet18_imagenet.yaml"
@@ -58,6 +59,7 @@ def _job(data: Path, tmp: Path, augment: str) -> list[str]:
         "scaling.cpus_per_worker=2",
         f"checkpoint.storage={tmp / 'ckpt'}",
         f"tracking.run_name=resnet18-{augment}",
+        "tracking.log_model=false",  # seconds per run; tests/test_dashboard.py checks the logged model
     ]
 
 
@@ -71,14 +73,29 @@ def _check_run(uri: str, run_id: str) -> None:
     assert sorted(m.step for m in waits) == [0, 1] and all(0 <= m.value <= 1 for m in waits)
 
 
+def _check_stages(err: TimedLines, started: float) -> None:
+    """The terminal speaks from the first second: the first line within 2 s of the start, before
+    torch, Ray and MLflow load, then each stage before the first epoch line."""
+    (first_at, first), *_ = err.lines
+    assert first_at - started < 2 and first.startswith("orch: checking job resnet18"), (first_at - started, first)
+    lines = [line for _, line in err.lines]
+    epoch_line = next(i for i, line in enumerate(lines) if line.startswith("epoch   1/2"))
+    for stage in ("orch: joining the Ray at ", "orch: starting 1 worker (2 CPU each)"):
+        assert any(line.startswith(stage) for line in lines[:epoch_line]), (stage, lines)
+
+
 def test_orch_submit_trains_an_imagenet_job_and_prints_one_json_object(ray_address, image_data, mlflow_uri, tmp_path):
     """`augment: imagenet` through the real `orch submit` in its own process (joining the
-    session's Ray): one JSON object on stdout, epoch lines on stderr, and the worker node's
-    system metrics in the run under its node id."""
+    session's Ray): one JSON object on stdout; on stderr a first line within 2 s, the stages,
+    the epoch lines; and the worker node's system metrics in the run under its node id."""
     sets = as_set_args(_job(image_data, tmp_path, "imagenet") + ["tracking.system_metrics_seconds=1"])
+    started = time.monotonic()
     proc = orch_process("submit", JOB, *sets, "--output", "json", cwd=tmp_path, uri=mlflow_uri, ray_address=ray_address)
-    out, err = proc.communicate(timeout=600)
+    out, err_lines = communicate_timed(proc, timeout_s=600)
+    err = err_lines.text()
     assert proc.returncode == 0, err[-3000:]
+    _check_stages(err_lines, started)
+    assert out.count("\n") == 1 and out.endswith("}\n"), out  # stdout: exactly one JSON object
     outcome = json.loads(out)
     assert set(outcome) == {"run_id", "status", "metrics", "best_checkpoint"}
     assert outcome["status"] == "FINISHED" and outcome["metrics"]["epoch"] == 1

@@ -66,6 +66,7 @@ def job_sets(data, tmp, *extra) -> list[str]:
         "scaling.placement=SPREAD",
         f"checkpoint.storage={tmp / 'ckpt'}",
         "checkpoint.shared=true",
+        "tracking.log_model=false",  # seconds per run; tests/test_dashboard.py checks the logged model
         *extra,
     ]
     return [arg for s in sets for arg in ("--set", s)]

@@ -131,6 +131,7 @@ def test_ctrl_c_marks_the_run_killed(ray_address, small_fashion, mlflow_uri, tmp
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "marked KILLED" in err and "Traceback" not in err
+    assert err.startswith("orch: checking job demo-fashion-mnist") and "orch: starting 1 worker" in err, err[:3000]
     run = only_run(mlflow_uri)
     assert run.info.status == "KILLED"
     assert Path(run.data.tags["orch.checkpoint_dir"], "epoch_0000", "model.pt").exists()

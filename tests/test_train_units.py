@@ -261,3 +261,27 @@ def test_deterministic_turns_on_pytorchs_deterministic_algorithms():
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
         torch.set_float32_matmul_precision("highest")
+
+
+def test_step_metrics_are_logged_every_n_steps_by_rank_0_only(mlflow_uri):
+    """Points at global steps that are multiples of N, sent by a background thread; a rank
+    other than 0 sends nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.train.step_metrics import StepLogger, every_n_steps
+
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(client.create_experiment("steps")).info.run_id
+    assert every_n_steps(10) == 1 and every_n_steps(5000) == 156 and every_n_steps(5000, 7) == 7
+    with StepLogger(mlflow_uri, run_id, every=3, world_size=2, active=True) as logger:
+        logger.tag_steps_per_epoch(10)
+        for step in range(10):
+            logger(step, torch.tensor(2.0 - step / 10), 0.1 * step, batch_size=4)
+    with StepLogger(mlflow_uri, run_id, every=1, world_size=2, active=False) as other_rank:
+        other_rank(10, torch.tensor(9.0), 9.0, batch_size=4)
+    losses = {m.step: m.value for m in client.get_metric_history(run_id, "step/train_loss")}
+    assert losses == pytest.approx({0: 2.0, 3: 1.7, 6: 1.4, 9: 1.1})
+    assert sorted(m.step for m in client.get_metric_history(run_id, "step/lr")) == [0, 3, 6, 9]
+    rates = client.get_metric_history(run_id, "step/images_per_second")
+    assert sorted(m.step for m in rates) == [3, 6, 9] and all(m.value > 0 for m in rates)
+    assert client.get_run(run_id).data.tags["orch.steps_per_epoch"] == "10"

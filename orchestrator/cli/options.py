@@ -11,6 +11,14 @@ output_option = click.option(
     help="json: one JSON object on stdout, everything else on stderr.",
 )
 
+uri_option = click.option(
+    "--tracking-uri",
+    "uri",
+    default=None,
+    metavar="URI",
+    help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).",
+)
+
 set_option = click.option(
     "--set",
     "overrides",

@@ -5,8 +5,7 @@ import json
 
 import click
 
-from orchestrator.cli.options import output_option, set_option, target_options
-from orchestrator.cli.runs import uri_option
+from orchestrator.cli.options import output_option, set_option, target_options, uri_option
 
 
 @click.command()

@@ -10,16 +10,8 @@ import time
 import click
 
 from orchestrator import lifecycle
-from orchestrator.cli.options import output_option
+from orchestrator.cli.options import output_option, uri_option
 from orchestrator.run_lookup import find_run, list_runs
-
-uri_option = click.option(
-    "--tracking-uri",
-    "uri",
-    default=None,
-    metavar="URI",
-    help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).",
-)
 
 
 def _uri(uri):

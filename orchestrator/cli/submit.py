@@ -10,6 +10,7 @@ import json
 import click
 import yaml
 
+from orchestrator import terminal
 from orchestrator.cli.options import output_option, set_option, target_options
 from orchestrator.spec import load_spec
 from orchestrator.targets import jobs_address
@@ -38,6 +39,8 @@ def submit(spec_path, overrides, target, address, namespace, image, detach, dry_
     spec = load_spec(spec_path, overrides)
     address = jobs_address(spec, address)
     target = target or ("ray" if address else "local")
+    if not dry_run and target != "k8s":
+        terminal.say(terminal.checking(spec.name, target, address))  # before torch, Ray and MLflow load
     progress_to_stderr = output == "json"
     if target == "k8s":
         from orchestrator.targets.kuberay import submit_k8s

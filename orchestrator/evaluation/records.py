@@ -18,7 +18,7 @@ import json
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import now_ms
+from orchestrator.tracking import experiment_id, now_ms
 
 METRIC_KEYS = ("top1_error", "top5_error", "loss")
 
@@ -42,15 +42,15 @@ def log_evaluation(uri: str, run_id: str, outcome: dict) -> list[str]:
 def record_ensemble(uri: str, experiment: str, run_name: str | None, outcome: dict) -> str:
     """Create the FINISHED ensemble run for an outcome {"members": [...], "ensemble": {...}}."""
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     members, ens = outcome["members"], outcome["ensemble"]
     tags = {
         "orch.ensemble.members": ",".join(m["run_id"] or m["checkpoint"] for m in members),
         "orch.ensemble.combine": ens["combine"],
         "orch.kind": "ensemble",
     }
-    run = client.create_run(experiment_id, run_name=run_name or _default_name(members, ens), tags=tags)
+    run = client.create_run(
+        experiment_id(client, experiment), run_name=run_name or _default_name(members, ens), tags=tags
+    )
     run_id = run.info.run_id
     status = "FAILED"
     try:

@@ -148,6 +148,27 @@ class TrackingSpec(_Section):
         True, description="each training node logs CPU, memory, disk, network and GPU use as system/<node>/..."
     )
     system_metrics_seconds: float = Field(10, ge=0.5, description="sampling interval of the system metrics")
+    log_every_n_steps: int | None = Field(
+        None,
+        ge=1,
+        description="log step/train_loss, step/lr and step/images_per_second every N training steps; "
+        "default: a few dozen points per epoch",
+    )
+    log_model: bool = Field(
+        True,
+        description="log a FINISHED run's best checkpoint as an MLflow PyTorch model (the run's Logged models)",
+    )
+    register_model: str | None = Field(
+        None,
+        pattern=r"^[^/:\s][^/:]*$",
+        description="also register that model under this name in the MLflow model registry (no '/' or ':')",
+    )
+
+    @model_validator(mode="after")
+    def _registered_is_logged(self):
+        if self.register_model and not self.log_model:
+            raise ValueError("register_model needs log_model: true (only a logged model can be registered)")
+        return self
 
 
 # Kubernetes quantities ("8", "500m", "64Gi") and DNS-1123 labels, checked when the spec is

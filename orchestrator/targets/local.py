@@ -8,7 +8,7 @@ import threading
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator import cluster, preflight, restart, telemetry, tracking
+from orchestrator import cluster, preflight, restart, run_record, telemetry, terminal, tracking
 from orchestrator.best import BestRule
 from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import JobFailed, JobInterrupted
@@ -27,6 +27,7 @@ def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr
     it is ended FINISHED, FAILED or KILLED whatever happens.
     """
     preflight.tell_warnings(preflight.plan(spec))  # every check on the spec and its data, before anything exists
+    terminal.say(terminal.connecting())
     cluster.connect()
     cluster.check_resources(spec.scaling)
     uri = tracking.tracking_uri(spec)
@@ -48,12 +49,14 @@ def drive(
 ) -> JobOutcome:
     """Fit the trainer for an existing, RUNNING MLflow run whose checkpoints live in `run_dir`,
     and end the run FINISHED, FAILED or KILLED."""
+    run_record.begin(spec, uri, run_id)  # datasets and description, read where the data is
     done = set(tracking.epoch_history(uri, run_id))
     printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr, skip=done)
     status, error, result = "FAILED", None, None
     # Ray prints worker-death notices to stdout; with --output json stdout holds only the result.
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if progress_to_stderr else contextlib.nullcontext()
     with quiet_stdout:
+        terminal.say(terminal.starting_workers(spec.scaling))
         printer.start()
         try:
             result = fit(build_trainer(spec, uri, run_id, resume_from, run_dir=run_dir))
@@ -76,6 +79,7 @@ def drive(
     best_checkpoint = _best_checkpoint(run_dir) if result is not None else None
     if best_checkpoint:
         tracking.set_tags(uri, run_id, {"orch.best_checkpoint": best_checkpoint})
+    run_record.finish(spec, uri, run_id, status, best_checkpoint)  # the result; a FINISHED run's model
     if status == "KILLED":
         raise JobInterrupted(error)
     return read_outcome(uri, run_id)

@@ -5,7 +5,8 @@ starts, instead of timing a signal against a polling loop:
 
     {"action": "kill", "epoch": 1, "step": 2, "rank": 1, "notify": "/tmp/x/fifo"}
 
-- action: `kill` (SIGKILL this worker), `sigterm` (SIGTERM to this worker, as a pod eviction
+- action: `mark` (only write the notify line: bench/startup.py times the first step with it),
+  `kill` (SIGKILL this worker), `sigterm` (SIGTERM to this worker, as a pod eviction
   sends it, then go on: the loop checkpoints and stops), `interrupt` (SIGINT to the job's
   driver, as Ctrl-C does, then hold) or `hold` (stop making progress until stopped from outside,
   or until `orch stop --save` asks this worker for a checkpoint);
@@ -30,7 +31,7 @@ import time
 from orchestrator import ray_internals
 
 FAULT_VARIABLE = "ORCH_TEST_FAULT"
-ACTIONS = ("kill", "sigterm", "interrupt", "hold")
+ACTIONS = ("kill", "sigterm", "interrupt", "hold", "mark")
 
 
 def from_env(run_dir: str) -> dict | None:
@@ -46,7 +47,7 @@ def from_env(run_dir: str) -> dict | None:
     except (ValueError, KeyError, TypeError, AssertionError):
         raise ValueError(
             f"${FAULT_VARIABLE}: expected JSON like "
-            '{"action": "kill|sigterm|interrupt|hold", "epoch": 1, "step": 2}, got ' + repr(text)
+            '{"action": "kill|sigterm|interrupt|hold|mark", "epoch": 1, "step": 2}, got ' + repr(text)
         ) from None
     fault.update(driver_pid=os.getpid(), run_dir=run_dir)
     return fault
@@ -75,6 +76,8 @@ def act(fault: dict, rank: int) -> None:
             f.write(f"{fault['action']} epoch {fault['epoch']} step {fault['step']} rank {rank} pid {os.getpid()}\n")
     if fault["action"] == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault["action"] == "mark":
+        return
     if fault["action"] == "sigterm":
         _sigterm_self()
         return

@@ -10,6 +10,7 @@ stop --save`, and every checkpoint.every_n_steps steps, rank 0 writes a step che
 epoch after its last trained batch, with the same data order, augmentation draws and schedule.
 """
 
+import functools
 import logging
 import random
 import socket
@@ -33,6 +34,7 @@ from orchestrator.train import faults
 from orchestrator.train.checkpoint import checkpoint_name, load_model_state, load_train_state, save_checkpoint, verify
 from orchestrator.train.optim import build_optimizer
 from orchestrator.train.schedule import lr_at, scaled_lr
+from orchestrator.train.step_metrics import StepLogger, every_n_steps
 from orchestrator.train.steps import EpochProgress, StepContext, configure_backends, evaluate, train_one_epoch
 from orchestrator.train.stopping import NONE, PREEMPTED, REASONS, STOP, StopRequests, StopWatcher
 
@@ -79,6 +81,16 @@ def train_worker(config: dict) -> None:
         lr_for_step=lambda step: lr_at(step, steps_per_epoch, base_lr, spec.schedule, spec.training.epochs),
         before_step=faults.step_hook(config.get("fault"), dist.rank(), steps_per_epoch, fresh=not restored),
     )
+    run = config.get("run") or {}
+    step_logger = StepLogger(
+        run.get("tracking_uri"),
+        run.get("run_id"),
+        every=every_n_steps(steps_per_epoch, spec.tracking.log_every_n_steps),
+        world_size=dist.world_size(),
+        active=dist.is_main(),
+    )
+    step_logger.tag_steps_per_epoch(steps_per_epoch)
+    ctx.after_step = step_logger
     meta_base = {
         "arch": spec.model.arch,
         "num_classes": num_classes,
@@ -90,11 +102,11 @@ def train_worker(config: dict) -> None:
     # run with every rank's), and what it was restored from.
     reporter = Reporter(model, optimizer, scaler, spec, meta_base, once={**restored, **worker_placement()})
     stops = StopRequests()
-    run = config.get("run") or {}
     local_rank = ray.train.get_context().get_local_rank()
     with (
         telemetry.node_monitor(config.get("telemetry"), local_rank, reporter.once["worker_node_id"]),
         StopWatcher(run.get("tracking_uri"), run.get("run_id")),
+        step_logger,
     ):
         for epoch in range(start.epoch, spec.training.epochs):
             progress = start.progress if epoch == start.epoch else None
@@ -106,7 +118,7 @@ def train_worker(config: dict) -> None:
             metrics = train_one_epoch(wrapped, train_loader, optimizer, scaler, ctx, first_step, progress, at_step)
             if metrics is None:
                 return  # stopped by `orch stop --save`: its checkpoint is written
-            metrics.update(evaluate(wrapped, val_loader, ctx))
+            metrics.update(evaluate(wrapped, val_loader(), ctx))
             metrics.update(
                 epoch=epoch, epoch_seconds=time.perf_counter() - began, train_resolution=train_loader.resolution
             )
@@ -202,7 +214,10 @@ def _loaders(spec: JobSpec, info, device: torch.device):
         lighting=data.paper.lighting,
         **common,
     )
-    val = build_val_loader(data.val, resolution=res.val_res, rank=dist.rank(), world_size=dist.world_size(), **common)
+    # Built when the first evaluation needs it: its pipeline's compilation is then off the time
+    # to the first training step (preflight checked the file before the job started).
+    shard = {"rank": dist.rank(), "world_size": dist.world_size()}
+    val = functools.cache(lambda: build_val_loader(data.val, resolution=res.val_res, **shard, **common))
     return train, val
 
 

@@ -39,6 +39,7 @@ class StepContext:
     label_smoothing: float
     lr_for_step: callable  # global step -> learning rate
     before_step: callable = None  # global step -> None: the tests' fault hook (train/faults.py)
+    after_step: callable = None  # (global step, loss on the device, lr, batch size) -> None: step metrics
 
 
 def configure_backends(device: torch.device, deterministic: bool = False) -> None:
@@ -126,6 +127,8 @@ def train_one_epoch(
         scaler.update()
         loss_sum.add_(loss.detach(), alpha=labels.numel())  # stays on the device: no sync
         samples += labels.numel()
+        if ctx.after_step is not None:
+            ctx.after_step(first_step + i, loss, lr, labels.numel())
     _synchronize(ctx.device)
     seconds = time.perf_counter() - began
     loss_total, samples_total = _sum_over_ranks(loss_sum, samples, ctx)
