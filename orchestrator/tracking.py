@@ -21,6 +21,8 @@ from orchestrator.spec import JobSpec, flatten
 
 EPOCH_METRICS = (
     "train_loss",
+    "train_top1_error",  # on the batches as trained (augmented, train mode): the paper's thin curves
+    "train_top5_error",
     "lr",
     "train_images_per_second",
     "epoch_seconds",

@@ -1,7 +1,7 @@
 """What a researcher sees of a run in the MLflow dashboard: experiments shown as model training,
 the run's training and validation data as dataset inputs, its description and result in the
 note, its best checkpoint as a logged model; and the same read over the REST API the UI reads,
-from a real `mlflow server` on the session's store.
+from `orch ui` (MLflow's server) on the session's store.
 
 The trained run is the session's (tests/conftest.py: cifar_resnet8 on 2,000 Fashion-MNIST
 images, 1,000 for validation, 2 epochs); the model tests that need no training use a
@@ -10,6 +10,10 @@ checkpoint made by hand.
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow.pytorch
@@ -27,18 +31,60 @@ from orchestrator.spec import load_spec
 
 from eval_fixtures import make_checkpoint
 from job_fixtures import DEMO, SMALL_TRAIN, SMALL_VAL
-from remote_fixtures import MlflowServer
+from remote_fixtures import free_port
 
 KIND = "mlflow.experimentKind"
 NOTE = "mlflow.note.content"
 slow = pytest.mark.slow
 
 
+class OrchUi:
+    """`orch ui` on a store, as a user starts it from a terminal (its own process group, which
+    Ctrl-C signals): MLflow's UI and the REST API it reads."""
+
+    def __init__(self, uri: str, cwd: Path):
+        self.port = free_port()
+        self.uri, self.store = f"http://127.0.0.1:{self.port}", uri
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli.main", "ui", "--port", str(self.port), "--tracking-uri", uri],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=open(cwd / "ui.log", "w"),
+            text=True,
+            start_new_session=True,
+        )
+
+    def wait_until_up(self, timeout_s: float = 120) -> "OrchUi":
+        said = self.proc.stdout.readline().strip()
+        assert said == f"MLflow UI for {self.store} at {self.uri} (Ctrl-C stops it)", said
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"orch ui exited with {self.proc.returncode}"
+            try:
+                if requests.get(f"{self.uri}/health", timeout=2).ok:
+                    return self
+            except requests.RequestException:
+                time.sleep(0.5)
+        raise AssertionError(f"{self.uri} did not answer within {timeout_s:.0f} s")
+
+    def stop(self) -> int | None:
+        """Ctrl-C to its process group; its exit code (None if it had to be killed)."""
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            return None
+
+
 @pytest.fixture(scope="session")
-def dashboard_server(session_store):
-    """A real `mlflow server` on the session's store, launched before the run trains (when this
-    module is the first to need it) so that it boots meanwhile; stopped by the test that reads it."""
-    server = MlflowServer(Path(session_store.removeprefix("sqlite:///")).parent).launch()
+def dashboard_server(session_store, tmp_path_factory):
+    """`orch ui` on the session's store, launched before the run trains (when this module is the
+    first to need it) so that it boots meanwhile; stopped by the test that reads it."""
+    server = OrchUi(session_store, tmp_path_factory.mktemp("orch-ui"))
     yield server
     server.stop()
 
@@ -181,7 +227,7 @@ def test_the_best_checkpoint_is_the_runs_logged_model(trained):
 
 @slow
 def test_the_dashboards_rest_api_shows_the_datasets_and_the_model(trained, dashboard_server):
-    """The REST API the UI reads, from a real `mlflow server` on the session's store."""
+    """The REST API the UI reads, from `orch ui` (MLflow's server) on the session's store."""
     server = dashboard_server.wait_until_up()
     try:
         api = f"{server.uri}/api/2.0/mlflow"
@@ -213,7 +259,7 @@ def test_the_dashboards_rest_api_shows_the_datasets_and_the_model(trained, dashb
         kinds = [t["value"] for t in experiment.json()["experiment"]["tags"] if t["key"] == KIND]
         assert kinds == ["custom_model_development"]
     finally:
-        server.stop()
+        assert server.stop() is not None  # Ctrl-C stops it
 
 
 # Models logged outside training (after the trained run's, torch.export is warm then).

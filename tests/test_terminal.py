@@ -2,13 +2,7 @@
 inside an epoch (orchestrator/terminal.py), and `orch ui`. No Ray and no training here; the
 stage lines of a real `orch submit` are checked in tests/test_imagenet_path.py."""
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from mlflow.entities import Metric
@@ -156,50 +150,3 @@ def test_orch_ui_names_a_missing_store_and_orch_submit(tmp_path, capsys):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and line.startswith("orch: error: ") and str(missing) in line, line
     assert "`orch submit" in line and not missing.exists()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_until_served(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"orch ui exited with {proc.returncode}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout_s:.0f} s")
-
-
-def test_orch_ui_serves_mlflows_ui_on_the_store_orch_submit_uses(mlflow_uri, tmp_path):
-    """$MLFLOW_TRACKING_URI, as `orch submit` resolves it; Ctrl-C (SIGINT to its process group,
-    as a terminal sends it) stops it."""
-    port = _free_port()
-    with open(tmp_path / "ui.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli.main", "ui", "--port", str(port)],
-            cwd=tmp_path,
-            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri},
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            start_new_session=True,
-        )
-    try:
-        said = proc.stdout.readline().strip()
-        assert said == f"MLflow UI for {mlflow_uri} at http://127.0.0.1:{port} (Ctrl-C stops it)"
-        _wait_until_served(f"http://127.0.0.1:{port}/health", proc)
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of MLflow's server is left
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)

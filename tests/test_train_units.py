@@ -119,16 +119,23 @@ def test_train_loss_is_the_mean_per_sample_loss():
     reference = copy.deepcopy(model)
     got = _train(model, loader)
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
-    losses = []
+    losses, top1, top5 = [], 0, 0
     for step, (images, labels) in enumerate(loader.batches, start=7):
         optimizer.param_groups[0]["lr"] = 0.1 / (step + 1)
-        loss = torch.nn.functional.cross_entropy(reference(images), labels, label_smoothing=0.1)
+        logits = reference(images)
+        loss = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+        # Training error counted independently, on the batch as it was trained (before the update).
+        ranked = logits.argsort(dim=1, descending=True)
+        top1 += int((ranked[:, 0] == labels).sum())
+        top5 += int((ranked[:, :5] == labels[:, None]).any(dim=1).sum())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item() * len(labels))
     assert got["train_samples"] == 12
     assert got["train_loss"] == pytest.approx(sum(losses) / 12, rel=1e-6)
+    assert got["train_top1_error"] == pytest.approx(100 * (1 - top1 / 12))
+    assert got["train_top5_error"] == pytest.approx(100 * (1 - top5 / 12)) == 0.0  # 3 classes
     assert got["lr"] == 0.1 / 10  # the last step's (global step 9)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
 
@@ -156,6 +163,7 @@ def test_an_epoch_stopped_at_a_step_and_continued_equals_the_whole_epoch():
     continued = _train(model, rest, optimizer=optimizer, start=progress)
     assert continued["train_samples"] == whole["train_samples"] == 18
     assert continued["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-9)
+    assert continued["train_top1_error"] == pytest.approx(whole["train_top1_error"])
     assert continued["lr"] == whole["lr"]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), whole_model.state_dict().values()))
 

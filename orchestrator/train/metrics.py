@@ -41,8 +41,12 @@ class EvalCounts:
 
     def reduce(self, device=None) -> dict:
         """Sum over ranks (a collective: every rank must call it) and return the metrics."""
-        total = all_reduce_sum(self.counts.to(device or "cpu")).cpu()
-        return counts_to_metrics(total)
+        return counts_to_metrics(self.summed(device))
+
+    def summed(self, device=None) -> torch.Tensor:
+        """[top1, top5, n, loss_sum] summed over ranks, on the host (a collective; the counts
+        themselves go on accumulating unchanged)."""
+        return all_reduce_sum(self.counts.to(device or "cpu", copy=True)).cpu()
 
     def _on(self, device: torch.device) -> torch.Tensor:
         # Fresh zeros on the first batch's device rather than a host-to-device copy.
@@ -54,13 +58,15 @@ class EvalCounts:
         return self.counts
 
 
-def counts_to_metrics(total: torch.Tensor) -> dict:
+def counts_to_metrics(total: torch.Tensor, split: str = "val") -> dict:
+    """{split}_loss, {split}_top1_error, {split}_top5_error (percent) and {split}_samples of
+    summed [top1, top5, n, loss_sum] counts."""
     top1, top5, n, loss_sum = total.tolist()
     if n == 0:
-        raise ValueError("no validation samples were evaluated")
+        raise ValueError(f"no {split} samples were counted")
     return {
-        "val_loss": loss_sum / n,
-        "val_top1_error": 100.0 * (1 - top1 / n),
-        "val_top5_error": 100.0 * (1 - top5 / n),
-        "val_samples": int(n),
+        f"{split}_loss": loss_sum / n,
+        f"{split}_top1_error": 100.0 * (1 - top1 / n),
+        f"{split}_top5_error": 100.0 * (1 - top5 / n),
+        f"{split}_samples": int(n),
     }

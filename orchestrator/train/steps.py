@@ -14,20 +14,26 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from orchestrator.train.distributed import all_reduce_max, all_reduce_sum
-from orchestrator.train.metrics import EvalCounts
+from orchestrator.train.distributed import all_reduce_max, world_size
+from orchestrator.train.metrics import EvalCounts, counts_to_metrics
 from orchestrator.train.optim import set_lr
 
 
 @dataclass
 class EpochProgress:
-    """How far an epoch got: `batches` trained (on every rank), and the loss and samples of those
-    batches summed over all ranks; a step checkpoint carries it, so a resumed epoch's train_loss
-    still covers the whole epoch."""
+    """How far an epoch got: `batches` trained (on every rank), and the loss, samples and top-1
+    and top-5 hits of those batches summed over all ranks; a step checkpoint carries it, so a
+    resumed epoch's train_loss and training errors still cover the whole epoch."""
 
     batches: int = 0
     loss_sum: float = 0.0
     samples: int = 0
+    top1: float = 0.0
+    top5: float = 0.0
+
+    def counts(self) -> torch.Tensor:
+        """As EvalCounts orders them: [top1, top5, n, loss_sum]."""
+        return torch.tensor([self.top1, self.top5, self.samples, self.loss_sum], dtype=torch.float64)
 
 
 @dataclass
@@ -98,16 +104,18 @@ def train_one_epoch(
     model, loader, optimizer, scaler, ctx: StepContext, first_step: int, start: EpochProgress = None, at_step=None
 ) -> dict | None:
     """Train over this rank's shard, from batch `start.batches` on (the loader skips the ones
-    before it). Returns the mean loss and samples summed over all ranks (the carried part of
-    the epoch included), images/s (this attempt's samples of all ranks over this rank's time),
-    and data_wait_fraction: the largest share of any rank's time spent waiting for its loader.
+    before it). Returns the mean loss, the training top-1/top-5 error (counted exactly on the
+    batches as they were trained: augmented, in train mode, before each step's update) and the
+    samples, all summed over the ranks (the carried part of the epoch included), images/s (this
+    attempt's samples of all ranks over this rank's time), and data_wait_fraction: the largest
+    share of any rank's time spent waiting for its loader.
 
     `at_step(i, progress)`, called before batch i on every rank, may write a step checkpoint
     (calling `progress()`, a collective, for the epoch's progress so far) and returns True to
     stop: the epoch then returns None."""
     start = start or EpochProgress()
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    counts = EvalCounts()  # [top1, top5, n, loss_sum] on the device: no sync per step
     samples = 0
     lr = ctx.lr_for_step(first_step + start.batches)
     batches = TimedBatches(loader)
@@ -115,37 +123,37 @@ def train_one_epoch(
     for i, (images, labels) in enumerate(batches, start=start.batches):
         if ctx.before_step is not None:
             ctx.before_step(first_step + i)
-        if at_step is not None and at_step(i, partial(_progress, i, start, loss_sum, samples, ctx)):
+        if at_step is not None and at_step(i, partial(_progress, i, start, counts, ctx)):
             return None
         lr = ctx.lr_for_step(first_step + i)
         set_lr(optimizer, lr)
         with autocast(ctx):
-            loss = F.cross_entropy(model(images), labels, label_smoothing=ctx.label_smoothing)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=ctx.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        loss_sum.add_(loss.detach(), alpha=labels.numel())  # stays on the device: no sync
+        counts.update(logits, labels, loss.detach() * labels.numel())
         samples += labels.numel()
         if ctx.after_step is not None:
             ctx.after_step(first_step + i, loss, lr, labels.numel())
     _synchronize(ctx.device)
     seconds = time.perf_counter() - began
-    loss_total, samples_total = _sum_over_ranks(loss_sum, samples, ctx)
-    epoch_samples = samples_total + start.samples
-    return {
-        "train_loss": (loss_total + start.loss_sum) / max(epoch_samples, 1),
-        "lr": lr,
-        "train_images_per_second": samples_total / seconds,
-        "train_samples": int(epoch_samples),
-        "data_wait_fraction": _max_over_ranks(batches.waited / max(seconds, 1e-9), ctx),
-    }
+    total = counts.summed(_reduce_device(ctx)) + start.counts()
+    metrics = counts_to_metrics(total, split="train")
+    metrics.update(
+        lr=lr,
+        train_images_per_second=samples * world_size() / seconds,  # every rank trains as many
+        data_wait_fraction=_max_over_ranks(batches.waited / max(seconds, 1e-9), ctx),
+    )
+    return metrics
 
 
-def _progress(batches: int, start: EpochProgress, loss_sum: torch.Tensor, samples: int, ctx) -> EpochProgress:
+def _progress(batches: int, start: EpochProgress, counts: EvalCounts, ctx) -> EpochProgress:
     """The epoch's progress before batch `batches`, over all ranks (a collective; one host read)."""
-    loss_total, samples_total = _sum_over_ranks(loss_sum, samples, ctx)
-    return EpochProgress(batches, start.loss_sum + loss_total, start.samples + int(samples_total))
+    top1, top5, n, loss_sum = (counts.summed(_reduce_device(ctx)) + start.counts()).tolist()
+    return EpochProgress(batches, loss_sum, int(n), top1, top5)
 
 
 @torch.no_grad()
@@ -164,15 +172,6 @@ def evaluate(model, loader, ctx: StepContext) -> dict:
 def _reduce_device(ctx: StepContext) -> torch.device:
     # NCCL reduces only CUDA tensors; gloo only CPU ones.
     return ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
-
-
-def _sum_over_ranks(loss_sum: torch.Tensor, samples: int, ctx: StepContext) -> tuple[float, float]:
-    """(loss_sum, samples) summed over ranks: one all_reduce, one read back to the host."""
-    totals = loss_sum.new_zeros(2)
-    totals[0] = loss_sum
-    totals[1] = samples
-    loss_total, samples_total = all_reduce_sum(totals.to(_reduce_device(ctx))).cpu().tolist()
-    return loss_total, samples_total
 
 
 def _max_over_ranks(value: float, ctx: StepContext) -> float:
