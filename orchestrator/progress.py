@@ -51,6 +51,18 @@ class EpochPrinter(threading.Thread):
         self.live.clear()
 
     def flush(self):
+        run = self._run()
+        if run is None:  # a busy sqlite store: try again on the next tick
+            return
+        # The run's orch.epoch tag names the newest epoch logged in full; the metric histories
+        # are read only when it is one not printed yet (one query a tick, not one per metric).
+        newest = _int(run.data.tags.get("orch.epoch"))
+        if newest is not None and newest not in self._printed:
+            self._print_epochs()
+        self._tell_restarts(run.data.tags)
+        self._show_steps(run)
+
+    def _print_epochs(self) -> None:
         try:
             epochs = logged_epochs(self.uri, self.run_id)
         except Exception:  # a busy sqlite store: try again on the next tick
@@ -61,10 +73,6 @@ class EpochPrinter(threading.Thread):
                 self._progressed = True
                 self.live.clear()
                 click.echo(format_epoch(epoch, self.epochs, values), err=self.err)
-        run = self._run()
-        if run is not None:
-            self._tell_restarts(run.data.tags)
-            self._show_steps(run)
 
     def _run(self):
         try:

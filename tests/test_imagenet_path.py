@@ -1,7 +1,6 @@
 """The ImageNet path on CPU: an image folder written with `orch data prepare`'s defaults, a
-ResNet job with `augment: imagenet` (through `orch submit` as a user runs it) and one with
-`augment: paper` trained through the whole loop on the session's Ray, then
-`orch evaluate RUN --tta 10crop` on the paper run."""
+ResNet job with `augment: paper` trained through the whole loop by `orch submit` as a user
+runs it (on the session's Ray), then `orch evaluate RUN --tta 10crop` on that run."""
 
 import json
 import time
@@ -84,11 +83,15 @@ def _check_stages(err: TimedLines, started: float) -> None:
         assert any(line.startswith(stage) for line in lines[:epoch_line]), (stage, lines)
 
 
-def test_orch_submit_trains_an_imagenet_job_and_prints_one_json_object(ray_address, image_data, mlflow_uri, tmp_path):
-    """`augment: imagenet` through the real `orch submit` in its own process (joining the
-    session's Ray): one JSON object on stdout; on stderr a first line within 2 s, the stages,
-    the epoch lines; and the worker node's system metrics in the run under its node id."""
-    sets = as_set_args(_job(image_data, tmp_path, "imagenet") + ["tracking.system_metrics_seconds=1"])
+def test_orch_submit_trains_a_paper_job_and_orch_evaluate_takes_tencrop_from_the_shell(
+    ray_address, image_data, mlflow_uri, tmp_path
+):
+    """`augment: paper` through the real `orch submit` in its own process (joining the session's
+    Ray): one JSON object on stdout; on stderr a first line within 2 s, the stages, the epoch
+    lines; the worker node's system metrics in the run under its node id. Then the real `orch
+    evaluate RUN --tta 10crop --workers 2` in its own process: every image counted once over two
+    shards, the result logged to the run. (`augment: imagenet`'s crops are tests/test_geometry.py's.)"""
+    sets = as_set_args(_job(image_data, tmp_path, "paper") + ["tracking.system_metrics_seconds=1"])
     started = time.monotonic()
     proc = orch_process("submit", JOB, *sets, "--output", "json", cwd=tmp_path, uri=mlflow_uri, ray_address=ray_address)
     out, err_lines = communicate_timed(proc, timeout_s=600)
@@ -103,32 +106,19 @@ def test_orch_submit_trains_an_imagenet_job_and_prints_one_json_object(ray_addre
     assert "epoch   2/2" in err and "data wait" in err and "Traceback" not in err
     _check_run(mlflow_uri, outcome["run_id"])
     run = MlflowClient(mlflow_uri).get_run(outcome["run_id"])
-    assert run.data.params["data.augment"] == "imagenet" and int(run.data.tags["orch.driver_pid"]) == proc.pid
+    assert run.data.params["data.augment"] == "paper" and int(run.data.tags["orch.driver_pid"]) == proc.pid
     node_cpu = [k for k in run.data.metrics if k.startswith("system/") and k.endswith("/cpu_utilization_percentage")]
     assert len(node_cpu) == 1 and node_cpu[0].count("/") == 2, sorted(run.data.metrics)
 
-
-def test_paper_augmentation_trains_and_orch_evaluate_takes_tencrop_from_the_shell(
-    ray_address, image_data, mlflow_uri, tmp_path
-):
-    """`augment: paper` in process, then the real `orch evaluate RUN --tta 10crop --workers 2`
-    in its own process, joining the session's Ray: every image counted once over two shards,
-    the result logged to the run."""
-    from orchestrator.spec import load_spec
-    from orchestrator.targets.local import run_local
-
-    sets = _job(image_data, tmp_path, "paper") + ["tracking.system_metrics=false"]
-    outcome = run_local(load_spec(JOB, sets), str(JOB))
-    _check_run(mlflow_uri, outcome.run_id)
     proc = orch_process(
-        "evaluate", outcome.run_id, "--tta", "10crop", "--workers", "2", "--output", "json",
+        "evaluate", outcome["run_id"], "--tta", "10crop", "--workers", "2", "--output", "json",
         cwd=tmp_path, uri=mlflow_uri, ray_address=ray_address,
     )  # fmt: skip
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     evaluated = json.loads(out)
-    assert evaluated["run_id"] == outcome.run_id and evaluated["workers"] == 2
+    assert evaluated["run_id"] == outcome["run_id"] and evaluated["workers"] == 2
     assert (evaluated["views"], evaluated["samples"], evaluated["load_side"]) == (10, 15, 37)
     assert evaluated["images_per_second"] > 0
-    logged = MlflowClient(mlflow_uri).get_run(outcome.run_id).data.metrics
+    logged = MlflowClient(mlflow_uri).get_run(outcome["run_id"]).data.metrics
     assert logged["eval_10crop_top1_error"] == pytest.approx(evaluated["top1_error"])

@@ -102,7 +102,8 @@ def test_on_a_terminal_the_progress_line_is_rewritten_in_place(capsys, monkeypat
 
 def test_the_printer_shows_the_newest_step_of_the_epoch_being_trained(mlflow_uri, capsys):
     """As rank 0 logs them: the tag orch.steps_per_epoch, then step/* points; each new point
-    once, none of an epoch whose line is printed."""
+    once, none of an epoch whose line is printed; an epoch's line once the controller has
+    logged it in full (its tag orch.epoch)."""
     client = MlflowClient(mlflow_uri)
     run_id = client.create_run(client.create_experiment("steps")).info.run_id
     printer = EpochPrinter(mlflow_uri, run_id, epochs=2, err=True, live=LiveLine(tty=False, every=0))
@@ -116,6 +117,8 @@ def test_the_printer_shows_the_newest_step_of_the_epoch_being_trained(mlflow_uri
     printer.flush()
     epoch = {"train_loss": 1.1, "val_top1_error": 50.0, "val_top5_error": 5.0, "train_images_per_second": 80.0}
     client.log_batch(run_id, metrics=[Metric(k, v, 9_000, 0) for k, v in {**epoch, "epoch_seconds": 9.0}.items()])
+    printer.flush()  # the epoch's metrics, not yet its orch.epoch tag (the controller sets it last)
+    client.set_tag(run_id, "orch.epoch", "0")
     printer.flush()
     assert capsys.readouterr().err.splitlines() == [
         "orch: workers ready, 10 steps an epoch: FFCV compiles its pipeline first",
