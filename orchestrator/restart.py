@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 
 from orchestrator import ray_internals
-from orchestrator.train.checkpoint import DamagedCheckpoint, list_checkpoints, open_location, position_of, verify
+from orchestrator.train.checkpoint import latest_good, open_location
 
 logger = logging.getLogger(__name__)
 WARNING_TAG = "orch.restore_warning"
@@ -45,18 +45,7 @@ def restart_point(run_dir: str, *, newest: str | None = None, fs=None, drop_from
     one verifies, the damaged ones newer than it are set aside: renamed and dropped from Ray's
     record by `drop_from_record(names)` (default: the record file in run_dir). When none does,
     nothing is moved: the caller reports that no checkpoint verifies."""
-    bound = position_of(newest) if newest else None
-    point = RestartPoint(None)
-    for location in reversed(list_checkpoints(run_dir, fs)):
-        if bound is not None and position_of(location) > bound:
-            continue
-        try:
-            verify(location, fs)
-        except DamagedCheckpoint as exc:
-            point.damaged.append((location, str(exc)))
-            continue
-        point.location = location
-        break
+    point = RestartPoint(*latest_good(run_dir, fs, newest=newest))
     if point.location is not None and point.damaged:
         names = {location.rstrip("/").rsplit("/", 1)[-1] for location, _ in point.damaged}
         _rename_aside(run_dir, names, fs)

@@ -122,13 +122,14 @@ def list_checkpoints(run_dir: str, fs: pafs.FileSystem | None = None, *, steps: 
     return [f"{run_dir.rstrip('/')}/{n}" for n in sorted(names, key=position_of)]
 
 
-def latest_good(run_dir: str, fs: pafs.FileSystem | None = None, below: tuple | None = None):
-    """(newest checkpoint that verifies, [(damaged location, why), ...] newer than it).
+def latest_good(run_dir: str, fs: pafs.FileSystem | None = None, newest: str | None = None):
+    """(newest checkpoint that verifies, or None; [(damaged location, why), ...] newer than it).
 
-    `below`: only consider positions before it (position_of the damaged one a caller holds)."""
+    `newest`: a checkpoint location; only it and the ones before it are considered."""
+    bound = position_of(newest) if newest else None
     damaged = []
     for location in reversed(list_checkpoints(run_dir, fs)):
-        if below is not None and position_of(location) >= below:
+        if bound is not None and position_of(location) > bound:
             continue
         try:
             verify(location, fs)
