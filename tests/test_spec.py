@@ -1,12 +1,14 @@
-"""The job spec: validation names the key path, overrides are YAML-typed, paths made absolute."""
+"""The job spec: validation names the key path, overrides are YAML-typed, paths made absolute,
+`base:` files merge under the file that names them."""
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.spec import flatten, load_spec
+from orchestrator.spec import flatten, load_spec, merge, read_layered
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 DEMO = JOBS / "demo_fashion_mnist.yaml"
@@ -87,3 +89,196 @@ def test_bad_files(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+JOB_REST = "data: {train: t.beton, val: v.beton}\ntraining: {epochs: 3, batch_size: 8}\n"
+
+
+def test_merge_nests_mappings_and_replaces_lists_and_values():
+    base = {"a": {"b": 1, "c": {"d": 2, "e": 3}}, "l": [1, 2, 3], "s": "x", "m": {"k": 1}}
+    override = {"a": {"c": {"e": 30}, "f": 4}, "l": [9], "s": "y", "m": 5, "n": {"new": 1}}
+    merged = merge(base, override)
+    assert merged == {"a": {"b": 1, "c": {"d": 2, "e": 30}, "f": 4}, "l": [9], "s": "y", "m": 5, "n": {"new": 1}}
+    assert merge({"a": 1, "o": {"x": 1}}, {"a": {"b": 2}, "o": {}}) == {"a": {"b": 2}, "o": {"x": 1}}
+
+
+def test_merge_changes_neither_input():
+    base = {"a": {"b": [1]}, "c": {"d": 1}}
+    override = {"a": {"e": {"f": 1}}, "g": [2]}
+    before = json.dumps([base, override])
+    merged = merge(base, override)
+    merged["a"]["b"].append(2)
+    merged["a"]["e"]["f"] = 9
+    merged["g"].append(3)
+    merged["c"]["d"] = 9
+    assert json.dumps([base, override]) == before
+
+
+def test_bases_chain_each_relative_to_its_own_file(tmp_path):
+    write(tmp_path / "common" / "root.yaml", "experiment: e\n" + JOB_REST + "schedule: {milestones: [1, 2]}\n")
+    write(tmp_path / "common" / "mid" / "recipe.yaml", "base: ../root.yaml\nmodel: {arch: resnet18, options: {a: 1}}\n")
+    job = write(
+        tmp_path / "jobs" / "job.yaml",
+        "base: ../common/mid/recipe.yaml\nname: j\nmodel: {options: {b: 2}}\ntraining: {epochs: 5}\n",
+    )
+    raw = read_layered(job)
+    assert "base" not in raw
+    assert raw["model"] == {"arch": "resnet18", "options": {"a": 1, "b": 2}}
+    assert raw["training"] == {"epochs": 5, "batch_size": 8}
+    spec = load_spec(job)
+    assert spec.experiment == "e" and spec.schedule.milestones == [1, 2] and spec.training.epochs == 5
+    assert "base" not in spec.model_dump()
+
+
+def test_set_applies_after_the_bases(tmp_path):
+    write(tmp_path / "base.yaml", "model: {arch: resnet18}\n" + JOB_REST)
+    job = write(tmp_path / "job.yaml", "base: base.yaml\nname: j\ntraining: {epochs: 5}\n")
+    spec = load_spec(job, ["training.epochs=7", "model.arch=resnet34", "schedule.milestones=[4]"])
+    assert spec.training.epochs == 7 and spec.model.arch == "resnet34" and spec.schedule.milestones == [4]
+    assert spec.training.batch_size == 8
+
+
+@pytest.mark.parametrize("value", ["3", "[a.yaml]", "{path: a.yaml}", "null", "''"])
+def test_base_must_be_a_path(tmp_path, value):
+    job = write(tmp_path / "job.yaml", f"base: {value}\nname: j\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(job)
+    assert str(err.value).startswith(f"{job}: base: expected the path of a YAML file")
+    assert "\n" not in str(err.value)
+
+
+def test_missing_base_names_the_file_and_where_it_looked(tmp_path):
+    job = write(tmp_path / "jobs" / "x.yaml", "base: missing.yaml\nname: j\n")
+    with pytest.raises(SpecError) as err:
+        read_layered(job)
+    assert str(err.value) == f"{job}: base: {tmp_path / 'jobs' / 'missing.yaml'} not found (PATH is relative to {job})"
+    write(tmp_path / "jobs" / "folder" / "f.yaml", "name: j\n")
+    write(job, "base: folder\n")
+    with pytest.raises(SpecError, match="base: .*folder not found"):
+        read_layered(job)
+
+
+def test_an_invalid_base_is_named_with_its_line(tmp_path):
+    write(tmp_path / "broken.yaml", "name: x\nmodel: [unclosed\n")
+    write(tmp_path / "list.yaml", "- a\n- b\n")
+    with pytest.raises(SpecError, match=r"broken.yaml:\d+: not valid YAML"):
+        read_layered(write(tmp_path / "a.yaml", "base: broken.yaml\n"))
+    with pytest.raises(SpecError, match=r"list.yaml: expected a mapping"):
+        read_layered(write(tmp_path / "b.yaml", "base: list.yaml\n"))
+
+
+def test_base_cycles_are_errors(tmp_path):
+    write(tmp_path / "a.yaml", "base: sub/b.yaml\nname: a\n")
+    write(tmp_path / "sub" / "b.yaml", "base: ../a.yaml\n")
+    with pytest.raises(SpecError) as err:
+        read_layered(tmp_path / "a.yaml")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'sub' / 'b.yaml'}: base: ../a.yaml makes a cycle (")
+    assert message.count(" -> ") == 2 and "\n" not in message
+    with pytest.raises(SpecError, match="self.yaml: base: self.yaml makes a cycle"):
+        read_layered(write(tmp_path / "self.yaml", "base: self.yaml\n"))
+
+
+def test_a_chain_of_three_is_not_a_cycle(tmp_path):
+    write(tmp_path / "root.yaml", "model: {arch: resnet18}\n" + JOB_REST)
+    write(tmp_path / "left.yaml", "base: root.yaml\nname: left\n")
+    job = write(tmp_path / "job.yaml", "base: left.yaml\nname: j\n")
+    assert load_spec(job).name == "j"
+
+
+# name: (experiment, arch, options, epochs, milestones, batch_size, lr, warmup_epochs, placement)
+PAPER = ("resnet-paper-imagenet", 120, [30, 60, 90], 256, 0.1, 5, "PACK")
+CIFAR = ("resnet-paper-cifar10", 164, [82, 123], 128, 0.2, 0, "PACK")
+RESOLVED = {
+    "plain18_imagenet": ("plain18-imagenet", "plain18", {}, PAPER),
+    "plain34_imagenet": ("plain34-imagenet", "plain34", {}, PAPER),
+    "resnet18_imagenet": ("resnet18-imagenet", "resnet18", {"shortcut": "A"}, PAPER),
+    "resnet34_imagenet": ("resnet34-imagenet", "resnet34", {"shortcut": "A"}, PAPER),
+    "resnet50_imagenet": ("resnet50-imagenet", "resnet50", {"shortcut": "B", "stride_in": "v1"}, PAPER),
+    "resnet101_imagenet": ("resnet101-imagenet", "resnet101", {"shortcut": "B", "stride_in": "v1"}, PAPER),
+    "resnet152_imagenet": (
+        "resnet152-imagenet",
+        "resnet152",
+        {"shortcut": "B", "stride_in": "v1"},
+        PAPER[:-1] + ("SPREAD",),
+    ),
+    "resnet50_imagenet_batch256": (
+        "resnet50-imagenet-batch256",
+        "resnet50",
+        {"shortcut": "B", "stride_in": "v1"},
+        ("resnet-paper-imagenet", 120, [30, 60, 90], 32, 0.1, 0, "PACK"),
+    ),
+    "resnet50_imagenet_fast": (
+        "resnet50-imagenet-fast",
+        "resnet50",
+        {"shortcut": "B", "stride_in": "v1.5"},
+        ("resnet-imagenet-fast", 88, [30, 60, 90], 256, 0.425, 2, "PACK"),
+    ),
+    "cifar_plain20": ("cifar_plain20", "cifar_plain20", {}, CIFAR),
+    "cifar_plain56": ("cifar_plain56", "cifar_plain56", {}, CIFAR),
+    "cifar_resnet20": ("cifar_resnet20", "cifar_resnet20", {}, CIFAR),
+    "cifar_resnet56": ("cifar_resnet56", "cifar_resnet56", {}, CIFAR),
+    "cifar_resnet110": ("cifar_resnet110", "cifar_resnet110", {}, CIFAR[:-2] + (1, "PACK")),
+    "demo_fashion_mnist": (
+        "demo-fashion-mnist",
+        "cifar_resnet20",
+        {"shortcut": "A"},
+        ("orch-demo", 3, [30, 60, 90], 128, 0.4, 0.3, "PACK"),
+    ),
+}
+
+
+def test_every_job_is_listed():
+    assert sorted(p.stem for p in JOBS.glob("*.yaml")) == sorted(RESOLVED)
+
+
+@pytest.mark.parametrize("stem", sorted(RESOLVED))
+def test_jobs_resolve_to_their_recipes(stem):
+    name, arch, options, (experiment, epochs, milestones, batch, lr, warmup, placement) = RESOLVED[stem]
+    spec = load_spec(JOBS / f"{stem}.yaml")
+    assert (spec.name, spec.experiment, spec.model.arch, spec.model.options) == (name, experiment, arch, options)
+    assert (spec.training.epochs, spec.schedule.milestones, spec.training.batch_size) == (epochs, milestones, batch)
+    assert (spec.optimizer.lr, spec.schedule.warmup_epochs, spec.scaling.placement) == (lr, warmup, placement)
+    if experiment.startswith("resnet-paper-"):
+        imagenet = experiment.endswith("imagenet")
+        assert spec.data.augment == ("paper" if imagenet else "cifar")
+        assert spec.model.num_classes == (1000 if imagenet else 10)
+        assert spec.schedule.kind == "step" and spec.optimizer.weight_decay == 1e-4
+        assert spec.checkpoint.num_to_keep == (3 if imagenet else 2)
+        assert spec.scaling.num_workers == (8 if imagenet else 1) and spec.scaling.use_gpu
+
+
+def test_the_fast_recipe_replaces_the_papers():
+    spec = load_spec(JOBS / "resnet50_imagenet_fast.yaml")
+    assert spec.schedule.kind == "cosine" and spec.data.augment == "imagenet" and spec.data.num_workers == 12
+    assert spec.data.resolution.model_dump() == {
+        "min_res": 160,
+        "max_res": 192,
+        "start_epoch": 65,
+        "end_epoch": 76,
+        "val_res": 256,
+    }
+    assert spec.optimizer.label_smoothing == 0.1 and spec.optimizer.no_decay_norm_bias
+    assert spec.scaling.cpus_per_worker == 12 and spec.training.max_failures == 3
+
+
+def test_dry_run_prints_the_resolved_spec(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from orchestrator.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    job = JOBS / "resnet34_imagenet.yaml"
+    result = CliRunner().invoke(cli, ["submit", str(job), "--dry-run", "--output", "json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)["spec"]
+    assert "base" not in printed
+    assert printed == load_spec(job).model_dump(mode="json")
+    assert printed["model"]["arch"] == "resnet34" and printed["schedule"]["milestones"] == [30, 60, 90]
+    assert printed["data"]["train"] == str(tmp_path / "data" / "imagenet" / "train.beton")

@@ -1,5 +1,7 @@
-"""Reading a job spec: YAML file plus `--set key.path=value` overrides, validated as one object."""
+"""Reading a job spec: YAML file (over its `base:` files) plus `--set key.path=value` overrides,
+validated as one object."""
 
+import copy
 import os
 from pathlib import Path
 
@@ -12,11 +14,26 @@ from orchestrator.spec.schema import PATH_FIELDS, JobSpec
 
 def load_spec(path, overrides=()) -> JobSpec:
     """Read, override and validate a spec file. Raises SpecError naming the file or key."""
-    raw = _read_yaml(Path(path))
+    raw = read_layered(path)
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
     return spec_from_dict(raw, source=str(path))
+
+
+def read_layered(path) -> dict:
+    """The file's mapping merged over its `base:` chain (each PATH relative to the file naming it),
+    `base` removed. Raises SpecError naming the file for a missing, invalid or cyclic base."""
+    return _read_layered(Path(path), ())
+
+
+def merge(base: dict, override: dict) -> dict:
+    """`override` over `base`, neither changed: mappings merge key by key, lists and values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        old = merged.get(key)
+        merged[key] = merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else copy.deepcopy(value)
+    return merged
 
 
 def spec_from_dict(raw: dict, source: str = "spec") -> JobSpec:
@@ -88,6 +105,26 @@ def _read_yaml(path: Path) -> dict:
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping of sections (name, model, data, ...)")
     return raw
+
+
+def _read_layered(path: Path, seen: tuple[Path, ...]) -> dict:
+    raw = _read_yaml(path)
+    if "base" not in raw:
+        return raw
+    value = raw.pop("base")
+    return merge(_read_layered(_base_path(path, value, seen), (*seen, path)), raw)
+
+
+def _base_path(path: Path, value, seen: tuple[Path, ...]) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(f"{path}: base: expected the path of a YAML file, relative to this one (got {value!r})")
+    base = path.parent / os.path.expanduser(value)
+    if not base.is_file():
+        raise SpecError(f"{path}: base: {base} not found (PATH is relative to {path})")
+    chain = (*seen, path, base)
+    if any(base.resolve() == other.resolve() for other in chain[:-1]):
+        raise SpecError(f"{path}: base: {value} makes a cycle ({' -> '.join(map(str, chain))})")
+    return base
 
 
 def _absolute_paths(spec: JobSpec) -> JobSpec:
