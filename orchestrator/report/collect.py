@@ -1,0 +1,149 @@
+"""The runs a report is about, read from MLflow: a sweep's trial runs, or a list of runs.
+
+A sweep parent is a run tagged orch.kind=sweep; its trials are the runs tagged
+mlflow.parentRunId=PARENT, each with orch.sweep.trial (its index) and orch.sweep.overrides
+(JSON: the dotted spec keys the trial set). In a list, runs tagged orch.kind=ensemble are
+ensembles (orchestrator/evaluation/records.py); every other run is a training run. Only
+FINISHED runs count; the others are listed as skipped with their status.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from orchestrator.errors import OrchError
+from orchestrator.report.configs import dataset_name
+from orchestrator.run_lookup import find_run
+
+KIND_TAG = "orch.kind"
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "orch.sweep.trial"
+OVERRIDES_TAG = "orch.sweep.overrides"
+CURVES = ("val_top1_error", "val_top5_error", "train_top1_error", "train_top5_error")
+
+
+@dataclass
+class TrainedRun:
+    """A FINISHED training run: its params, last metrics, tags and per-epoch error curves."""
+
+    run_id: str
+    name: str
+    params: dict
+    metrics: dict
+    tags: dict
+    history: dict  # {metric: {epoch: value}} for CURVES
+    dataset: str  # the dataset's name (configs.dataset_name)
+
+    @property
+    def overrides(self) -> dict | None:
+        text = self.tags.get(OVERRIDES_TAG)
+        return json.loads(text) if text else None
+
+
+@dataclass
+class Collected:
+    refs: list[str]
+    experiment_id: str
+    sweep_id: str | None = None  # the parent run, for a sweep
+    trained: list[TrainedRun] = field(default_factory=list)
+    ensembles: list = field(default_factory=list)  # mlflow Run objects
+    skipped: list[dict] = field(default_factory=list)
+
+
+def parse_refs(refs) -> list[str]:
+    """'A,B' or ['A', 'B,C'] -> ['A', 'B', 'C']."""
+    items = [refs] if isinstance(refs, str) else list(refs)
+    parsed = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    if not parsed:
+        raise OrchError("no runs given: pass a sweep parent run id or RUN1,RUN2,... (see `orch runs`)")
+    return parsed
+
+
+def collect(uri: str, refs) -> Collected:
+    """The runs `refs` name: one sweep parent (its trials), or runs and ensembles."""
+    names = parse_refs(refs)
+    runs = [find_run(uri, ref) for ref in names]
+    sweeps = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
+    if sweeps and len(runs) > 1:
+        raise OrchError(
+            f"run {sweeps[0].info.run_id} is a sweep: report on it alone (orch report {sweeps[0].info.run_id})"
+        )
+    if sweeps:
+        return _collect_sweep(uri, names, sweeps[0])
+    collected = Collected(names, runs[0].info.experiment_id)
+    _add_runs(uri, collected, runs)
+    if not collected.trained and not collected.ensembles:
+        raise OrchError(
+            f"none of {', '.join(names)} is FINISHED: {_statuses(collected.skipped)}; report on finished runs"
+        )
+    return collected
+
+
+def _collect_sweep(uri: str, names: list[str], parent) -> Collected:
+    parent_id = parent.info.run_id
+    collected = Collected(names, parent.info.experiment_id, sweep_id=parent_id)
+    _add_runs(uri, collected, trial_runs(uri, parent_id))
+    if not collected.trained:
+        found = _statuses(collected.skipped) if collected.skipped else "no trial runs"
+        raise OrchError(
+            f"sweep {parent_id} has no FINISHED trial runs ({found}); report once its trials have finished "
+            f"(`orch runs`, `orch resume RUN`)"
+        )
+    return collected
+
+
+def trial_runs(uri: str, parent_id: str) -> list:
+    """The sweep's trial runs, in trial order."""
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    runs = client.search_runs(experiments, f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=10000)
+    return sorted(runs, key=lambda r: (_trial_index(r), r.info.start_time or 0))
+
+
+def _trial_index(run) -> int:
+    text = run.data.tags.get(TRIAL_TAG, "")
+    return int(text) if text.isdigit() else 1 << 30
+
+
+def _add_runs(uri: str, collected: Collected, runs: list) -> None:
+    for run in runs:
+        info = run.info
+        if info.status != "FINISHED":
+            collected.skipped.append(
+                {"run_id": info.run_id, "name": info.run_name, "status": info.status, "reason": "not FINISHED"}
+            )
+        elif run.data.tags.get(KIND_TAG) == "ensemble":
+            collected.ensembles.append(run)
+        else:
+            history = histories(uri, info.run_id)
+            if not history["val_top1_error"]:
+                raise OrchError(
+                    f"run {info.run_id} ({info.run_name}) has no val_top1_error history: it is not a training "
+                    f"run that validated an epoch; leave it out of the report (`orch logs {info.run_id}`)"
+                )
+            collected.trained.append(
+                TrainedRun(
+                    info.run_id,
+                    info.run_name,
+                    run.data.params,
+                    run.data.metrics,
+                    run.data.tags,
+                    history,
+                    dataset_name(run),
+                )
+            )
+
+
+def histories(uri: str, run_id: str) -> dict:
+    """{metric: {epoch: value}} of the per-epoch error metrics, as logged (step = epoch)."""
+    client = MlflowClient(uri)
+    return {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in CURVES}
+
+
+def _statuses(skipped: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for item in skipped:
+        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in counts.items())
