@@ -24,6 +24,7 @@ from orchestrator.tracking import best_metrics
 from orchestrator.train.checkpoint import describe, list_checkpoints
 
 ACTIVE = "RUNNING"
+SWEEP_TRIAL_TAG = "orch.sweep.trial"  # a sweep's child run (orchestrator/sweep/records.py)
 
 
 def driver_tags() -> dict:
@@ -88,6 +89,10 @@ def driver_alive(run) -> bool | None:
 def stop(uri: str, ref: str, wait_s: float = 120.0, save: bool = False) -> dict:
     """End a run's job and mark the run KILLED if its driver does not; checkpoints are kept.
 
+    A sweep's parent (orch.kind=sweep) is stopped through its driver, which stops every trial;
+    children still RUNNING after it are marked KILLED. A sweep's trial is always stopped with
+    save=True, so that the others go on.
+
     save=True first asks the training workers, through the run's orch.stop_request tag, to write
     a step checkpoint and stop (train/stopping.py), and waits up to `wait_s` for the run to end;
     the job is stopped outright only if it has not by then. Otherwise, a local run's driver (the
@@ -98,6 +103,18 @@ def stop(uri: str, ref: str, wait_s: float = 120.0, save: bool = False) -> dict:
     run_id = run.info.run_id
     if run.info.status != ACTIVE:
         raise OrchError(f"run {run_id} is {run.info.status}, not running: nothing to stop")
+    if SWEEP_TRIAL_TAG in run.data.tags:
+        save = True  # a sweep's trial: its workers save and stop it; the sweep's other trials go on
+    outcome = _stop_job(uri, run, wait_s, save)
+    if run.data.tags.get("orch.kind") == "sweep":  # its trials' runs whose driver went with it
+        from orchestrator.sweep.records import end_running_children
+
+        outcome["trials_killed"] = end_running_children(uri, run_id, "KILLED", "the sweep was stopped")
+    return outcome
+
+
+def _stop_job(uri: str, run, wait_s: float, save: bool) -> dict:
+    run_id = run.info.run_id
     backend = job_backend(run)
     if save and (backend is not None or driver_alive(run) is not False):  # workers that can still save
         saved = _stop_with_checkpoint(uri, run_id, wait_s)

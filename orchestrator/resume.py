@@ -70,6 +70,14 @@ def resume_run(
     return continue_here(uri, run, spec, overrides, progress_to_stderr=progress_to_stderr)
 
 
+def sweep_parent(uri: str | None, ref: str):
+    """(uri, run) when `ref` is a sweep's parent run (orch.kind=sweep), else None."""
+    uri = tracking.tracking_uri(explicit=uri)
+    tracking.quiet_mlflow()
+    run = find_run(uri, ref)
+    return (uri, run) if run.data.tags.get("orch.kind") == "sweep" else None
+
+
 def continue_here(
     uri: str, run, spec, overrides=(), *, reopen: bool = True, progress_to_stderr: bool = False
 ) -> JobOutcome:

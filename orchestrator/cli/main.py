@@ -26,6 +26,8 @@ COMMANDS = {
     "evaluate": "orchestrator.cli.evaluate:evaluate",
     "ensemble": "orchestrator.cli.ensemble:ensemble",
     "ui": "orchestrator.cli.ui:ui",
+    "sweep": "orchestrator.cli.sweep:sweep",
+    "report": "orchestrator.cli.report:report",
 }
 
 

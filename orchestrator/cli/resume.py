@@ -26,10 +26,21 @@ def resume(run, overrides, target, address, namespace, image, detach, uri, outpu
 
     A run submitted to a Ray cluster continues as a new Ray job on that cluster, a Kubernetes
     run as a new RayJob, which picks the checkpoint to continue from on the cluster. --target
-    or --address moves a run, with the same meaning as in `orch submit`.
+    or --address moves a run, with the same meaning as in `orch submit`. A sweep's parent run
+    (`orch sweep`) runs the trials that did not finish, each from its own latest checkpoint.
     """
     from orchestrator.progress import format_summary
-    from orchestrator.resume import resume_run
+    from orchestrator.resume import resume_run, sweep_parent
+
+    parent = sweep_parent(uri, run)
+    if parent is not None:
+        from orchestrator.cli.sweep import print_result
+        from orchestrator.sweep.driver import resume_sweep
+
+        if overrides or target or address or namespace or image or detach:
+            raise click.UsageError("a sweep resumes as it ran: --set and the target options do not apply")
+        print_result(resume_sweep(parent), output)
+        return
 
     outcome = resume_run(
         run,

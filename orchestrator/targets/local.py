@@ -46,20 +46,24 @@ def drive(
     *,
     resume_from: str | None = None,
     progress_to_stderr: bool = False,
+    callbacks: tuple = (),
+    watch: bool = True,
 ) -> JobOutcome:
     """Fit the trainer for an existing, RUNNING MLflow run whose checkpoints live in `run_dir`,
-    and end the run FINISHED, FAILED or KILLED."""
+    and end the run FINISHED, FAILED or KILLED. `callbacks` go to Ray Train with orch's own (a
+    sweep's trial adds Tune's); watch=False prints no progress (a sweep's driver prints it)."""
     run_record.begin(spec, uri, run_id)  # datasets and description, read where the data is
     done = set(tracking.epoch_history(uri, run_id))
-    printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr, skip=done)
+    printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr, skip=done) if watch else None
     status, error, result = "FAILED", None, None
     # Ray prints worker-death notices to stdout; with --output json stdout holds only the result.
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if progress_to_stderr else contextlib.nullcontext()
     with quiet_stdout:
-        terminal.say(terminal.starting_workers(spec.scaling))
-        printer.start()
+        if printer:
+            terminal.say(terminal.starting_workers(spec.scaling))
+            printer.start()
         try:
-            result = fit(build_trainer(spec, uri, run_id, resume_from, run_dir=run_dir))
+            result = fit(build_trainer(spec, uri, run_id, resume_from, run_dir=run_dir, callbacks=callbacks))
             stopped = stop_message(result, run_id)
             status = "KILLED" if stopped else "FINISHED"
             error = stopped
@@ -72,7 +76,8 @@ def drive(
             raise JobFailed(f"run {run_id} FAILED: {root_cause(exc)}") from None
         finally:
             try:
-                printer.stop()
+                if printer:
+                    printer.stop()
                 tracking.log_best(uri, run_id, BestRule.of(spec.checkpoint))
             finally:
                 tracking.end_run(uri, run_id, status, error)
@@ -109,7 +114,12 @@ def checkpoint_dir(spec: JobSpec, run_id: str) -> str:
 
 
 def build_trainer(
-    spec: JobSpec, uri: str, run_id: str, resume_from: str | None = None, run_dir: str | None = None
+    spec: JobSpec,
+    uri: str,
+    run_id: str,
+    resume_from: str | None = None,
+    run_dir: str | None = None,
+    callbacks: tuple = (),
 ) -> TorchTrainer:
     scaling = spec.scaling
     # Ray Train's folder for the run is storage_path/name; a resumed run reuses it, so Ray's
@@ -144,6 +154,7 @@ def build_trainer(
                 EpochLogger(uri, run_id, spec.training.max_failures),
                 restart.keeper(uri, run_id),  # on the controller: the checkpoint a new worker group gets
                 stopping.sigterm_callback(),  # on each worker: SIGTERM asks for a step checkpoint
+                *callbacks,
             ],
         ),
     )

@@ -1,0 +1,119 @@
+"""What a sweep leaves in MLflow: one parent run and one child run per trial that started.
+
+Parent: tags orch.kind=sweep, orch.sweep.trials (how many), orch.sweep.varied (JSON list of the
+varied keys), orch.target and the driver's tags; artifacts sweep/sweep.json (the sweep file as
+resolved) and sweep/trials.json (each trial's index, overrides and resolved spec). Child: an
+ordinary orch run (params, checkpoints, metrics) with tags mlflow.parentRunId (MLflow's run
+table nests it), orch.sweep.trial (its index) and orch.sweep.overrides (JSON of its varied keys).
+"""
+
+import json
+import tempfile
+
+from mlflow.tracking import MlflowClient
+
+from orchestrator import tracking
+from orchestrator.errors import OrchError
+from orchestrator.lifecycle import SWEEP_TRIAL_TAG
+from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.trials import Trial, from_json
+
+KIND_TAG, PARENT_TAG = "orch.kind", "mlflow.parentRunId"
+TRIAL_TAG, OVERRIDES_TAG = SWEEP_TRIAL_TAG, "orch.sweep.overrides"
+RESULT_KEYS = ("val_top1_error", "val_top5_error", "train_top1_error", "train_top5_error", "train_loss")
+RESULT_KEYS += ("best_val_top1_error", "best_val_top5_error", "best_epoch")
+
+
+def create_parent(uri: str, sweep: SweepSpec, trials: list[Trial], sweep_file: str, tags: dict) -> str:
+    """The sweep's RUNNING parent run, in the experiment of its job, with the trials it runs."""
+    tracking.quiet_mlflow()
+    client = MlflowClient(uri)
+    job = trials[0].spec
+    name = sweep.name or f"{job.name}-sweep"
+    run = client.create_run(tracking.experiment_id(client, job.experiment), run_name=name)
+    run_id = run.info.run_id
+    varied = list(dict.fromkeys(key for trial in trials for key in trial.overrides))
+    tracking.set_tags(
+        uri,
+        run_id,
+        {
+            KIND_TAG: "sweep",
+            "orch.sweep.trials": len(trials),
+            "orch.sweep.varied": json.dumps(varied),
+            "orch.spec_file": sweep_file,
+            "mlflow.note.content": f"Sweep of {len(trials)} trials of {job.name} over {', '.join(varied)}.",
+            **tags,
+        },
+    )
+    client.log_dict(run_id, sweep.model_dump(mode="json"), "sweep/sweep.json")
+    client.log_dict(run_id, [t.as_json() for t in trials], "sweep/trials.json")
+    return run_id
+
+
+def recorded_trials(uri: str, parent_id: str) -> list[Trial]:
+    return from_json(artifact_json(uri, parent_id, "sweep/trials.json"))
+
+
+def artifact_json(uri: str, parent_id: str, path: str):
+    """A JSON artifact the sweep logged on its parent run."""
+    with tempfile.TemporaryDirectory(prefix="orch-sweep-") as tmp:
+        try:
+            return json.loads(open(MlflowClient(uri).download_artifacts(parent_id, path, dst_path=tmp)).read())
+        except Exception:
+            raise OrchError(f"run {parent_id}: no {path} artifact: not a sweep's parent run") from None
+
+
+def is_sweep(run) -> bool:
+    return run.data.tags.get(KIND_TAG) == "sweep"
+
+
+def children(uri: str, parent_id: str) -> dict[int, object]:
+    """{trial index: child run}; where a trial has several runs, the newest."""
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.`{PARENT_TAG}` = '{parent_id}'",
+        max_results=5000,
+        order_by=["start_time ASC"],
+    )
+    return {int(r.data.tags[TRIAL_TAG]): r for r in runs if TRIAL_TAG in r.data.tags}
+
+
+def create_child(uri: str, parent_id: str, trial: Trial) -> str:
+    """The trial's RUNNING child run: an orch run of its spec, nested under the parent."""
+    run_id = tracking.start_run(trial.spec, None, uri)
+    client = MlflowClient(uri)
+    client.update_run(run_id, name=trial.label or trial.spec.name)
+    tracking.set_tags(
+        uri, run_id, {PARENT_TAG: parent_id, TRIAL_TAG: trial.index, OVERRIDES_TAG: json.dumps(trial.overrides)}
+    )
+    return run_id
+
+
+def end_running_children(uri: str, parent_id: str, status: str, why: str) -> list[str]:
+    """End every child still RUNNING (its trial was stopped): the ids ended."""
+    ended = [r.info.run_id for r in children(uri, parent_id).values() if r.info.status == "RUNNING"]
+    for run_id in ended:
+        tracking.end_run(uri, run_id, status, why)
+    return ended
+
+
+def outcome(uri: str, parent_id: str, trials: list[Trial]) -> dict:
+    """{"parent_run_id", "status", "trials": [{"index", "run_id", "status", "overrides", "metrics"}]}."""
+    runs = children(uri, parent_id)
+    rows = []
+    for trial in trials:
+        run = runs.get(trial.index)
+        metrics = {k: run.data.metrics[k] for k in RESULT_KEYS if run and k in run.data.metrics}
+        rows.append(
+            {
+                "index": trial.index,
+                "run_id": run.info.run_id if run else None,
+                "status": run.info.status if run else "NOT_STARTED",
+                "overrides": trial.overrides,
+                "metrics": metrics,
+            }
+        )
+    status = MlflowClient(uri).get_run(parent_id).info.status
+    return {"parent_run_id": parent_id, "status": status, "trials": rows}

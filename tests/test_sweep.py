@@ -1,0 +1,160 @@
+"""`orch sweep` on Ray Tune, as a researcher runs it: 2 architectures x 2 seeds on a small
+Fashion-MNIST subset, its driver killed after two trials (a test-only hook SIGKILLs it once two
+trials have ended), `orch stop PARENT`, `orch resume PARENT` for the other two, then
+`orch report PARENT`. Everything is real: the session's Ray, Tune, Ray Train, FFCV, MLflow."""
+
+import json
+import signal
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from eval_fixtures import all_runs, run_orch
+from job_fixtures import DEMO, orch_process
+
+
+def write_sweep(folder, data) -> str:
+    """Two architectures x two seeds of the demo job, 2 epochs of 500 images, 1 CPU each."""
+    sweep = {
+        "name": "arch-by-seed",
+        "job": str(DEMO),
+        "set": {
+            "data.train": str(data / "train.beton"),
+            "data.val": str(data / "val.beton"),
+            "data.max_train_samples": 500,
+            "training.epochs": 2,
+            "training.batch_size": 100,
+            "schedule.warmup_epochs": 0,
+            "model.options": {},
+            "scaling.num_workers": 1,
+            "scaling.cpus_per_worker": 1,
+            "checkpoint.storage": str(folder / "ckpt"),
+            "tracking.system_metrics": False,
+            "tracking.log_model": False,
+            "tracking.log_every_n_steps": 5,
+        },
+        "grid": {"model.arch": ["cifar_plain8", "cifar_resnet8"], "training.seed": [0, 1]},
+        "max_concurrent_trials": 2,
+    }
+    path = folder / "sweep.yaml"
+    path.write_text(json.dumps(sweep))  # JSON is YAML
+    return str(path)
+
+
+def test_sweep_killed_stopped_resumed_and_reported(ray_address, small_fashion, mlflow_uri, tmp_path, monkeypatch):
+    sweep = write_sweep(tmp_path, small_fashion)
+
+    code, out, err = run_orch("sweep", sweep, "--dry-run", "--output", "json")
+    assert code == 0, err
+    planned = json.loads(out)["trials"]
+    assert [t["overrides"] for t in planned] == [
+        {"model.arch": arch, "training.seed": seed} for arch in ("cifar_plain8", "cifar_resnet8") for seed in (0, 1)
+    ]
+    assert all(t["resources"] == {"CPU": 1} for t in planned)
+    assert all_runs(mlflow_uri) == []  # a dry run creates nothing
+
+    with monkeypatch.context() as env:  # only the subprocess's driver is killed
+        env.setenv("ORCH_TEST_SWEEP_FAULT", json.dumps({"kill_driver_after_trials": 2}))
+        proc = orch_process("sweep", sweep, cwd=tmp_path, uri=mlflow_uri, ray_address=ray_address)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    parent = _parent(mlflow_uri)
+    running = [r.info.run_name for r in all_runs(mlflow_uri) if r.info.status == "RUNNING"]
+    assert parent.info.run_name in running  # the driver died: nothing ended its runs
+
+    code, out, err = run_orch("stop", parent.info.run_id, "--output", "json")
+    assert code == 0, err
+    assert [r.info.run_id for r in all_runs(mlflow_uri) if r.info.status == "RUNNING"] == []
+    assert MlflowClient(mlflow_uri).get_run(parent.info.run_id).info.status == "KILLED"
+    before = _children(mlflow_uri, parent.info.run_id)
+    assert sorted(s for s, _ in before.values()).count("FINISHED") == 2
+
+    code, out, err = run_orch("resume", parent.info.run_id, "--output", "json")
+    assert code == 0, err[-3000:]
+    result = json.loads(out)
+    assert result["parent_run_id"] == parent.info.run_id and result["status"] == "FINISHED"
+    assert [t["status"] for t in result["trials"]] == ["FINISHED"] * 4
+    after = _children(mlflow_uri, parent.info.run_id)
+    assert sorted(after) == [0, 1, 2, 3]
+    for index, (status, run_id) in before.items():  # finished trials were not run again
+        if status == "FINISHED":
+            assert after[index][1] == run_id
+    for trial in result["trials"]:
+        assert set(trial["metrics"]) >= {"val_top1_error", "train_top1_error", "best_val_top1_error"}
+        history = MlflowClient(mlflow_uri).get_metric_history(trial["run_id"], "train_top1_error")
+        assert sorted(m.step for m in history) == [0, 1]  # once per epoch
+
+    code, out, err = run_orch("report", parent.info.run_id, "--out", tmp_path / "report", "--output", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert len(report["rows"]) == 2 and all(row["n"] == 2 for row in report["rows"])
+    assert all(row["final_val_top1_error"]["std"] is not None for row in report["rows"])
+    assert report["figures"] and open(report["figures"][0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    logged = [a.path for a in MlflowClient(mlflow_uri).list_artifacts(parent.info.run_id, "report")]
+    assert any(p.endswith(".png") for p in logged) and "report/report.html" in logged
+
+
+def _parent(uri: str):
+    parents = [r for r in all_runs(uri) if r.data.tags.get("orch.kind") == "sweep"]
+    assert len(parents) == 1
+    return parents[0]
+
+
+def _children(uri: str, parent_id: str) -> dict[int, tuple[str, str]]:
+    runs = [r for r in all_runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    return {int(r.data.tags["orch.sweep.trial"]): (r.info.status, r.info.run_id) for r in runs}
+
+
+# --- the sweep file and its trials, without Ray -------------------------------------------------
+
+
+def _sweep_file(folder, **keys) -> str:
+    path = folder / "s.yaml"
+    path.write_text(json.dumps({"job": str(DEMO), **keys}))
+    return str(path)
+
+
+def test_trials_are_cases_times_grid_times_draws_in_order(tmp_path):
+    from orchestrator.sweep.driver import plan_sweep
+
+    cases = [{"model.arch": "cifar_plain8", "model.options": {}}, {"model.arch": "cifar_resnet8"}]
+    random = {"samples": 2, "seed": 3, "keys": {"optimizer.lr": {"loguniform": [0.01, 1.0]}}}
+    path = _sweep_file(tmp_path, cases=cases, grid={"training.seed": [0, 1]}, random=random)
+    _, trials = plan_sweep(path, ["training.epochs=1"])
+    assert [(t.overrides["model.arch"], t.overrides["training.seed"]) for t in trials] == [
+        (arch, seed) for arch in ("cifar_plain8", "cifar_resnet8") for seed in (0, 0, 1, 1)
+    ]
+    assert all(t.spec.training.epochs == 1 for t in trials)  # --set KEY sets a job key in every trial
+    assert trials[0].spec.model.options == {} and trials[4].spec.model.options == {"shortcut": "A"}
+    lrs = [t.overrides["optimizer.lr"] for t in trials]
+    assert all(0.01 <= lr <= 1.0 for lr in lrs) and len(set(lrs)) == len(lrs)
+    assert lrs == [t.overrides["optimizer.lr"] for t in plan_sweep(path)[1]]  # seeded: the same trials again
+
+
+@pytest.mark.parametrize(
+    "keys, overrides, expected",
+    [
+        ({"grid": {"model.archh": ["x"]}}, [], "(trial 0: model.archh=x): model.archh: unknown key"),
+        ({"grid": {"training.seed": []}}, [], "grid: training.seed: list at least one value"),
+        ({}, [], "say what varies"),
+        ({"grid": {"training.seed": [0]}, "job": "nope.yaml"}, [], "job: nope.yaml not found"),
+        ({"grid": {"training.seed": [0]}}, ["max_concurrent_trials=0"], "max_concurrent_trials"),
+        ({"random": {"samples": 1, "keys": {"optimizer.lr": {"normal": [0, 1]}}}}, [], "expected one of choice"),
+    ],
+)
+def test_bad_sweeps_are_one_line_errors_naming_the_key(tmp_path, keys, overrides, expected):
+    code, _, err = run_orch(
+        "sweep", _sweep_file(tmp_path, **keys), "--dry-run", *[a for o in overrides for a in ("--set", o)]
+    )
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_concurrency_fits_the_largest_trial_into_the_cluster(tmp_path):
+    from orchestrator.sweep.driver import plan_sweep
+    from orchestrator.sweep.trials import concurrency
+
+    path = _sweep_file(tmp_path, grid={"scaling.cpus_per_worker": [1, 2]})
+    _, trials = plan_sweep(path)
+    assert concurrency(trials, None, nodes=[{"CPU": 4}, {"CPU": 2}]) == 3  # 6 CPUs / 2 for the largest
+    assert concurrency(trials, None, nodes=[{"CPU": 1}]) == 1
+    assert concurrency(trials, 5, nodes=[{"CPU": 1}]) == 5
