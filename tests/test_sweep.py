@@ -158,3 +158,13 @@ def test_concurrency_fits_the_largest_trial_into_the_cluster(tmp_path):
     assert concurrency(trials, None, nodes=[{"CPU": 4}, {"CPU": 2}]) == 3  # 6 CPUs / 2 for the largest
     assert concurrency(trials, None, nodes=[{"CPU": 1}]) == 1
     assert concurrency(trials, 5, nodes=[{"CPU": 1}]) == 5
+
+
+@pytest.mark.parametrize(
+    "name, trials",
+    [("degradation_cifar10", 8), ("resnet110_seeds", 5), ("shortcuts_resnet34", 3), ("plain_vs_resnet_imagenet", 4)],
+)
+def test_the_papers_sweeps_list_their_trials(name, trials):
+    from orchestrator.sweep.driver import plan_sweep
+
+    assert len(plan_sweep(DEMO.parent / "sweeps" / f"{name}.yaml")[1]) == trials

@@ -11,17 +11,24 @@ from orchestrator.cli.options import output_option, set_option, uri_option
 @click.command()
 @click.argument("sweep_path", metavar="SWEEP", type=click.Path(dir_okay=False))
 @set_option
+@click.option(
+    "--address",
+    metavar="URL",
+    default=None,
+    help="Run the sweep as one Ray job on the cluster whose Jobs API is at URL (http://HEAD:8265).",
+)
+@click.option("--detach", is_flag=True, help="With --address: submit, print the parent run and return.")
 @click.option("--dry-run", is_flag=True, help="List the trials and what each needs; start nothing.")
 @uri_option
 @output_option
-def sweep(sweep_path, overrides, dry_run, uri, output):
+def sweep(sweep_path, overrides, address, detach, dry_run, uri, output):
     """Run the trials SWEEP.yaml describes on Ray Tune (the embedded Ray when none is running):
     every combination of its grid: values (times random: draws), each an orch run with its own
     checkpoints and metrics, nested under one parent run. --set sets a job key in every trial
     (or a sweep key: grid.KEY, max_concurrent_trials, ...).
 
     \b
-      orch sweep jobs/sweep_degradation_fashion.yaml
+      orch sweep jobs/sweeps/degradation_fashion.yaml
       orch stop PARENT          # ends every trial; the runs are marked KILLED
       orch resume PARENT        # runs the trials that did not finish
       orch report PARENT        # the table, figures and verdicts
@@ -31,7 +38,7 @@ def sweep(sweep_path, overrides, dry_run, uri, output):
     if dry_run:
         _print_plan(*driver.plan_sweep(sweep_path, overrides), output)
         return
-    result = driver.run_sweep(sweep_path, overrides, uri=uri)
+    result = driver.run_sweep(sweep_path, overrides, uri=uri, address=address, detach=detach)
     print_result(result, output)
 
 

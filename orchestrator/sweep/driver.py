@@ -27,14 +27,23 @@ def plan_sweep(path, overrides=()) -> tuple[SweepSpec, list[Trial]]:
     return sweep, expand(sweep, job, str(path))
 
 
-def run_sweep(path, overrides=(), *, uri: str | None = None) -> dict:
-    """Run every trial of the sweep file at `path`; records.outcome() of its parent."""
+def run_sweep(path, overrides=(), *, uri: str | None = None, address: str | None = None, detach=False) -> dict:
+    """Run every trial of the sweep file at `path` here, or with `address` as one Ray job on
+    that cluster; records.outcome() of its parent."""
     sweep, trials = plan_sweep(path, overrides)
-    check_trials(trials)
-    uri = tracking.tracking_uri(trials[0].spec, uri)
-    tags = {"orch.target": "local", **driver_tags()}
+    if address:
+        from orchestrator.sweep import remote
+
+        address, uri = remote.check(trials, address, uri)
+        tags = {"orch.target": "ray", "orch.ray_address": address}
+    else:
+        check_trials(trials)
+        uri = tracking.tracking_uri(trials[0].spec, uri)
+        tags = {"orch.target": "local", **driver_tags()}
     parent_id = records.create_parent(uri, sweep, trials, os.path.abspath(path), tags)
     terminal.say(f"sweep {parent_id}: {len(trials)} trials")
+    if address:
+        return remote.submit(uri, parent_id, trials, address, detach=detach)
     return drive_sweep(uri, parent_id, sweep, trials)
 
 
@@ -51,13 +60,21 @@ def resume_sweep(found: tuple) -> dict:
     left = pending(uri, parent_id, trials)
     if not left:
         raise OrchError(f"sweep {parent_id}: every trial has finished; nothing to resume")
-    check_trials([t for t in trials if t.index in left])
+    address = parent.data.tags.get("orch.ray_address") if parent.data.tags.get("orch.target") == "ray" else None
+    if address:
+        from orchestrator.sweep import remote
+
+        address, uri = remote.check([t for t in trials if t.index in left], address, uri)
+    else:
+        check_trials([t for t in trials if t.index in left])
     client = MlflowClient(uri)
     client.update_run(parent_id, status=ACTIVE)
     client.delete_tag(parent_id, "orch.error") if "orch.error" in parent.data.tags else None
     resumes = int(parent.data.tags.get("orch.resumes", "0")) + 1
-    tracking.set_tags(uri, parent_id, {"orch.resumes": resumes, **driver_tags()})
+    tracking.set_tags(uri, parent_id, {"orch.resumes": resumes, **({} if address else driver_tags())})
     terminal.say(f"sweep {parent_id}: resuming {len(left)} of {len(trials)} trials")
+    if address:
+        return remote.submit(uri, parent_id, trials, address, resume=resumes)
     return drive_sweep(uri, parent_id, sweep, trials)
 
 
@@ -77,12 +94,13 @@ def check_trials(trials: list[Trial]) -> None:
         cluster.check_resources(trial.spec.scaling)
 
 
-def drive_sweep(uri: str, parent_id: str, sweep: SweepSpec, trials: list[Trial]) -> dict:
-    """Run the pending trials on Tune and end the parent (and any child left RUNNING)."""
+def drive_sweep(uri: str, parent_id: str, sweep: SweepSpec, trials: list[Trial], target: str = "local") -> dict:
+    """Run the pending trials on the Tune of the Ray this process is connected to and end the
+    parent (and any child left RUNNING). `target` is what the children's orch.target says."""
     from orchestrator.sweep.tune_run import build_tuner
 
     left = pending(uri, parent_id, trials)
-    plan = {"uri": uri, "parent_id": parent_id, "trials": [t.as_json() for t in trials], "target": "local"}
+    plan = {"uri": uri, "parent_id": parent_id, "trials": [t.as_json() for t in trials], "target": target}
     storage = f"{trials[0].spec.checkpoint.storage.rstrip('/')}/sweep-{parent_id[:8]}-tune"
     limit = concurrency(trials, sweep.max_concurrent_trials)
     terminal.say(f"sweep {parent_id}: {len(left)} trials to run, at most {limit} at once")

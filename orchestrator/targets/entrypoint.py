@@ -144,9 +144,14 @@ def _read(path: str) -> str:
 
 
 def main(argv=None):
-    """One line on stderr and the CLI's exit codes for errors, as `orch` itself."""
+    run_command(entrypoint, "orchestrator.targets.entrypoint", argv)
+
+
+def run_command(command: click.Command, prog_name: str, argv=None):
+    """A cluster-side entrypoint: one line on stderr and the CLI's exit codes for errors, as
+    `orch` itself."""
     try:
-        entrypoint.main(args=argv, prog_name="orchestrator.targets.entrypoint", standalone_mode=False)
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except OrchError as exc:
         click.echo(f"orch: {exc.label}: {exc}", err=True)
         sys.exit(exc.exit_code)

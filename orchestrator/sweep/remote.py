@@ -1,0 +1,69 @@
+"""A sweep on a Ray cluster (`orch sweep --address`): the submitter checks every trial against
+the cluster, creates the parent run and submits one Ray job whose entrypoint
+(`python -m orchestrator.sweep.entrypoint --parent-run-id P`) runs the trials on that cluster's
+Tune (sweep.driver.drive_sweep, as a local sweep does). The parent's tags name the job, so
+`orch status/logs/stop PARENT` reach it; `orch resume PARENT` submits the next one (`-rN`).
+"""
+
+import shlex
+
+import click
+
+from orchestrator import tracking
+from orchestrator.errors import JobFailed, JobInterrupted, last_line
+from orchestrator.sweep import records
+from orchestrator.targets import ray_cluster
+
+
+def check(trials, address: str, uri: str | None) -> tuple[str, str]:
+    """Each trial's spec against the cluster at `address`: (address as used, MLflow store)."""
+    for trial in trials:
+        address, uri = ray_cluster.check_cluster(trial.spec, address, uri)
+    return address, uri
+
+
+def submit(uri: str, parent_id: str, trials, address: str, resume: int = 0, detach: bool = False) -> dict:
+    """Submit the sweep's job (its `resume`-th) and, unless `detach`, follow its output to its end."""
+    jobs = ray_cluster.client(address)
+    job_id = f"{trials[0].spec.name}-sweep-{parent_id[:8]}" + (f"-r{resume}" if resume else "")
+    command = [ray_cluster.cluster_python(address), "-m", "orchestrator.sweep.entrypoint", "--parent-run-id", parent_id]
+    try:
+        jobs.submit_job(
+            entrypoint=shlex.join([*command, "--tracking-uri", uri]),
+            submission_id=job_id,
+            runtime_env=ray_cluster.runtime_env(trials[0].spec, uri),
+            metadata={"orch.run_id": parent_id},
+        )
+    except Exception as exc:
+        tracking.end_run(uri, parent_id, "FAILED", f"submitting the Ray job failed: {exc}")
+        why = last_line(str(exc))
+        raise JobFailed(f"sweep {parent_id} FAILED: the Ray Jobs API did not take the job: {why}") from None
+    tracking.set_tags(uri, parent_id, ray_cluster.job_tags(address, job_id))
+    click.echo(f"sweep {parent_id}: Ray job {job_id} on {address}", err=True)
+    if detach:
+        return records.outcome(uri, parent_id, trials)
+    return follow(uri, parent_id, trials, jobs, job_id)
+
+
+def follow(uri: str, parent_id: str, trials, jobs, job_id: str) -> dict:
+    """The job's output on stderr until it ends; Ctrl-C stops it (its trials end KILLED)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        for chunk in ray_cluster.follow_logs(MlflowClient(uri).get_run(parent_id)):
+            click.echo(chunk, nl=False, err=True)
+        state = ray_cluster.wait(jobs, job_id)
+    except KeyboardInterrupt:
+        jobs.stop_job(job_id)
+        ray_cluster.wait(jobs, job_id, timeout_s=ray_cluster.STOP_WAIT_S + 15)
+        state = "STOPPED"
+    ended = "KILLED" if str(state) == "STOPPED" else "FAILED"
+    records.end_running_children(uri, parent_id, "KILLED", f"the sweep's Ray job {job_id} ended {state}")
+    tracking.end_if_running(uri, parent_id, ended, f"the sweep's Ray job {job_id} ended {state}")
+    result = records.outcome(uri, parent_id, trials)
+    if result["status"] == "KILLED":
+        raise JobInterrupted(f"sweep {parent_id} stopped; `orch resume {parent_id}` runs the trials left")
+    if result["status"] != "FINISHED":
+        error = MlflowClient(uri).get_run(parent_id).data.tags.get("orch.error", "")
+        raise JobFailed(f"sweep {parent_id} {result['status']}: {last_line(error, 'no cause recorded')}")
+    return result
