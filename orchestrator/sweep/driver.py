@@ -14,11 +14,12 @@ import os
 from mlflow.tracking import MlflowClient
 
 from orchestrator import cluster, preflight, terminal, tracking
-from orchestrator.errors import JobFailed, JobInterrupted, OrchError
+from orchestrator.errors import JobFailed, JobInterrupted, OrchError, SpecError
 from orchestrator.lifecycle import ACTIVE, driver_alive, driver_tags
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec, load_sweep
 from orchestrator.sweep.trials import Trial, concurrency, expand
+from orchestrator.targets import jobs_address
 
 
 def plan_sweep(path, overrides=()) -> tuple[SweepSpec, list[Trial]]:
@@ -27,10 +28,29 @@ def plan_sweep(path, overrides=()) -> tuple[SweepSpec, list[Trial]]:
     return sweep, expand(sweep, job, str(path))
 
 
-def run_sweep(path, overrides=(), *, uri: str | None = None, address: str | None = None, detach=False) -> dict:
-    """Run every trial of the sweep file at `path` here, or with `address` as one Ray job on
-    that cluster; records.outcome() of its parent."""
+def run_sweep(
+    path,
+    overrides=(),
+    *,
+    uri: str | None = None,
+    target: str | None = None,
+    address: str | None = None,
+    namespace: str | None = None,
+    image: str | None = None,
+    detach=False,
+) -> dict:
+    """Run every trial of the sweep file at `path` here (target local), as one Ray job on the
+    cluster at `address` (target ray, implied by an address) or as one KubeRay RayJob (target
+    k8s, in `namespace` with `image`); records.outcome() of its parent."""
     sweep, trials = plan_sweep(path, overrides)
+    target = target or ("ray" if address else "local")
+    if target == "k8s":
+        from orchestrator.sweep import kube
+
+        return kube.submit(sweep, trials, path, uri=uri, namespace=namespace, image=image, detach=detach)
+    address = jobs_address(trials[0].spec, address) if target == "ray" else None
+    if target == "ray" and not address:
+        raise SpecError("--target ray: no Ray Jobs API to submit to; pass --address http://HEAD:8265")
     if address:
         from orchestrator.sweep import remote
 
@@ -60,22 +80,36 @@ def resume_sweep(found: tuple) -> dict:
     left = pending(uri, parent_id, trials)
     if not left:
         raise OrchError(f"sweep {parent_id}: every trial has finished; nothing to resume")
-    address = parent.data.tags.get("orch.ray_address") if parent.data.tags.get("orch.target") == "ray" else None
+    target = parent.data.tags.get("orch.target")
+    address = parent.data.tags.get("orch.ray_address") if target == "ray" else None
     if address:
         from orchestrator.sweep import remote
 
         address, uri = remote.check([t for t in trials if t.index in left], address, uri)
+    elif target == "k8s":  # a next RayJob, for the trials checked (in pod view) at submission
+        from orchestrator.sweep import kube
+
+        return kube.resume(uri, parent, sweep, trials, left)
     else:
         check_trials([t for t in trials if t.index in left])
-    client = MlflowClient(uri)
-    client.update_run(parent_id, status=ACTIVE)
-    client.delete_tag(parent_id, "orch.error") if "orch.error" in parent.data.tags else None
-    resumes = int(parent.data.tags.get("orch.resumes", "0")) + 1
-    tracking.set_tags(uri, parent_id, {"orch.resumes": resumes, **({} if address else driver_tags())})
+    resumes = reopen(uri, parent, {} if address else driver_tags())
     terminal.say(f"sweep {parent_id}: resuming {len(left)} of {len(trials)} trials")
     if address:
         return remote.submit(uri, parent_id, trials, address, resume=resumes)
     return drive_sweep(uri, parent_id, sweep, trials)
+
+
+def reopen(uri: str, parent, tags: dict) -> int:
+    """Mark a stopped sweep's parent RUNNING again, its last error cleared, with `tags`; returns
+    the number of this resume (orch.resumes counts them)."""
+    parent_id = parent.info.run_id
+    client = MlflowClient(uri)
+    client.update_run(parent_id, status=ACTIVE)
+    if "orch.error" in parent.data.tags:
+        client.delete_tag(parent_id, "orch.error")
+    resumes = int(parent.data.tags.get("orch.resumes", "0")) + 1
+    tracking.set_tags(uri, parent_id, {"orch.resumes": resumes, **tags})
+    return resumes
 
 
 def pending(uri: str, parent_id: str, trials: list[Trial]) -> list[int]:
@@ -94,13 +128,15 @@ def check_trials(trials: list[Trial]) -> None:
         cluster.check_resources(trial.spec.scaling)
 
 
-def drive_sweep(uri: str, parent_id: str, sweep: SweepSpec, trials: list[Trial], target: str = "local") -> dict:
+def drive_sweep(uri: str, parent_id: str, sweep: SweepSpec, trials: list[Trial]) -> dict:
     """Run the pending trials on the Tune of the Ray this process is connected to and end the
-    parent (and any child left RUNNING). `target` is what the children's orch.target says."""
+    parent (and any child left RUNNING). Its children are driven from the Tune actor that runs
+    their trial, here or on a cluster: orch.target local, with that actor's driver tags;
+    `orch stop CHILD` reaches their workers through MLflow (lifecycle.stop)."""
     from orchestrator.sweep.tune_run import build_tuner
 
     left = pending(uri, parent_id, trials)
-    plan = {"uri": uri, "parent_id": parent_id, "trials": [t.as_json() for t in trials], "target": target}
+    plan = {"uri": uri, "parent_id": parent_id, "trials": [t.as_json() for t in trials], "target": "local"}
     storage = f"{trials[0].spec.checkpoint.storage.rstrip('/')}/sweep-{parent_id[:8]}-tune"
     limit = concurrency(trials, sweep.max_concurrent_trials)
     terminal.say(f"sweep {parent_id}: {len(left)} trials to run, at most {limit} at once")

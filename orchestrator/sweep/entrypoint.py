@@ -38,7 +38,7 @@ def entrypoint(parent_run_id, tracking_uri):
         if MlflowClient(tracking_uri).get_run(parent_run_id).info.status == "RUNNING":
             tracking.end_run(tracking_uri, parent_run_id, "FAILED", str(exc) or type(exc).__name__)
         raise
-    drive_sweep(tracking_uri, parent_run_id, sweep, trials, target="ray")
+    drive_sweep(tracking_uri, parent_run_id, sweep, trials)
 
 
 def main(argv=None):

@@ -135,18 +135,27 @@ def launch(
     body = manifest.rayjob_manifest(
         pods, run_id=run_id, image=image, tracking_uri=pod_uri, namespace=namespace, resume=resume
     )
-    name = body["metadata"]["name"]
+    name = create(api, body, uri=uri, run_id=run_id)
+    _say(
+        f"RayJob {namespace}/{name} created for run {run_id} "
+        f"(orch status/logs/stop {run_id}; kubectl -n {namespace} get rayjob {name})"
+    )
+    return run_id, name
+
+
+def create(api, body: dict, *, uri: str, run_id: str) -> str:
+    """Create the RayJob `body` for the MLflow run `run_id` (a job's run, or a sweep's parent);
+    one the API refuses ends the run FAILED and raises a one-line OrchError. Returns its name."""
+    from orchestrator import tracking
+
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
         _custom(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     except Exception as exc:
         error = _api_error(exc, f"creating RayJob {namespace}/{name}")
         tracking.end_run(uri, run_id, "FAILED", str(error))
         raise error from None
-    _say(
-        f"RayJob {namespace}/{name} created for run {run_id} "
-        f"(orch status/logs/stop {run_id}; kubectl -n {namespace} get rayjob {name})"
-    )
-    return run_id, name
+    return name
 
 
 def settle(api, namespace: str, name: str, *, uri: str, run_id: str, detach: bool, poll_s: float = 5.0):
@@ -197,14 +206,20 @@ def finish(uri: str, run_id: str, state: dict):
     from orchestrator import tracking
     from orchestrator.outcome import read_outcome
 
-    status = _RUN_STATUS.get(state["jobStatus"], "FAILED") if state["found"] else "KILLED"
-    cause = state["message"] or f"RayJob {state['rayjob']} ended {state['jobDeploymentStatus']}"
+    status, cause = ended_as(state)
     tracking.end_if_running(uri, run_id, status, None if status == "FINISHED" else cause)
     run = MlflowClient(uri).get_run(run_id)
     if run.info.status == "FAILED":
         cause = run.data.tags.get("orch.error") or state["message"] or "see orch logs"
         raise JobFailed(f"run {run_id} FAILED: {cause.strip().splitlines()[0]}")
     return read_outcome(uri, run_id)
+
+
+def ended_as(state: dict) -> tuple[str, str]:
+    """The status a run whose RayJob ended in `state` gets when its entrypoint could not end it
+    (FINISHED, KILLED or FAILED), and the cause to record."""
+    status = _RUN_STATUS.get(state["jobStatus"], "FAILED") if state["found"] else "KILLED"
+    return status, state["message"] or f"RayJob {state['rayjob']} ended {state['jobDeploymentStatus']}"
 
 
 def read_state(api, namespace: str, name: str) -> dict:

@@ -42,11 +42,19 @@ _SUFFIX = {
 
 
 def rayjob_manifest(
-    spec: JobSpec, *, run_id: str, image: str, tracking_uri: str, namespace: str, resume: int = 0
+    spec: JobSpec,
+    *,
+    run_id: str,
+    image: str,
+    tracking_uri: str,
+    namespace: str,
+    resume: int = 0,
+    command: str | None = None,
 ) -> dict:
     """The RayJob: a head pod that runs orch's entrypoint (submitted over HTTP to its dashboard)
     and one fixed-size worker group; KubeRay deletes the cluster `ttl` seconds after the job ends.
-    `resume` = N: the run's Nth resume, a RayJob of its own whose entrypoint continues the run."""
+    `resume` = N: the run's Nth resume, a RayJob of its own whose entrypoint continues the run.
+    `command`: another driver command than the trainer's (a sweep's: sweep_entrypoint())."""
     k8s = spec.cluster.kubernetes
     name = rayjob_name(spec.name, run_id, resume)
     return {
@@ -59,7 +67,7 @@ def rayjob_manifest(
             "annotations": _annotations(spec, tracking_uri),
         },
         "spec": {
-            "entrypoint": entrypoint(spec, run_id, tracking_uri, resume=bool(resume)),
+            "entrypoint": command or entrypoint(spec, run_id, tracking_uri, resume=bool(resume)),
             "jobId": job_id(run_id),
             "submissionMode": "HTTPMode",
             "shutdownAfterJobFinishes": True,
@@ -95,6 +103,15 @@ def entrypoint(spec: JobSpec, run_id: str, tracking_uri: str, resume: bool = Fal
     return (
         f"python -m orchestrator.targets.entrypoint --run-id {shlex.quote(run_id)} "
         f"--tracking-uri {shlex.quote(tracking_uri)} --spec-b64 {spec_b64}" + (" --resume" if resume else "")
+    )
+
+
+def sweep_entrypoint(parent_id: str, tracking_uri: str) -> str:
+    """The driver command of a sweep's RayJob: the unfinished trials of the sweep whose parent
+    run is `parent_id`, on the Tune of the RayJob's own Ray cluster (orchestrator/sweep/entrypoint.py)."""
+    return (
+        f"python -m orchestrator.sweep.entrypoint --parent-run-id {shlex.quote(parent_id)} "
+        f"--tracking-uri {shlex.quote(tracking_uri)}"
     )
 
 
