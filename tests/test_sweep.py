@@ -168,3 +168,22 @@ def test_the_papers_sweeps_list_their_trials(name, trials):
     from orchestrator.sweep.driver import plan_sweep
 
     assert len(plan_sweep(DEMO.parent / "sweeps" / f"{name}.yaml")[1]) == trials
+
+
+def test_asha_stops_a_worse_trial_at_a_rung_never_at_the_last_epoch_and_remembers_it(tmp_path):
+    """ASHA as `scheduler: asha` configures it (Tune's scheduler, fed results by hand here)."""
+    from types import SimpleNamespace
+
+    from orchestrator.sweep.driver import plan_sweep
+    from orchestrator.sweep.tune_run import TIME_ATTR, EarlyStopping
+
+    sweep, _ = plan_sweep(_sweep_file(tmp_path, grid={"training.seed": [0, 1]}, scheduler="asha"))
+    assert (sweep.scheduler.kind, sweep.scheduler.metric, sweep.scheduler.grace_period) == ("asha", "val_top1_error", 1)
+    asha = EarlyStopping(time_attr=TIME_ATTR, metric="val_top1_error", mode="min", max_t=3, grace_period=1)
+    good, bad = SimpleNamespace(trial_id="good"), SimpleNamespace(trial_id="bad")
+    for trial in (good, bad):
+        asha.on_trial_add(None, trial)
+    assert asha.on_trial_result(None, good, {TIME_ATTR: 1, "val_top1_error": 20.0}) == asha.CONTINUE
+    assert asha.on_trial_result(None, bad, {TIME_ATTR: 1, "val_top1_error": 80.0}) == asha.STOP
+    assert asha.on_trial_result(None, good, {TIME_ATTR: 3, "val_top1_error": 10.0}) == asha.CONTINUE
+    assert asha.stopped == {"bad"}

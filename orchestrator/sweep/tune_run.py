@@ -35,10 +35,11 @@ class EpochsToTune(TuneReportCallback):
             super().after_report(run_context, [report], None)
 
 
-def run_trial(config: dict, plan: dict) -> dict:
+def run_trial(config: dict, plan: dict) -> None:
     """One trial, in its Tune actor: its child run trained to the end (created, or continued
-    from its latest good checkpoint when an earlier attempt left one). Errors end the child run
-    and are returned, not raised: the child's status is the record, and Tune goes on."""
+    from its latest good checkpoint when an earlier attempt left one). An error ends the child
+    run FAILED and is not raised: the child's status is the record, and Tune goes on. Nothing
+    is returned (a last result without the scheduler's metric would be refused)."""
     from orchestrator.targets.local import checkpoint_dir, drive
 
     tracking.quiet_mlflow()
@@ -48,20 +49,19 @@ def run_trial(config: dict, plan: dict) -> dict:
     run_id = child.info.run_id if child else records.create_child(uri, parent_id, trial)
     try:
         if child is not None:
-            return _continue(uri, child, trial)
+            _continue(uri, child, trial)
+            return
         run_dir = checkpoint_dir(trial.spec, run_id)
         tracking.set_tags(uri, run_id, {"orch.checkpoint_dir": run_dir, **_trial_tags(plan)})
         drive(trial.spec, uri, run_id, run_dir, callbacks=(EpochsToTune(),), watch=False)
-        return {"status": "FINISHED"}
     except OrchError as exc:
         tracking.end_if_running(uri, run_id, "FAILED", str(exc))
-        return {"status": "FAILED", "error": str(exc)}
     except BaseException as exc:
         tracking.end_if_running(uri, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
 
 
-def _continue(uri: str, child, trial: Trial) -> dict:
+def _continue(uri: str, child, trial: Trial) -> None:
     """A child an earlier attempt left (stopped or failed): on from its restart point, or from
     the start when it saved no checkpoint, in the same run."""
     from orchestrator import resume
@@ -74,7 +74,6 @@ def _continue(uri: str, child, trial: Trial) -> dict:
     resume._reopen(uri, child, trial.spec, (), {"orch.target": child.data.tags.get("orch.target", "local")}, good)
     tracking.set_tags(uri, run_id, {"orch.checkpoint_dir": run_dir, **({"orch.resumed_from": good} if good else {})})
     drive(trial.spec, uri, run_id, run_dir, resume_from=good, callbacks=(EpochsToTune(),), watch=False)
-    return {"status": "FINISHED"}
 
 
 def _trial_tags(plan: dict) -> dict:
@@ -83,13 +82,29 @@ def _trial_tags(plan: dict) -> dict:
     return {"orch.target": plan["target"], **driver_tags()}
 
 
-class SweepWatch(Callback):
-    """On the driver: a line as each trial starts, ends an epoch and ends; a child left RUNNING
-    by a trial Tune stopped (ASHA) is ended here. Test-only: $ORCH_TEST_SWEEP_FAULT
-    {"kill_driver_after_trials": N} SIGKILLs this process once N trials have ended."""
+class EarlyStopping(tune.schedulers.ASHAScheduler):
+    """Tune's ASHA, remembering which trials it stopped. A trial that reaches the last epoch
+    is left to finish (stop_last_trials=False): its run ends as any run does."""
 
-    def __init__(self, uri: str, parent_id: str, trials: list[Trial], early_stopping: bool):
-        self.uri, self.parent_id, self.early_stopping = uri, parent_id, early_stopping
+    def __init__(self, **settings):
+        super().__init__(stop_last_trials=False, **settings)
+        self.stopped: set[str] = set()
+
+    def on_trial_result(self, tune_controller, trial, result):
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == self.STOP:
+            self.stopped.add(trial.trial_id)
+        return action
+
+
+class SweepWatch(Callback):
+    """On the driver: a line as each trial starts, ends an epoch and ends; the run of a trial
+    ASHA stopped (its actor gone mid-training) is ended here, FINISHED with its best so far.
+    Test-only: $ORCH_TEST_SWEEP_FAULT {"kill_driver_after_trials": N} SIGKILLs this process
+    once N trials have ended."""
+
+    def __init__(self, uri: str, parent_id: str, trials: list[Trial], scheduler: EarlyStopping | None):
+        self.uri, self.parent_id, self.scheduler = uri, parent_id, scheduler
         self.trials = {t.index: t for t in trials}
         self.ended = 0
         self.kill_after = _fault()
@@ -122,15 +137,21 @@ class SweepWatch(Callback):
         index = trial.config["trial"]
         child = records.children(self.uri, self.parent_id).get(index)
         status = child.info.status if child else "NOT_STARTED"
-        if status == "RUNNING" and self.early_stopping and trial.status == "TERMINATED":
-            epoch = child.data.tags.get("orch.epoch", "?")
-            tracking.set_tags(self.uri, child.info.run_id, {"orch.sweep.early_stopped": f"ASHA after epoch {epoch}"})
-            tracking.end_run(self.uri, child.info.run_id, "FINISHED")
-            status = "FINISHED (stopped early by ASHA)"
+        if status == "RUNNING" and self.scheduler and trial.trial_id in self.scheduler.stopped:
+            status = self._early_stopped(child, self.trials[index])
         terminal.say(f"{self._name(trial)}: {status}")
         self.ended += 1
         if self.kill_after is not None and self.ended >= self.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def _early_stopped(self, child, trial: Trial) -> str:
+        from orchestrator.best import BestRule
+
+        run_id, epoch = child.info.run_id, child.data.tags.get("orch.epoch", "?")
+        tracking.log_best(self.uri, run_id, BestRule.of(trial.spec.checkpoint))
+        tracking.set_tags(self.uri, run_id, {"orch.sweep.early_stopped": f"ASHA, after epoch {epoch}"})
+        tracking.end_run(self.uri, run_id, "FINISHED")
+        return "FINISHED (stopped early by ASHA)"
 
 
 def _fault() -> int | None:
@@ -147,7 +168,7 @@ def build_tuner(
     trainable = tune.with_parameters(run_trial, plan=plan)
     scheduler = None
     if sweep.scheduler:
-        scheduler = tune.schedulers.ASHAScheduler(
+        scheduler = EarlyStopping(
             time_attr=TIME_ATTR,
             metric=sweep.scheduler.metric,
             mode=sweep.scheduler.mode,
@@ -166,7 +187,7 @@ def build_tuner(
             name=name,
             storage_path=storage_path,
             verbose=0,
-            callbacks=[SweepWatch(plan["uri"], plan["parent_id"], trials, early_stopping=scheduler is not None)],
+            callbacks=[SweepWatch(plan["uri"], plan["parent_id"], trials, scheduler)],
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
         ),
     )
