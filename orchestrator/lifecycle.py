@@ -236,6 +236,12 @@ def _best(uri: str, run) -> dict:
 
 
 def _where(tags: dict) -> str:
+    if tags.get("orch.kind") == "sweep":
+        return f"sweep of {tags.get('orch.sweep.trials', '?')} trials: " + _target_where(tags)
+    return _target_where(tags)
+
+
+def _target_where(tags: dict) -> str:
     target = tags.get("orch.target", "?")
     if tags.get("orch.ray_job_id"):
         return f"{target} ({tags.get('orch.ray_address')}, job {tags['orch.ray_job_id']})"

@@ -40,10 +40,11 @@ def find_run(uri: str, ref: str):
 
 
 def list_runs(uri: str) -> list:
-    """orch's runs (those with a checkpoint folder), newest first."""
+    """orch's runs (those with a checkpoint folder, and sweeps' parents), newest first."""
     if not store_exists(uri):
         return []
-    return [r for r in _search(MlflowClient(uri), "") if "orch.checkpoint_dir" in r.data.tags]
+    runs = _search(MlflowClient(uri), "")
+    return [r for r in runs if "orch.checkpoint_dir" in r.data.tags or r.data.tags.get("orch.kind") == "sweep"]
 
 
 def _search(client: MlflowClient, filter_string: str) -> list:

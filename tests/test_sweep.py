@@ -84,6 +84,9 @@ def test_sweep_killed_stopped_resumed_and_reported(ray_address, small_fashion, m
         history = MlflowClient(mlflow_uri).get_metric_history(trial["run_id"], "train_top1_error")
         assert sorted(m.step for m in history) == [0, 1]  # once per epoch
 
+    code, out, _ = run_orch("runs")
+    assert code == 0 and "sweep of 4 trials" in out  # the parent is listed with its children
+
     code, out, err = run_orch("report", parent.info.run_id, "--out", tmp_path / "report", "--output", "json")
     assert code == 0, err
     report = json.loads(out)
