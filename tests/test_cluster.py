@@ -2,14 +2,16 @@
 Ray Train preemption watcher), the full Ray with ORCH_RAY_DASHBOARD=1. (Jobs train on the lean
 Ray throughout the suite: the session's Ray of tests/conftest.py is started by cluster.connect().)
 
-Each test starts its own Ray in a fresh Python process, as `orch submit` does; the session's Ray
-of the test process is not joined (ray.init() joins only what $RAY_ADDRESS or `ray start` names).
+Each test's probe starts its own Ray in a fresh Python process, as `orch submit` does (the two
+probes run at once); the session's Ray of the test process is not joined (ray.init() joins only
+what $RAY_ADDRESS or `ray start` names).
 """
 
 import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -40,28 +42,37 @@ print(json.dumps(report))
 """
 
 
-def _probe(tmp_path, **env) -> dict:
+def _probe(folder, **env) -> dict:
     environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *cluster.LEAN_RAY_ENV)}
-    environment.update(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PYTHONPATH=str(ROOT))
+    environment.update(env, MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=environment
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=600, cwd=folder, env=environment
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory) -> dict:
+    """Both probes at once (each Ray is its own, in its own process): {"lean": report, "full": report}."""
+    kinds = {"lean": {}, "full": {"ORCH_RAY_DASHBOARD": "1"}}
+    folders = {kind: tmp_path_factory.mktemp(kind) for kind in kinds}
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        return dict(zip(kinds, pool.map(lambda kind: _probe(folders[kind], **kinds[kind]), kinds)))
+
+
 @pytest.mark.slow
-def test_orch_starts_a_lean_ray(tmp_path):
-    report = _probe(tmp_path)
+def test_orch_starts_a_lean_ray(probes):
+    report = probes["lean"]
     assert not report["dashboard_url"]
     assert report["worker_env"]["RAY_enable_metrics_collection"] == "0"  # the raylet's workers inherit it
     assert report["driver_env"] == cluster.LEAN_RAY_ENV  # Ray Train passes its flags on to the controller
 
 
 @pytest.mark.slow
-def test_orch_ray_dashboard_starts_the_full_ray(tmp_path):
-    report = _probe(tmp_path, ORCH_RAY_DASHBOARD="1")
+def test_orch_ray_dashboard_starts_the_full_ray(probes):
+    report = probes["full"]
     assert report["dashboard_url"] and report["dashboard_status"] in (200, 401)
     assert set(report["worker_env"].values()) == {None}
     assert set(report["driver_env"].values()) == {None}

@@ -7,13 +7,20 @@ loop's test hook at a chosen step (orchestrator/train/faults.py).
 """
 
 import json
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.errors import JobInterrupted
+from orchestrator.spec import load_spec
+from orchestrator.targets.local import run_local
+
 from eval_fixtures import run_orch
-from job_fixtures import DEMO, Notice, as_set_args, fault, orch_process, small_job
+from job_fixtures import DEMO, Notice, fault, small_job
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +29,24 @@ def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
+def _outcome_of(spec):
+    """run_local(spec)'s outcome, or the error it raised."""
+    try:
+        return run_local(spec, str(DEMO))
+    except Exception as exc:
+        return exc
+
+
+def _wait_for_stdout(capsys, text: str, timeout_s: float = 60) -> None:
+    seen, deadline = "", time.monotonic() + timeout_s
+    while text not in seen and time.monotonic() < deadline:
+        time.sleep(0.2)
+        seen += capsys.readouterr().out
+    assert text in seen, seen
+
+
 def test_stop_save_then_resume_continues_the_step_and_matches_an_uninterrupted_run(
-    trained_run, session_store, ray_address, small_fashion, mlflow_uri, tmp_path
+    trained_run, session_store, ray_cluster, small_fashion, mlflow_uri, tmp_path, monkeypatch, capsys
 ):
     """One worker, training.deterministic: the session's trained run (straight through) and the
     same spec stopped with `orch stop --save` in epoch 1, then resumed, log the same train_loss,
@@ -31,22 +54,32 @@ def test_stop_save_then_resume_continues_the_step_and_matches_an_uninterrupted_r
     steps an epoch), which changes nothing trained."""
     sets = small_job(small_fashion, tmp_path, workers=1) + ["training.deterministic=true", "checkpoint.every_n_steps=7"]
 
+    # The stopped run's driver is a thread of this process, on the session's Ray (no `orch`
+    # process to start and join it).
     notice = Notice(tmp_path)
-    proc = orch_process(
-        "submit",
-        DEMO,
-        *as_set_args(sets + ["tracking.run_name=stopped"]),
-        cwd=tmp_path,
-        uri=mlflow_uri,
-        ray_address=ray_address,
-        fault=fault("hold", epoch=1, step=4, rank=0, notify=notice.path),  # until the stop request
-    )
-    assert notice.wait().startswith("hold epoch 1 step 4")
-    code, out, err = run_orch("stop", "stopped", "--save", "--output", "json")
-    assert code == 0, err
+    monkeypatch.setenv("ORCH_TEST_FAULT", fault("hold", epoch=1, step=4, rank=0, notify=notice.path))
+    spec = load_spec(DEMO, sets + ["tracking.run_name=stopped"])
+    ended = []
+    driver = threading.Thread(target=lambda: ended.append(_outcome_of(spec)), daemon=True)
+    driver.start()
+    assert notice.wait().startswith("hold epoch 1 step 4")  # it holds until the stop request
+    monkeypatch.delenv("ORCH_TEST_FAULT")
+    # Its one stdout line, epoch 0's, printed before `orch stop` prints its JSON there.
+    _wait_for_stdout(capsys, "epoch   1/2")
+    # Were the workers not to save in time, `orch stop` would SIGINT the driver: this process.
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        code, out, err = run_orch("stop", "stopped", "--save", "--output", "json")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 0 and not interrupted, err
     stopped = json.loads(out)
-    _, submit_err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "orch stop --save" in submit_err, submit_err[-3000:]
+    driver.join(120)
+    # What `orch submit` would exit with: 130, saying how to continue.
+    (error,) = ended
+    assert isinstance(error, JobInterrupted) and error.exit_code == 130, error
+    assert "orch stop --save" in str(error), error
     run_id = stopped["run_id"]
     run = MlflowClient(mlflow_uri).get_run(run_id)
     assert run.info.status == "KILLED" == stopped["status"]

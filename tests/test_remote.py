@@ -1,7 +1,9 @@
 """`orch submit --address` on a real two-node Ray cluster (both nodes on loopback) and a real
 MLflow server: the user's path, run as the `orch` CLI in subprocesses.
 
-Training is one epoch of ResNet-8 on 1,000 Fashion-MNIST images, validated on 1,000.
+Training is ResNet-8 on 1,000 Fashion-MNIST images an epoch, validated on 1,000. One run pays
+for the jobs that train: submitted detached, stopped by `orch stop` in its second epoch, then
+continued by `orch resume` on the cluster to its end; each test reads its part.
 """
 
 import json
@@ -9,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ray_nodes():
+def mlflow_launched(tmp_path_factory):
+    """The MLflow server's process, booting while the Ray nodes start."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        yield server.launch()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_nodes(mlflow_launched):
     nodes = RayNodes(cpus_per_node=1)
     try:
         yield nodes.start(nodes=2)
@@ -30,12 +43,8 @@ def ray_nodes():
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+def mlflow_server(mlflow_launched):
+    return mlflow_launched.wait_until_up()
 
 
 def orch(*args, uri: str, cwd, timeout=600, **env_vars) -> subprocess.CompletedProcess:
@@ -83,56 +92,78 @@ def error_line(proc) -> str:
     return lines[0]
 
 
+def orch_in_parallel(*commands: tuple, uri: str, cwd) -> list[subprocess.CompletedProcess]:
+    """Independent `orch` commands at once: each is mostly its ~5 s of imports, one core each."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: orch(*args, uri=uri, cwd=cwd), commands))
+
+
 @pytest.fixture(scope="module")
-def first_job(ray_nodes, mlflow_server, small_fashion, tmp_path_factory) -> dict:
-    """One 1-epoch job submitted with --address, trained once for the tests that read it and then
-    resume it (in this file's order): {proc, outcome, cwd}."""
-    cwd = tmp_path_factory.mktemp("first-job")
-    proc = orch(
+def stopped_job(ray_nodes, mlflow_server, small_fashion, tmp_path_factory) -> dict:
+    """One 20-epoch job submitted with --address --detach that holds at a known step of epoch 1
+    (the fault hook, after epoch 0's checkpoint) while `orch stop` ends it: {submitted, notice,
+    stopped, run, status, cwd}. The resumed_job fixture continues the same run."""
+    uri, cwd = mlflow_server.uri, tmp_path_factory.mktemp("remote-job")
+    notice = Notice(cwd)
+    submitted = orch(
         "submit",
         str(DEMO),
-        *job_sets(small_fashion, cwd),
+        *job_sets(small_fashion, cwd, "training.epochs=20"),
         "--address",
         ray_nodes.dashboard,
+        "--detach",
         "--output",
         "json",
-        uri=mlflow_server.uri,
+        uri=uri,
         cwd=cwd,
+        ORCH_TEST_FAULT=fault("hold", epoch=1, step=1, rank=0, notify=notice.path),
     )
-    assert proc.returncode == 0, proc.stderr[-5000:] + ray_nodes.logs()
-    return {"proc": proc, "outcome": json.loads(proc.stdout), "cwd": cwd}
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    run_id = json.loads(submitted.stdout)["run_id"]
+    said = notice.wait()
+    stopped = orch("stop", run_id, "--output", "json", uri=uri, cwd=cwd)
+    assert stopped.returncode == 0, stopped.stderr[-3000:] + ray_nodes.logs()
+    run = MlflowClient(uri).get_run(run_id)
+    status = json.loads(orch("status", run_id, "--output", "json", uri=uri, cwd=cwd).stdout)
+    return {"submitted": submitted, "notice": said, "stopped": stopped, "run": run, "status": status, "cwd": cwd}
 
 
-def test_two_workers_train_on_both_nodes(first_job, ray_nodes, mlflow_server):
-    uri, proc, outcome, cwd = mlflow_server.uri, first_job["proc"], first_job["outcome"], first_job["cwd"]
-    assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_samples"] == SMALL_VAL
-    assert "epoch   1/1" in proc.stderr
-
-    run = MlflowClient(uri).get_run(outcome["run_id"])
-    assert run.info.status == "FINISHED"
-    tags = run.data.tags
-    assert tags["orch.target"] == "ray" and tags["orch.ray_address"] == ray_nodes.dashboard
-    workers = json.loads(tags["workers"])
-    assert [w["rank"] for w in workers] == [0, 1]
-    assert {w["node_id"] for w in workers} == {n["node_id"] for n in ray_nodes.alive_nodes()}
-    assert outcome["best_checkpoint"].startswith(str(cwd / "ckpt"))
-
-    status = json.loads(orch("status", outcome["run_id"], "--output", "json", uri=uri, cwd=cwd).stdout)
-    assert status["ray_job_id"] == tags["orch.ray_job_id"] and status["status"] == "FINISHED"
-    assert status["ray_job_status"] == "SUCCEEDED" and len(status["workers"]) == 2
-    logs = orch("logs", outcome["run_id"], uri=uri, cwd=cwd)
-    assert logs.returncode == 0 and "epoch   1/1" in logs.stdout, logs.stderr
-    assert logs.stdout.rstrip().endswith(f"run {outcome['run_id']}: FINISHED")
-
-
-def test_resume_continues_on_the_cluster_the_run_ran_on(first_job, ray_nodes, mlflow_server, tmp_path):
-    """No --address: the run's own cluster trains its second epoch as a new Ray job, in the same run."""
-    uri, run_id, cwd = mlflow_server.uri, first_job["outcome"]["run_id"], first_job["cwd"]
-    client = MlflowClient(uri)
-    first_job_id = client.get_run(run_id).data.tags["orch.ray_job_id"]
+@pytest.fixture(scope="module")
+def resumed_job(stopped_job, ray_nodes, mlflow_server) -> dict:
+    """The stopped run continued by `orch resume` without --address and with training.epochs=2
+    (its own cluster trains its second epoch as a new Ray job), then read back by `orch status`
+    and `orch logs`: {proc, outcome, run_id, first_job_id, stopped_tags, status, logs, cwd}."""
+    uri, cwd, run = mlflow_server.uri, stopped_job["cwd"], stopped_job["run"]
+    run_id = run.info.run_id
     proc = orch("resume", run_id, "--set", "training.epochs=2", "--output", "json", uri=uri, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-5000:] + ray_nodes.logs()
-    outcome = json.loads(proc.stdout)
+    status, logs = orch_in_parallel(("status", run_id, "--output", "json"), ("logs", run_id), uri=uri, cwd=cwd)
+    return {
+        "proc": proc,
+        "outcome": json.loads(proc.stdout),
+        "run_id": run_id,
+        "first_job_id": run.data.tags["orch.ray_job_id"],
+        "stopped_tags": run.data.tags,
+        "status": json.loads(status.stdout),
+        "logs": logs,
+        "cwd": cwd,
+    }
+
+
+def test_orch_stop_ends_a_detached_job_killed(stopped_job):
+    """The job holds at a known step (the fault hook) while `orch stop` ends it."""
+    assert json.loads(stopped_job["submitted"].stdout)["status"] in ("SUBMITTED", "RUNNING")
+    assert stopped_job["notice"].startswith("hold epoch 1 step 1 rank 0")
+    assert json.loads(stopped_job["stopped"].stdout)["status"] == "KILLED"
+    assert stopped_job["run"].info.status == "KILLED"
+    assert stopped_job["status"]["ray_job_status"] == "STOPPED"
+
+
+def test_resume_continues_on_the_cluster_the_run_ran_on(resumed_job, ray_nodes, mlflow_server, tmp_path):
+    """No --address: the run's own cluster trains its second epoch as a new Ray job, in the same run."""
+    uri, run_id, proc = mlflow_server.uri, resumed_job["run_id"], resumed_job["proc"]
+    first_job_id, client = resumed_job["first_job_id"], MlflowClient(uri)
+    outcome = resumed_job["outcome"]
     assert outcome["run_id"] == run_id and outcome["status"] == "FINISHED"
     assert "epoch   2/2" in proc.stderr and "epoch   1/2" not in proc.stderr  # only the new epoch
 
@@ -148,54 +179,65 @@ def test_resume_continues_on_the_cluster_the_run_ran_on(first_job, ray_nodes, ml
     assert record["previous_job"]["orch.ray_job_id"] == first_job_id
     assert record["job"]["orch.ray_job_id"] == tags["orch.ray_job_id"]
 
-    status = json.loads(orch("status", run_id, "--output", "json", uri=uri, cwd=cwd).stdout)
+    status = resumed_job["status"]
     assert status["ray_job_id"] == tags["orch.ray_job_id"] and status["ray_job_status"] == "SUCCEEDED"
     assert status["status"] == "FINISHED" and status["epoch"] == 1
 
 
-def test_orch_stop_ends_a_detached_job_killed(ray_nodes, mlflow_server, small_fashion, tmp_path):
-    """The job holds at a known step (the fault hook) while `orch stop` ends it."""
-    uri = mlflow_server.uri
-    notice = Notice(tmp_path)
-    sets = job_sets(small_fashion, tmp_path, "training.epochs=20")
-    proc = orch(
-        "submit",
-        str(DEMO),
-        *sets,
-        "--address",
-        ray_nodes.dashboard,
-        "--detach",
-        "--output",
-        "json",
-        uri=uri,
-        cwd=tmp_path,
-        ORCH_TEST_FAULT=fault("hold", epoch=0, step=1, rank=0, notify=notice.path),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_id = json.loads(proc.stdout)["run_id"]
-    assert json.loads(proc.stdout)["status"] in ("SUBMITTED", "RUNNING")
-    assert notice.wait().startswith("hold epoch 0 step 1 rank 0")
-    client = MlflowClient(uri)
-    stopped = orch("stop", run_id, "--output", "json", uri=uri, cwd=tmp_path)
-    assert stopped.returncode == 0, stopped.stderr[-3000:]
-    assert json.loads(stopped.stdout)["status"] == "KILLED"
-    run = client.get_run(run_id)
-    assert run.info.status == "KILLED"
-    status = json.loads(orch("status", run_id, "--output", "json", uri=uri, cwd=tmp_path).stdout)
-    assert status["ray_job_status"] == "STOPPED"
+def test_two_workers_train_on_both_nodes(resumed_job, ray_nodes, mlflow_server):
+    """The run's jobs (the first and its resume) each spread two workers over the two nodes; the
+    run ends FINISHED as `orch status` and `orch logs` read it back from the cluster."""
+    uri, proc, outcome, cwd = mlflow_server.uri, resumed_job["proc"], resumed_job["outcome"], resumed_job["cwd"]
+    assert outcome["status"] == "FINISHED" and outcome["metrics"]["val_samples"] == SMALL_VAL
+    assert "epoch   2/2" in proc.stderr
+
+    run = MlflowClient(uri).get_run(outcome["run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["orch.target"] == "ray" and tags["orch.ray_address"] == ray_nodes.dashboard
+    nodes = {n["node_id"] for n in ray_nodes.alive_nodes()}
+    for job_tags in (resumed_job["stopped_tags"], tags):  # the first job's epoch 0, the resume's epoch 1
+        workers = json.loads(job_tags["workers"])
+        assert [w["rank"] for w in workers] == [0, 1]
+        assert {w["node_id"] for w in workers} == nodes
+    assert outcome["best_checkpoint"].startswith(str(cwd / "ckpt"))
+
+    status, logs = resumed_job["status"], resumed_job["logs"]
+    assert status["ray_job_id"] == tags["orch.ray_job_id"] and status["status"] == "FINISHED"
+    assert status["ray_job_status"] == "SUCCEEDED" and len(status["workers"]) == 2
+    assert logs.returncode == 0 and "epoch   2/2" in logs.stdout, logs.stderr
+    assert logs.stdout.rstrip().endswith(f"run {outcome['run_id']}: FINISHED")
 
 
-def test_a_job_that_cannot_start_ends_its_run_failed(ray_nodes, mlflow_server, small_fashion, tmp_path):
-    proc = orch(
-        "submit",
-        str(DEMO),
-        *job_sets(small_fashion, tmp_path),
-        "--address",
-        ray_nodes.dashboard,
-        uri=mlflow_server.uri,
-        cwd=tmp_path,
-        ORCH_RAY_PYTHON="/nonexistent/python",
-    )
+@pytest.fixture(scope="module")
+def quick_submits(ray_nodes, mlflow_server, small_fashion, tmp_path_factory) -> dict:
+    """The submissions that end in seconds, run at once (each is mostly its `orch` process's
+    imports): {name: (proc, seconds it took, its folder)}, and the MLflow server's run ids
+    before and after them all."""
+    uri, address = mlflow_server.uri, ray_nodes.dashboard
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("cannot-start", "gpus", "file-store", "local-ckpt")}
+    submits = {
+        "cannot-start": ((), uri, {"ORCH_RAY_PYTHON": "/nonexistent/python"}),
+        "gpus": (("scaling.use_gpu=true",), uri, {}),
+        "file-store": ((), f"sqlite:///{folders['file-store'] / 'mlflow.db'}", {}),
+        "local-ckpt": (("checkpoint.shared=false",), uri, {}),
+    }
+
+    def submit(name: str):
+        extra, store, env = submits[name]
+        cwd, started = folders[name], time.monotonic()
+        sets = job_sets(small_fashion, cwd, *extra)
+        proc = orch("submit", str(DEMO), *sets, "--address", address, uri=store, cwd=cwd, **env)
+        return name, (proc, time.monotonic() - started, cwd)
+
+    before = {r.info.run_id for r in all_runs(uri)}
+    with ThreadPoolExecutor(len(submits)) as pool:
+        done = dict(pool.map(submit, submits))
+    return {**done, "runs_before": before, "runs_after": {r.info.run_id for r in all_runs(uri)}}
+
+
+def test_a_job_that_cannot_start_ends_its_run_failed(quick_submits, mlflow_server):
+    proc, _, _ = quick_submits["cannot-start"]
     assert proc.returncode == 1
     assert "FAILED: /bin/sh:" in error_line(proc) and "/nonexistent/python" in error_line(proc)  # the shell's word
     run_id = error_line(proc).split()[3]
@@ -203,50 +245,25 @@ def test_a_job_that_cannot_start_ends_its_run_failed(ray_nodes, mlflow_server, s
     assert run.info.status == "FAILED" and "exit code 127" in run.data.tags["orch.error"]
 
 
-def test_more_gpus_than_the_cluster_has_fail_in_seconds(ray_nodes, mlflow_server, small_fashion, tmp_path):
-    before = len(all_runs(mlflow_server.uri))
-    started = time.monotonic()
-    proc = orch(
-        "submit",
-        str(DEMO),
-        *job_sets(small_fashion, tmp_path, "scaling.use_gpu=true"),
-        "--address",
-        ray_nodes.dashboard,
-        uri=mlflow_server.uri,
-        cwd=tmp_path,
-    )
-    assert time.monotonic() - started < 20
+def test_more_gpus_than_the_cluster_has_fail_in_seconds(quick_submits):
+    proc, seconds, _ = quick_submits["gpus"]
+    assert seconds < 20
     assert proc.returncode == 2
     assert "2 workers x 1 GPU = 2 GPU, but the Ray cluster at" in error_line(proc)
     assert "has 0 GPU (2 nodes)" in error_line(proc)
-    assert len(all_runs(mlflow_server.uri)) == before
+    # No run for it (nor for the refusals below): the one new run is the job that could not start.
+    cannot_start = error_line(quick_submits["cannot-start"][0]).split()[3]
+    assert quick_submits["runs_after"] - quick_submits["runs_before"] == {cannot_start}
 
 
-def test_a_file_store_on_two_nodes_is_refused(ray_nodes, small_fashion, tmp_path):
-    store = tmp_path / "mlflow.db"
-    proc = orch(
-        "submit",
-        str(DEMO),
-        *job_sets(small_fashion, tmp_path),
-        "--address",
-        ray_nodes.dashboard,
-        uri=f"sqlite:///{store}",
-        cwd=tmp_path,
-    )
+def test_a_file_store_on_two_nodes_is_refused(quick_submits):
+    proc, _, cwd = quick_submits["file-store"]
     assert proc.returncode == 2
     assert "tracking.tracking_uri" in error_line(proc) and "mlflow server" in error_line(proc)
-    assert not store.exists()
+    assert not (cwd / "mlflow.db").exists()
 
 
-def test_node_local_checkpoints_on_two_nodes_are_refused(ray_nodes, mlflow_server, small_fashion, tmp_path):
-    proc = orch(
-        "submit",
-        str(DEMO),
-        *job_sets(small_fashion, tmp_path, "checkpoint.shared=false"),
-        "--address",
-        ray_nodes.dashboard,
-        uri=mlflow_server.uri,
-        cwd=tmp_path,
-    )
+def test_node_local_checkpoints_on_two_nodes_are_refused(quick_submits):
+    proc, _, _ = quick_submits["local-ckpt"]
     assert proc.returncode == 2
     assert "checkpoint.storage" in error_line(proc) and "checkpoint.shared=true" in error_line(proc)

@@ -73,7 +73,11 @@ def test_two_workers_survive_a_preempted_worker_and_log_exact_metrics_once(
     ray_cluster, fashion_mnist, mlflow_uri, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("ORCH_TEST_FAULT", fault("sigterm", epoch=1, step=3, rank=1))
-    sets = small_job(fashion_mnist, tmp_path, workers=2) + ["training.max_failures=2", "checkpoint.num_to_keep=3"]
+    sets = small_job(fashion_mnist, tmp_path, workers=2) + [
+        "data.max_train_samples=800",  # 4 steps an epoch: the preemption's step 3 is within epoch 1
+        "training.max_failures=2",
+        "checkpoint.num_to_keep=3",
+    ]
     spec = load_spec(DEMO, sets)
     outcome = run_local(spec, str(DEMO))
 
@@ -100,7 +104,7 @@ def test_two_workers_survive_a_preempted_worker_and_log_exact_metrics_once(
     assert tags["orch.step_checkpoint"] == tags["orch.restored_from"] == str(step_checkpoint)
     state = torch.load(step_checkpoint / "train_state.pt", weights_only=True)
     assert state["epoch"] == 1 and state["progress"]["batches"] == 3 and state["progress"]["samples"] == 600
-    assert state["step"] == 10 + 3  # 2,000 images in batches of 100 over 2 ranks: 10 steps an epoch
+    assert state["step"] == 4 + 3  # 800 images in batches of 100 over 2 ranks: 4 steps an epoch
     assert "val_top1_error" not in load_meta(step_checkpoint)["metrics"]  # never ranked as an epoch
     err = capsys.readouterr().err
     assert "workers failed" in err and "continuing from the latest checkpoint" in err, err[-3000:]
@@ -117,7 +121,8 @@ def test_two_workers_survive_a_preempted_worker_and_log_exact_metrics_once(
 def test_ctrl_c_marks_the_run_killed(ray_address, small_fashion, mlflow_uri, tmp_path):
     """Ctrl-C (SIGINT to the driver) while epoch 1 trains: the hook sends it, then holds."""
     notice = Notice(tmp_path)
-    sets = as_set_args(small_job(small_fashion, tmp_path, workers=1, epochs=30))
+    # 3 steps an epoch: epoch 0 (whose checkpoint the interrupted run keeps) trains in seconds.
+    sets = as_set_args(small_job(small_fashion, tmp_path, workers=1, epochs=30) + ["data.max_train_samples=300"])
     proc = orch_process(
         "submit",
         DEMO,
