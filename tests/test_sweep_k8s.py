@@ -2,7 +2,7 @@
 creates the next one.
 
 No Kubernetes API server can run on these machines, so FakeKube, a real HTTP server on
-127.0.0.1, stands in for one (a trimmed copy of tests/test_kuberay_client.py's): the kubernetes
+127.0.0.1, stands in for one (tests/test_kuberay_client.py's): the kubernetes
 client talks to it over HTTP and it answers scripted responses, recording every request. No Ray
 runs: what the RayJob's pods would do is not simulated. MLflow is a real sqlite store; since
 `--target k8s` refuses a store the pods cannot reach, the tests that get past that check patch
@@ -11,16 +11,13 @@ cluster.kubernetes.tracking_uri names).
 """
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from kubernetes.client import ApiClient, Configuration
 from mlflow.tracking import MlflowClient
 from test_k8s_manifests import validate
+from test_kuberay_client import FakeKube, rayjob, status
 
 from orchestrator import preflight, tracking
 from orchestrator.cli.main import main
@@ -33,65 +30,6 @@ JOB = ROOT / "jobs" / "cifar_resnet20.yaml"
 RAYJOBS = "/apis/ray.io/v1/namespaces/orch/rayjobs"
 POD_URI = "http://mlflow:5000"
 SWEEP_ENTRYPOINT = "python -m orchestrator.sweep.entrypoint --parent-run-id {} --tracking-uri " + POD_URI
-
-
-class FakeKube:
-    """A fake Kubernetes API server: scripted (code, body) answers per (method, path), the last
-    one repeating; anything unscripted gets a 404 Status. Records {method, path, body}."""
-
-    def __init__(self):
-        self.routes, self.requests = {}, []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self):
-                path = urlsplit(self.path).path
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                fake.requests.append({"method": self.command, "path": path, "body": json.loads(raw) if raw else None})
-                queue = fake.routes.get((self.command, path))
-                code, body = (queue.pop(0) if len(queue) > 1 else queue[0]) if queue else (404, status(404, "NotFound"))
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_DELETE = _serve
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def reply(self, method: str, path: str, *responses) -> None:
-        self.routes[method, path] = list(responses)
-
-    def api(self) -> ApiClient:
-        config = Configuration()
-        config.host = f"http://127.0.0.1:{self.server.server_port}"
-        return ApiClient(config)
-
-
-def status(code: int, reason: str, message: str = "") -> dict:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-
-
-def rayjob(name: str, **fields) -> dict:
-    return {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayJob",
-        "metadata": {"name": name, "namespace": "orch"},
-        "status": fields,
-    }
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 
 from orchestrator import terminal, tracking
-from orchestrator.errors import JobFailed, JobInterrupted, OrchError, SpecError, last_line
+from orchestrator.errors import JobFailed, OrchError, SpecError
 from orchestrator.spec.schema import JobSpec
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec
@@ -197,20 +197,7 @@ def follow(api, job: KubeSweep, parent_id: str, name: str, *, poll_s: float = 5.
     why = f"the sweep's RayJob {name} ended: {cause}"
     records.end_running_children(job.uri, parent_id, "KILLED", why)
     tracking.end_if_running(job.uri, parent_id, status, None if status == "FINISHED" else why)
-    return verdict(job.uri, parent_id, job.trials)
-
-
-def verdict(uri: str, parent_id: str, trials: list[Trial]) -> dict:
-    """The ended sweep's records.outcome(); a KILLED parent raises JobInterrupted, a FAILED one JobFailed."""
-    from mlflow.tracking import MlflowClient
-
-    result = records.outcome(uri, parent_id, trials)
-    if result["status"] == "KILLED":
-        raise JobInterrupted(f"sweep {parent_id} stopped; `orch resume {parent_id}` runs the trials left")
-    if result["status"] != "FINISHED":
-        error = MlflowClient(uri).get_run(parent_id).data.tags.get("orch.error", "")
-        raise JobFailed(f"sweep {parent_id} {result['status']}: {last_line(error, 'no cause recorded')}")
-    return result
+    return records.settled(job.uri, parent_id, job.trials)
 
 
 def _size(need: dict) -> tuple:

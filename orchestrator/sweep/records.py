@@ -13,7 +13,7 @@ import tempfile
 from mlflow.tracking import MlflowClient
 
 from orchestrator import tracking
-from orchestrator.errors import OrchError
+from orchestrator.errors import JobFailed, JobInterrupted, OrchError, last_line
 from orchestrator.lifecycle import SWEEP_TRIAL_TAG
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.trials import Trial, from_json
@@ -117,3 +117,15 @@ def outcome(uri: str, parent_id: str, trials: list[Trial]) -> dict:
         )
     status = MlflowClient(uri).get_run(parent_id).info.status
     return {"parent_run_id": parent_id, "status": status, "trials": rows}
+
+
+def settled(uri: str, parent_id: str, trials: list[Trial]) -> dict:
+    """The outcome() of a sweep a cluster job ran, once it ended; a KILLED parent raises
+    JobInterrupted, any other end but FINISHED JobFailed with the parent's recorded error."""
+    result = outcome(uri, parent_id, trials)
+    if result["status"] == "KILLED":
+        raise JobInterrupted(f"sweep {parent_id} stopped; `orch resume {parent_id}` runs the trials left")
+    if result["status"] != "FINISHED":
+        error = MlflowClient(uri).get_run(parent_id).data.tags.get("orch.error", "")
+        raise JobFailed(f"sweep {parent_id} {result['status']}: {last_line(error, 'no cause recorded')}")
+    return result

@@ -10,7 +10,7 @@ import shlex
 import click
 
 from orchestrator import tracking
-from orchestrator.errors import JobFailed, JobInterrupted, last_line
+from orchestrator.errors import JobFailed, last_line
 from orchestrator.sweep import records
 from orchestrator.targets import ray_cluster
 
@@ -60,10 +60,4 @@ def follow(uri: str, parent_id: str, trials, jobs, job_id: str) -> dict:
     ended = "KILLED" if str(state) == "STOPPED" else "FAILED"
     records.end_running_children(uri, parent_id, "KILLED", f"the sweep's Ray job {job_id} ended {state}")
     tracking.end_if_running(uri, parent_id, ended, f"the sweep's Ray job {job_id} ended {state}")
-    result = records.outcome(uri, parent_id, trials)
-    if result["status"] == "KILLED":
-        raise JobInterrupted(f"sweep {parent_id} stopped; `orch resume {parent_id}` runs the trials left")
-    if result["status"] != "FINISHED":
-        error = MlflowClient(uri).get_run(parent_id).data.tags.get("orch.error", "")
-        raise JobFailed(f"sweep {parent_id} {result['status']}: {last_line(error, 'no cause recorded')}")
-    return result
+    return records.settled(uri, parent_id, trials)
