@@ -10,14 +10,14 @@ from orchestrator.errors import OrchError, ResourceError
 from orchestrator.spec.schema import ScalingSpec
 
 # The Ray orch starts on this machine leaves out what only an operator watching Ray itself
-# reads: the Ray dashboard and its agents' work, metric export, Ray Train's metrics and its
-# preemption watcher (nodes are drained only under an autoscaler). Each Ray process wakes every
-# 10 ms; on 2 cores these cost training several percent (bench/overhead.py).
+# reads: the Ray dashboard and its agents' work, metric export and Ray Train's metrics. Each Ray
+# process wakes every 10 ms; on 2 cores these cost training several percent (bench/overhead.py).
+# Ray Train's preemption watcher stays on, as everywhere orch runs: it is how a drained node's
+# notice reaches the workers (orchestrator/train/notices.py).
 # ORCH_RAY_DASHBOARD=1 starts the full Ray instead, dashboard on 127.0.0.1:8265.
 LEAN_RAY_ENV = {
     "RAY_enable_metrics_collection": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 
 

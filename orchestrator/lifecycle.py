@@ -54,6 +54,9 @@ def summary(run, uri: str) -> dict:
         "workers": json.loads(tags["workers"]) if "workers" in tags else None,
         "restarts": int(tags.get("orch.restarts", 0)),
         "last_restart_cause": tags.get("orch.last_restart_cause"),
+        "preemptions": int(tags.get("orch.preemptions", 0)),
+        "failures": int(tags.get("orch.failures", 0)),
+        "preemption_log": json.loads(tags.get("orch.preemption_log", "[]")),
         "checkpoint_dir": tags.get("orch.checkpoint_dir"),
         "latest_checkpoint": tags.get("orch.latest_checkpoint"),
         "error": tags.get("orch.error"),
@@ -90,12 +93,14 @@ def stop(uri: str, ref: str, wait_s: float = 120.0, save: bool = False) -> dict:
     """End a run's job and mark the run KILLED if its driver does not; checkpoints are kept.
 
     A sweep's parent (orch.kind=sweep) is stopped through its driver, which stops every trial;
-    children still RUNNING after it are marked KILLED. A sweep's trial is always stopped with
-    save=True, so that the others go on.
+    children still RUNNING after it are marked KILLED; with save=True, every running trial
+    saves and stops instead, and no other starts (_stop_sweep_saving). A sweep's trial is
+    always stopped with save=True, so that the others go on.
 
-    save=True first asks the training workers, through the run's orch.stop_request tag, to write
-    a step checkpoint and stop (train/stopping.py), and waits up to `wait_s` for the run to end;
-    the job is stopped outright only if it has not by then. Otherwise, a local run's driver (the
+    save=True first asks the training workers, through the run's orch.stop_request tag (which
+    the run's driver hands to them: train/notices.py), to write a step checkpoint and stop, and
+    waits up to `wait_s` for the run to end; the job is stopped outright only if it has not by
+    then. Otherwise, a local run's driver (the
     `orch submit` or `orch resume` process) gets SIGINT, which aborts Ray Train; a Ray job or a
     RayJob is stopped through its cluster, which signals its entrypoint.
     """
@@ -105,11 +110,54 @@ def stop(uri: str, ref: str, wait_s: float = 120.0, save: bool = False) -> dict:
         raise OrchError(f"run {run_id} is {run.info.status}, not running: nothing to stop")
     if SWEEP_TRIAL_TAG in run.data.tags:
         save = True  # a sweep's trial: its workers save and stop it; the sweep's other trials go on
-    outcome = _stop_job(uri, run, wait_s, save)
-    if run.data.tags.get("orch.kind") == "sweep":  # its trials' runs whose driver went with it
+    sweep = run.data.tags.get("orch.kind") == "sweep"
+    if sweep and save and (job_backend(run) is not None or driver_alive(run) is not False):
+        outcome = _stop_sweep_saving(uri, run, wait_s)
+    else:
+        outcome = _stop_job(uri, run, wait_s, save and not sweep)
+    if sweep:  # its trials' runs whose driver went with it
         from orchestrator.sweep.records import end_running_children
 
         outcome["trials_killed"] = end_running_children(uri, run_id, "KILLED", "the sweep was stopped")
+    return outcome
+
+
+def _stop_sweep_saving(uri: str, parent, wait_s: float) -> dict:
+    """`orch stop --save PARENT`: no trial starts any more (the parent's stop request, which each
+    trial reads as it starts), every running trial writes a step checkpoint and stops, and the
+    sweep's driver then ends the parent KILLED; `orch resume PARENT` continues each trial from its
+    checkpoint. Waits up to `wait_s` for the parent to end, then stops it outright."""
+    from orchestrator.sweep.records import children
+    from orchestrator.train.notices import STOP_TAG
+
+    parent_id = parent.info.run_id
+    asked = f"save (asked {time.strftime('%Y-%m-%d %H:%M:%S')})"
+    client = MlflowClient(uri)
+    client.set_tag(parent_id, STOP_TAG, asked)
+    running = [r.info.run_id for r in children(uri, parent_id).values() if r.info.status == ACTIVE]
+    for run_id in running:
+        client.set_tag(run_id, STOP_TAG, asked)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if client.get_run(parent_id).info.status != ACTIVE:
+            saved = {
+                r.info.run_id: r.data.tags.get("orch.step_checkpoint") or r.data.tags.get("orch.latest_checkpoint")
+                for r in children(uri, parent_id).values()
+                if r.info.run_id in running
+            }
+            how = (
+                f"{len(running)} running trials wrote a checkpoint and stopped, no other started; "
+                f"`orch resume {parent_id}` continues them"
+            )
+            return {
+                "run_id": parent_id,
+                "status": client.get_run(parent_id).info.status,
+                "how": how,
+                "trials_saved": saved,
+            }
+        time.sleep(1)
+    outcome = _stop_job(uri, client.get_run(parent_id), min(wait_s, 60.0), save=False)
+    outcome["how"] += f"; the trials had not saved within {wait_s:.0f} s"
     return outcome
 
 
@@ -143,7 +191,7 @@ def _stop_job(uri: str, run, wait_s: float, save: bool) -> dict:
 def _stop_with_checkpoint(uri: str, run_id: str, wait_s: float) -> dict | None:
     """Ask the workers for a step checkpoint and a stop; the outcome once the run has ended,
     None when it has not within `wait_s` (the job is then stopped without one)."""
-    from orchestrator.train.stopping import POLL_S, STOP_TAG
+    from orchestrator.train.notices import STOP_TAG
 
     client = MlflowClient(uri)
     client.set_tag(run_id, STOP_TAG, f"save (asked {time.strftime('%Y-%m-%d %H:%M:%S')})")
@@ -154,7 +202,7 @@ def _stop_with_checkpoint(uri: str, run_id: str, wait_s: float) -> dict | None:
             where = run.data.tags.get("orch.step_checkpoint") or run.data.tags.get("orch.latest_checkpoint")
             how = f"the workers wrote a checkpoint and stopped ({where}); `orch resume {run_id}` continues it"
             return {"run_id": run_id, "status": run.info.status, "how": how, "checkpoint": where}
-        time.sleep(min(1.0, POLL_S / 2))
+        time.sleep(1.0)
     return None
 
 

@@ -102,22 +102,29 @@ class EpochPrinter(threading.Thread):
             self.live.show(f"waiting for {what}: {duration(time.monotonic() - self._since)}")
 
     def _tell_restarts(self, tags: dict, quiet: bool = False):
-        """Say when Ray Train restarted the workers, and when a damaged checkpoint was skipped."""
-        for key, text in (
-            ("orch.restarts", "workers failed ({cause}): restart {value}, continuing from the latest checkpoint"),
-            ("orch.restore_warning", "warning: {value}"),
+        """Say when Ray Train restarted the workers (after a preemption or a failure), and when
+        a damaged checkpoint was skipped or a step checkpoint's epoch started again."""
+        for key, say in (
+            ("orch.restarts", lambda n: restart_text(tags, n)),
+            ("orch.restore_warning", "warning: ".__add__),
         ):
             value = tags.get(key)
             if value and self._told.get(key) != value:
                 self._told[key] = value
-                cause = tags.get("orch.last_restart_cause", "?")
                 if not quiet:
-                    self._echo(text.format(value=value, cause=cause))
+                    self._echo(say(value))
 
     def _echo(self, text: str) -> None:
         """A line on stderr, with the progress line taken off the terminal first."""
         self.live.clear()
         click.echo(text, err=True)
+
+
+def restart_text(tags: dict, number: str) -> str:
+    """What restart `number` was: 'preempted (...)' or 'workers failed (...)'."""
+    cause = tags.get("orch.last_restart_cause", "?")
+    what = "preempted" if cause.startswith("preemption") else "workers failed"
+    return f"{what} ({cause}): restart {number}, continuing from the latest checkpoint"
 
 
 def latest_metrics(run) -> dict:

@@ -13,7 +13,14 @@ tests/test_ray_internals.py calls each of them against the installed Ray.
   controller (its CheckpointManager), for a damaged checkpoint found while the run goes on.
 - Ray Train V2's internal callback classes: a worker-group callback runs on the controller before
   Ray hands its latest checkpoint to a new worker group, a worker callback on each worker
-  actor's main thread (where a SIGTERM handler can be installed).
+  actor's main thread (where a SIGTERM handler can be installed), a controller callback on every
+  change of the controller's state (where preemptions and failures are seen as Ray decides them).
+- A worker's own preemption notice (the PreemptionInfo Ray Train's watcher hands each worker on a
+  node drain), which a SIGTERM'd worker sets for itself so that Ray treats it as one.
+- Ray's internal key-value store in the GCS, through which a run's driver hands `orch stop --save`
+  to its workers.
+- The GCS's DrainNode call (what `ray drain-node`, autoscaler v2 and KubeRay make), with which a
+  Kubernetes worker pod's preStop hook drains its own node for preemption.
 """
 
 import gc
@@ -126,6 +133,120 @@ def callback_bases() -> tuple[type, type]:
         if not callable(getattr(cls, hook, None)):
             raise _changed(f"{cls.__name__}.{hook}")
     return WorkerGroupCallback, WorkerCallback
+
+
+def controller_callback_base() -> type:
+    """Ray Train V2's ControllerCallback: after_controller_state_update(previous, current) runs on
+    the controller at every state change (RunningState, PreemptingState, RestartingState, ...)."""
+    try:
+        from ray.train.v2._internal.execution.callback import ControllerCallback
+    except ImportError as exc:
+        raise _changed("ray.train.v2._internal.execution.callback.ControllerCallback", exc) from None
+    if not callable(getattr(ControllerCallback, "after_controller_state_update", None)):
+        raise _changed("ControllerCallback.after_controller_state_update")
+    return ControllerCallback
+
+
+def state_name(state) -> str:
+    """A controller state's class name: PreemptingState, RestartingState, ErroredState, ..."""
+    return type(state).__name__
+
+
+def state_preemption(state) -> dict | None:
+    """{nodes, ranks, deadline_ms} of a PreemptingState's notice, else None."""
+    info = getattr(state, "preemption_info", None)
+    if info is None:
+        return None
+    return {"nodes": info.preempted_node_ids, "ranks": info.preempted_ranks, "deadline_ms": info.deadline_ms}
+
+
+def state_error(state):
+    """The TrainingFailedError a RestartingState, ReschedulingState or ErroredState carries, else None."""
+    return getattr(state, "training_failed_error", None)
+
+
+def is_preemption_failure(error) -> bool:
+    """Whether Ray charges `error` (a TrainingFailedError) to its preemption budget: a
+    PreemptionError, or a worker group error in which a worker died with its preempted node."""
+    from ray.train import PreemptionError, WorkerGroupError
+
+    if isinstance(error, PreemptionError):
+        return True
+    return isinstance(error, WorkerGroupError) and any(is_preempted(e) for e in error.worker_failures.values())
+
+
+def preemption_announced() -> bool:
+    """Whether this worker holds a preemption notice (from Ray Train's watcher, or its own)."""
+    return _preemption_holder()[1].preemption_info is not None
+
+
+def _preemption_holder():
+    """(this worker's TrainContext, the object that holds its preemption notice)."""
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+    except ImportError as exc:
+        raise _changed("ray.train.v2._internal.execution.context.get_train_context", exc) from None
+    context = get_train_context()
+    holder = getattr(context, "preemption_context", None)
+    if holder is None or not hasattr(holder, "preemption_info"):
+        raise _changed("TrainContext.preemption_context.preemption_info")
+    return context, holder
+
+
+def announce_preemption(deadline_s: float) -> None:
+    """Set this worker's preemption notice, as Ray Train's watcher sets every worker's on a node
+    drain: this worker's node and rank, and the deadline (a Unix time). Ray's controller then
+    waits for the worker group until the deadline (or until every worker has ended) and restarts
+    it, charged to FailureConfig.max_preemption_failures. Called again with an earlier deadline,
+    the controller restarts at that one (it keeps the earliest it saw)."""
+    from ray.train import PreemptionInfo
+
+    context, holder = _preemption_holder()
+    node = ray.get_runtime_context().get_node_id()
+    holder.preemption_info = PreemptionInfo(
+        deadline_ms=int(deadline_s * 1000), preempted_node_to_ranks={node: [context.get_world_rank()]}
+    )
+
+
+def kv_put(key: str, value: bytes) -> None:
+    _internal_kv("put")(key.encode(), value, overwrite=True)
+
+
+def kv_get(key: str) -> bytes | None:
+    return _internal_kv("get")(key.encode())
+
+
+def kv_del(key: str) -> None:
+    _internal_kv("del")(key.encode())
+
+
+def _internal_kv(op: str):
+    """ray.experimental.internal_kv's _internal_kv_{op}: Ray's key-value store in the GCS of the
+    Ray this process is connected to."""
+    try:
+        from ray.experimental import internal_kv
+    except ImportError as exc:
+        raise _changed("ray.experimental.internal_kv", exc) from None
+    function = getattr(internal_kv, f"_internal_kv_{op}", None)
+    if function is None:
+        raise _changed(f"ray.experimental.internal_kv._internal_kv_{op}")
+    return function
+
+
+def drain_node(gcs_address: str, node_id: str, deadline_s: float, message: str) -> None:
+    """Ask the GCS to drain node `node_id` for preemption, with a deadline (a Unix time), as
+    `ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION` does; raises RuntimeError when the
+    GCS refuses."""
+    try:
+        from ray.core.generated import autoscaler_pb2
+
+        reason = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")
+        client = ray._raylet.GcsClient(address=gcs_address)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise _changed("ray._raylet.GcsClient or autoscaler_pb2.DrainNodeReason", exc) from None
+    accepted, why = client.drain_node(node_id, reason, message, int(deadline_s * 1000))
+    if not accepted:
+        raise RuntimeError(f"the GCS did not drain node {node_id}: {why}")
 
 
 def controller_checkpoint_manager():

@@ -26,8 +26,15 @@ from orchestrator.spec.load import parse_override, set_dotted, spec_from_dict
 from orchestrator.targets import jobs_address, kuberay, ray_cluster
 from orchestrator.targets import kuberay_manifest as manifest
 from orchestrator.targets.local import drive
-from orchestrator.train.checkpoint import list_checkpoints, load_meta, position_of
-from orchestrator.train.stopping import STOP_TAG
+from orchestrator.train.checkpoint import (
+    data_layout,
+    is_step_checkpoint,
+    layout_mismatch,
+    list_checkpoints,
+    load_meta,
+    position_of,
+)
+from orchestrator.train.notices import STOP_TAG
 
 # The tags that name the job a run last ran as, per target; a resume elsewhere drops the others.
 JOB_TAGS = ("orch.target", "orch.ray_address", "orch.ray_job_id", "orch.k8s_namespace", "orch.rayjob")
@@ -90,6 +97,8 @@ def continue_here(
     good = pick_checkpoint(uri, run_id, run_dir)
     meta = load_meta(good) if "://" not in good else None
     check_epochs_left(run_id, epochs_done(good), spec)
+    if meta and is_step_checkpoint(good):
+        tell_layout_change(uri, run_id, good, meta, spec)
     plan = preflight.plan(spec)
     if meta and plan["num_classes"] != meta["num_classes"]:
         raise SpecError(
@@ -123,6 +132,16 @@ def pick_checkpoint(uri: str, run_id: str, run_dir: str | None) -> str:
         click.echo(f"orch: warning: {point.warning}", err=True)
         record_warning(uri, run_id, point.warning)
     return point.location
+
+
+def tell_layout_change(uri: str, run_id: str, step_checkpoint: str, meta: dict, spec) -> None:
+    """Say (and record on the run) that the step checkpoint's epoch starts again, when the spec
+    shards the data otherwise than the workers that wrote it (train/loop.py acts on the same test)."""
+    mismatch = layout_mismatch(meta, data_layout(spec, spec.scaling.num_workers))
+    if mismatch:
+        warning = f"{step_checkpoint}: {mismatch}; epoch {meta['epoch']} starts again from its first batch"
+        click.echo(f"orch: warning: {warning}", err=True)
+        record_warning(uri, run_id, warning)
 
 
 def epochs_done(checkpoint: str) -> int:

@@ -243,7 +243,19 @@ def result_text(run, best: dict, rule: BestRule) -> str:
         )
     else:
         line = "no epoch was validated"
-    return f"{RESULT_HEADING}\n- {line}\n- {_count(trained, 'epoch')} trained, wall time {wall}, {info.status}"
+    lines = [RESULT_HEADING, f"- {line}", f"- {_count(trained, 'epoch')} trained, wall time {wall}, {info.status}"]
+    return "\n".join(lines + _interruptions(tags))
+
+
+def _interruptions(tags: dict) -> list[str]:
+    """The run's preemptions, one line each, and its failures' count (none: no line)."""
+    from orchestrator.interruptions import preemption_lines
+
+    lines = [f"- {line}" for line in preemption_lines(json.loads(tags.get("orch.preemption_log", "[]")))]
+    failures = int(tags.get("orch.failures", "0"))
+    if failures:
+        lines.append(f"- {_count(failures, 'worker-group failure')} (last: {tags.get('orch.last_failure', '?')})")
+    return lines
 
 
 def _count(n: int, thing: str) -> str:

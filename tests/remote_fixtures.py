@@ -48,6 +48,8 @@ class RayNodes:
         self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
         self.env.pop("RAY_ADDRESS", None)
         self.procs: list[subprocess.Popen] = []
+        self.names: list[str] = []  # the node each of procs runs: "head", "worker1", ...
+        self.stopped: set[str] = set()  # nodes a test took away
 
     def start(self, nodes: int = 2, timeout_s: float = 120) -> "RayNodes":
         self._start_node(
@@ -70,6 +72,7 @@ class RayNodes:
         temp = self.root / name
         temp.mkdir()
         log = open(self.root / f"{name}.log", "w")
+        self.names.append(name)
         self.procs.append(
             subprocess.Popen(
                 [
@@ -91,6 +94,26 @@ class RayNodes:
             )
         )
 
+    def stop_node(self, name: str, timeout_s: float = 60) -> None:
+        """SIGTERM the `ray start --block` of node `name` ("worker1", ...): that node goes away."""
+        proc = self.procs[self.names.index(name)]
+        self.stopped.add(name)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout_s)
+
+    def add_node(self, name: str, timeout_s: float = 120) -> str:
+        """A new worker node `name` joins the cluster (a replacement for a node that went away);
+        returns its node id."""
+        before = {n["node_id"] for n in self.alive_nodes()}
+        self._start_node(name, [f"--address=127.0.0.1:{self.gcs_port}"])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            new = {n["node_id"] for n in self.alive_nodes()} - before
+            if new:
+                return new.pop()
+            time.sleep(1)
+        raise TimeoutError(f"node {name} not alive after {timeout_s:.0f} s: {self.logs()}")
+
     def alive_nodes(self) -> list[dict]:
         reply = requests.get(f"{self.dashboard}/api/v0/nodes", headers=auth_headers(), timeout=10)
         reply.raise_for_status()
@@ -99,8 +122,8 @@ class RayNodes:
     def wait_for_nodes(self, count: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for proc in self.procs:
-                if proc.poll() is not None:
+            for name, proc in zip(self.names, self.procs):
+                if proc.poll() is not None and name not in self.stopped:
                     raise RuntimeError(f"`ray start` exited {proc.returncode}: {self.logs()}")
             try:
                 if len(self.alive_nodes()) >= count:

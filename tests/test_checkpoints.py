@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator import lifecycle, run_lookup
+from orchestrator import interruptions, lifecycle, run_lookup
 from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import OrchError
 from orchestrator.restart import restart_point
@@ -140,15 +140,40 @@ def _fake_run(uri, tmp_path, **tags):
     return client, run.info.run_id
 
 
-def test_restarts_are_counted_within_the_failure_budget(mlflow_uri, tmp_path):
+def test_preemptions_and_failures_are_recorded_apart(mlflow_uri, tmp_path):
+    """The controller's states as Ray Train 2.60 goes through them (its own classes), fed by hand."""
+    from ray.exceptions import RayActorError
+    from ray.train import PreemptionError, PreemptionInfo, WorkerGroupError
+    from ray.train.v2._internal.execution.controller import state
+
     client, run_id = _fake_run(mlflow_uri, tmp_path)
-    logger = EpochLogger(mlflow_uri, run_id, max_failures=1)
-    error = RuntimeError("A worker health check failed.\nWorker info: rank 1")
-    logger.after_exception(_Ctx(), {1: error})
+    recorder = interruptions.recorder(mlflow_uri, run_id)
+    info = PreemptionInfo(deadline_ms=1_900_000_000_000, preempted_node_to_ranks={"node-a": [1]})
+    recorder.after_controller_state_update(state.RunningState(), state.PreemptingState(info, detected_at_s=0.0))
+    error = PreemptionError(info, drain_timed_out=True)
+    recorder.after_controller_state_update(state.PreemptingState(info, 0.0), state.RestartingState(error))
+    interruptions.note_continuation(mlflow_uri, run_id, recorder.continuing, "/ckpt/epoch_0001_step_000003")
     tags = client.get_run(run_id).data.tags
-    assert tags["orch.restarts"] == "1" and tags["orch.last_restart_cause"].startswith("rank 1: A worker health")
-    logger.after_exception(_Ctx(), {0: error})  # over budget: Ray gives up, no restart
-    assert client.get_run(run_id).data.tags["orch.restarts"] == "1"
+    assert tags["orch.preemptions"] == "1" and tags["orch.restarts"] == "1" and "orch.failures" not in tags
+    assert tags["orch.last_restart_cause"].startswith("preemption 1 of nodes node-a")
+    (entry,) = json.loads(tags["orch.preemption_log"])
+    assert entry["nodes"] == ["node-a"] and entry["ranks"] == [1] and entry["deadline_ms"] == 1_900_000_000_000
+    assert entry["noticed"] and entry["restarted"] and entry["continued_from"] == "/ckpt/epoch_0001_step_000003"
+    (line,) = interruptions.preemption_lines(json.loads(tags["orch.preemption_log"]))
+    assert "preemption 1: noticed" in line and "continued from /ckpt/epoch_0001_step_000003" in line
+
+    # A worker that raised is a failure, within training.max_failures; one that died with its
+    # preempted node (no notice seen first) is a preemption; a failure Ray gives up on is counted
+    # but not restarted.
+    failed = WorkerGroupError("x", {1: RuntimeError("A worker health check failed.\nWorker info: rank 1")})
+    recorder.after_controller_state_update(state.RunningState(), state.RestartingState(failed))
+    lost = WorkerGroupError("y", {0: RayActorError(preempted=True)})
+    recorder.after_controller_state_update(state.RunningState(), state.RestartingState(lost))
+    recorder.after_controller_state_update(state.RunningState(), state.ErroredState(failed))
+    tags = client.get_run(run_id).data.tags
+    assert (tags["orch.failures"], tags["orch.preemptions"], tags["orch.restarts"]) == ("2", "2", "3")
+    assert tags["orch.last_failure"].startswith("rank 1: A worker health check failed.")
+    assert [m.value for m in client.get_metric_history(run_id, "restarts")] == [1, 2, 3]
 
 
 def test_an_epoch_reported_again_is_logged_once(mlflow_uri, tmp_path):

@@ -1,5 +1,5 @@
-"""The Ray orch starts on this machine: lean by default (no dashboard, no metric export, no
-Ray Train preemption watcher), the full Ray with ORCH_RAY_DASHBOARD=1. (Jobs train on the lean
+"""The Ray orch starts on this machine: lean by default (no dashboard, no metric export; Ray
+Train's preemption watcher stays on, as everywhere), the full Ray with ORCH_RAY_DASHBOARD=1. (Jobs train on the lean
 Ray throughout the suite: the session's Ray of tests/conftest.py is started by cluster.connect().)
 
 Each test's probe starts its own Ray in a fresh Python process, as `orch submit` does (the two
@@ -68,6 +68,7 @@ def test_orch_starts_a_lean_ray(probes):
     assert not report["dashboard_url"]
     assert report["worker_env"]["RAY_enable_metrics_collection"] == "0"  # the raylet's workers inherit it
     assert report["driver_env"] == cluster.LEAN_RAY_ENV  # Ray Train passes its flags on to the controller
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in report["driver_env"]  # drain notices reach the workers
 
 
 @pytest.mark.slow

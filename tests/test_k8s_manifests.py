@@ -222,6 +222,11 @@ def test_dry_run_prints_a_valid_rayjob(capsys, in_tmp):
     assert limits["nvidia.com/gpu"] == "8" and limits["cpu"] == "64"  # 8 workers x (1 GPU, 8 CPUs)
     assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "orch-data"}} in pod["volumes"]
+    # A stopped pod drains its own Ray node for preemption (deadline training.termination_grace_s),
+    # waits it out, and has 15 s more for its node to stop before Kubernetes kills it.
+    drain = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert drain == ["python", "-m", "orchestrator.targets.pod_drain", "--deadline-s", "60"]
+    assert pod["terminationGracePeriodSeconds"] == 75
     head = spec["rayClusterSpec"]["headGroupSpec"]
     assert head["rayStartParams"] == {"dashboard-host": "0.0.0.0", "num-gpus": "0"}
     assert not list(in_tmp.iterdir())  # no MLflow store, nothing written
@@ -236,6 +241,13 @@ def test_dry_run_spec_is_the_pods_view(capsys, in_tmp):
     assert spec["data"]["train"] == "/data/data/imagenet/train.beton"  # relative: on the data volume
     assert spec["checkpoint"]["storage"] == "/data/checkpoints"
     assert spec["tracking"]["tracking_uri"] == "http://mlflow:5000"
+
+
+def test_the_grace_period_sets_the_drain_deadline(capsys, in_tmp):
+    out, _ = dry_run(capsys, "--image", "img", "--set", "training.termination_grace_s=120", "--output", "json")
+    pod = json.loads(out)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1] == "120"
+    assert pod["terminationGracePeriodSeconds"] == 135
 
 
 def test_four_gpu_nodes_make_two_worker_pods(capsys, in_tmp):
@@ -266,6 +278,7 @@ def test_dry_run_without_image_uses_a_placeholder_and_says_so(capsys, in_tmp):
         (["--set", "cluster.kubernetes.worker_memory=64GB"], "cluster.kubernetes.worker_memory"),
         (["--namespace", "Research"], "--namespace"),
         (["--set", "cluster.kubernetes.tracking_uri=sqlite:///m.db"], "cluster.kubernetes.tracking_uri"),
+        (["--set", "training.termination_grace_s=0"], "training.termination_grace_s"),
     ],
 )
 def test_bad_k8s_input_is_one_line(args, fragment, capsys, in_tmp):

@@ -46,6 +46,7 @@ def test_a_real_runs_checkpoint_record_has_the_shape_orch_edits(trained_run):
         "ray._private.authentication.authentication_token_setup",
         "ray._private.authentication.http_token_authentication",
         "ray.train.v2._internal.execution.callback",
+        "ray.train.v2._internal.execution.context",
     ],
 )
 def test_a_moved_internal_fails_loudly_naming_the_ray_version(module, monkeypatch):
@@ -55,14 +56,24 @@ def test_a_moved_internal_fails_loudly_naming_the_ray_version(module, monkeypatc
         "authentication_token_setup": ray_internals.use_cluster_token,
         "http_token_authentication": ray_internals.auth_headers,
         "callback": ray_internals.callback_bases,
+        "context": lambda: ray_internals.announce_preemption(0),
     }[module.rsplit(".", 1)[-1]]
     with pytest.raises(RayInternalChanged, match=f"Ray {ray.__version__} changed {module}"):
         call()
 
 
+def test_a_key_value_store_without_its_calls_fails_loudly(monkeypatch):
+    from ray.experimental import internal_kv
+
+    monkeypatch.delattr(internal_kv, "_internal_kv_get")
+    with pytest.raises(RayInternalChanged, match="internal_kv._internal_kv_get"):
+        ray_internals.kv_get("orch/x")
+
+
 def test_the_callback_bases_have_the_hooks_orch_overrides(monkeypatch):
     group, worker = ray_internals.callback_bases()
     assert callable(group.before_init_train_context) and callable(worker.after_init_train_context)
+    assert callable(ray_internals.controller_callback_base().after_controller_state_update)
     # Where there is not exactly one CheckpointManager (a controller holds one), it says so.
     monkeypatch.setattr(ray_internals.gc, "get_objects", lambda: [])
     with pytest.raises(RayInternalChanged, match="0 found"):

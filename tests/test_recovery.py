@@ -1,8 +1,9 @@
 """`orch stop --save` and `orch resume` on the real local Ray, FFCV files and MLflow: a run
 stopped mid-epoch continues from its step checkpoint exactly where it stopped.
 
-Elsewhere: a SIGTERM to one of two workers is tests/test_submit.py's exactness test; Ray Train's
-restart setting a damaged checkpoint aside is in tests/test_lifecycle.py. Faults come from the
+Elsewhere: a SIGTERM to one of two workers is tests/test_submit.py's exactness test; a node
+drained for preemption is tests/test_remote.py's; Ray Train's restart setting a damaged checkpoint
+aside is in tests/test_lifecycle.py. Faults come from the
 loop's test hook at a chosen step (orchestrator/train/faults.py).
 """
 
@@ -51,8 +52,13 @@ def test_stop_save_then_resume_continues_the_step_and_matches_an_uninterrupted_r
     """One worker, training.deterministic: the session's trained run (straight through) and the
     same spec stopped with `orch stop --save` in epoch 1, then resumed, log the same train_loss,
     val_top1_error and val_top5_error for every epoch. It also checkpoints every 7 steps (20
-    steps an epoch), which changes nothing trained."""
-    sets = small_job(small_fashion, tmp_path, workers=1) + ["training.deterministic=true", "checkpoint.every_n_steps=7"]
+    steps an epoch), which changes nothing trained, and checks for notices every 4 steps (the stop
+    reaches the workers through its driver at the next check: epoch 1's step 4)."""
+    sets = small_job(small_fashion, tmp_path, workers=1) + [
+        "training.deterministic=true",
+        "checkpoint.every_n_steps=7",
+        "training.notice_every_n_steps=4",
+    ]
 
     # The stopped run's driver is a thread of this process, on the session's Ray (no `orch`
     # process to start and join it).

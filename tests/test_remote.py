@@ -267,3 +267,60 @@ def test_node_local_checkpoints_on_two_nodes_are_refused(quick_submits):
     proc, _, _ = quick_submits["local-ckpt"]
     assert proc.returncode == 2
     assert "checkpoint.storage" in error_line(proc) and "checkpoint.shared=true" in error_line(proc)
+
+
+def test_a_node_drained_for_preemption_is_a_preemption_not_a_failure(ray_nodes, mlflow_server, small_fashion, tmp_path):
+    """Ray's own notice, as clusters deliver it: in the middle of epoch 1 of a 2-worker job with
+    the default training.max_failures (0), the worker node is drained for preemption with a
+    deadline 20 s away (the GCS DrainNode call of `ray drain-node --reason
+    DRAIN_NODE_REASON_PREEMPTION`, made here by orch's own Kubernetes preStop hook), stopped 20 s
+    later, and a replacement node joins. Rank 0 waits at step 2 until the notice has reached it
+    (the fault hook), so the workers answer it there with a step checkpoint; then it makes no
+    progress, as a long epoch would not end before its node goes. The run continues from that
+    checkpoint to FINISHED, logs each epoch once, and records one preemption and no failure.
+    (Runs last in this module: it replaces the cluster's worker node.)"""
+    uri, cwd = mlflow_server.uri, tmp_path
+    notice = Notice(cwd)
+    submitted = orch(
+        "submit",
+        str(DEMO),
+        *job_sets(small_fashion, cwd, "training.epochs=2", "training.notice_every_n_steps=1"),
+        "--address",
+        ray_nodes.dashboard,
+        "--detach",
+        "--output",
+        "json",
+        uri=uri,
+        cwd=cwd,
+        ORCH_TEST_FAULT=fault("await_preemption", epoch=1, step=2, rank=0, notify=notice.path),
+    )
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    run_id = json.loads(submitted.stdout)["run_id"]
+    assert notice.wait().startswith("await_preemption epoch 1 step 2")
+    (worker_node,) = [n["node_id"] for n in ray_nodes.alive_nodes() if not n["is_head_node"]]
+    drain = subprocess.run(
+        [sys.executable, "-m", "orchestrator.targets.pod_drain", "--address", f"127.0.0.1:{ray_nodes.gcs_port}"]
+        + ["--node-id", worker_node, "--deadline-s", "20", "--no-wait"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert drain.returncode == 0 and "drained for preemption" in drain.stdout, drain.stderr[-3000:]
+    time.sleep(20)
+    ray_nodes.stop_node("worker1")
+    ray_nodes.add_node("worker2")
+    client, deadline = MlflowClient(uri), time.monotonic() + 300
+    while client.get_run(run_id).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(2)
+
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    assert run.info.status == "FINISHED", tags.get("orch.error", "") + ray_nodes.logs()
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val_top1_error")) == [0, 1]
+    step_checkpoint = f"{tags['orch.checkpoint_dir']}/epoch_0001_step_000002"
+    assert tags["orch.restored_from"] == tags["orch.step_checkpoint"] == step_checkpoint
+    assert tags["orch.preemptions"] == "1" and "orch.failures" not in tags
+    (preemption,) = json.loads(tags["orch.preemption_log"])
+    assert preemption["nodes"] == [worker_node] and preemption["continued_from"] == step_checkpoint
+    assert preemption["deadline_ms"] and preemption["noticed"]

@@ -1,11 +1,13 @@
 """`orch submit` end to end on the real parts: local Ray, FFCV files of Fashion-MNIST, MLflow.
 
 The exactness test validates on the whole 10,000-image test set, each sample once across
-ranks, and has a worker preempted (SIGTERM) mid-epoch: the ranks write a step checkpoint, Ray
-Train restarts the worker group from it and the run records every epoch exactly once plus the
-restart. Failures come from
-the training loop's fault hook at a chosen step (orchestrator/train/faults.py), never from a
-signal timed against the progress output.
+ranks, and has a worker preempted (SIGTERM) mid-epoch with the job's defaults (no failure
+allowed): the SIGTERM becomes a preemption notice, the ranks write a step checkpoint (its upload
+made slow on purpose: no rank moves on before Ray has it), Ray Train restarts the worker group
+from it, charged to its preemption budget, and the run records every epoch exactly once, one
+preemption and no failure, with the metrics of an uninterrupted run. Failures come from the
+training loop's fault hook at a chosen step (orchestrator/train/faults.py), never from a signal
+timed against the progress output.
 """
 
 import json
@@ -72,22 +74,28 @@ def only_run(uri):
 def test_two_workers_survive_a_preempted_worker_and_log_exact_metrics_once(
     ray_cluster, fashion_mnist, mlflow_uri, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setenv("ORCH_TEST_FAULT", fault("sigterm", epoch=1, step=3, rank=1))
     sets = small_job(fashion_mnist, tmp_path, workers=2) + [
         "data.max_train_samples=800",  # 4 steps an epoch: the preemption's step 3 is within epoch 1
-        "training.max_failures=2",
         "checkpoint.num_to_keep=3",
+        "training.notice_every_n_steps=1",  # the notice is answered at the very step
+        "training.deterministic=true",  # so that the uninterrupted run trains the same
     ]
-    spec = load_spec(DEMO, sets)
-    outcome = run_local(spec, str(DEMO))
-
+    straight = run_local(load_spec(DEMO, sets + ["tracking.run_name=straight"]), str(DEMO))
+    # The SIGTERM to rank 1 before step 3 of epoch 1, while rank 0 takes 3 s to upload each step
+    # checkpoint: had rank 1 let Ray restart before the upload was registered, the run would
+    # continue from epoch 0's checkpoint.
+    monkeypatch.setenv("ORCH_TEST_FAULT", fault("sigterm", epoch=1, step=3, rank=1, upload_delay_s=3))
+    outcome = run_local(load_spec(DEMO, sets + ["tracking.run_name=preempted"]), str(DEMO))
     assert outcome.status == "FINISHED"
-    run = only_run(mlflow_uri)
     client = MlflowClient(mlflow_uri)
-    assert run.info.status == "FINISHED" and run.info.run_id == outcome.run_id
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
     for key in METRICS:
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
     assert all(m.value == 10000 for m in client.get_metric_history(run.info.run_id, "val_samples"))
+    for key in ("train_loss", "train_top1_error", "val_loss", "val_top1_error", "val_top5_error", "lr"):
+        history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+        assert history == [(m.step, m.value) for m in client.get_metric_history(straight.run_id, key)], key
     assert run.data.params["model.arch"] == "cifar_resnet8"
     assert run.data.params["scaling.num_workers"] == "2"
     assert [w["rank"] for w in json.loads(run.data.tags["workers"])] == [0, 1]  # where each rank ran
@@ -96,18 +104,26 @@ def test_two_workers_survive_a_preempted_worker_and_log_exact_metrics_once(
         m.value for m in client.get_metric_history(run.info.run_id, "val_top1_error")
     )
 
-    # The SIGTERM to rank 1 before step 3 of epoch 1: both ranks agreed to write a step checkpoint
-    # there; one restart, counted with its cause, continued from it, skipping the trained batches.
+    # Both ranks wrote a step checkpoint before step 3 of epoch 1; one preemption, no failure,
+    # continued from it, skipping the trained batches.
     tags = run.data.tags
-    assert tags["orch.restarts"] == "1" and "SIGTERM" in tags["orch.last_restart_cause"]
+    assert tags["orch.preemptions"] == "1" and "orch.failures" not in tags
+    assert tags["orch.restarts"] == "1" and tags["orch.last_restart_cause"].startswith("preemption 1")
     step_checkpoint = Path(tags["orch.checkpoint_dir"]) / "epoch_0001_step_000003"
     assert tags["orch.step_checkpoint"] == tags["orch.restored_from"] == str(step_checkpoint)
+    (preemption,) = json.loads(tags["orch.preemption_log"])
+    assert preemption["ranks"] == [1] and preemption["continued_from"] == str(step_checkpoint)
+    assert "preemption 1: noticed" in tags["mlflow.note.content"]  # the run's description says so
     state = torch.load(step_checkpoint / "train_state.pt", weights_only=True)
     assert state["epoch"] == 1 and state["progress"]["batches"] == 3 and state["progress"]["samples"] == 600
     assert state["step"] == 4 + 3  # 800 images in batches of 100 over 2 ranks: 4 steps an epoch
-    assert "val_top1_error" not in load_meta(step_checkpoint)["metrics"]  # never ranked as an epoch
+    meta = load_meta(step_checkpoint)
+    assert "val_top1_error" not in meta["metrics"]  # never ranked as an epoch
+    assert meta["layout"] == {"world_size": 2, "batch_size": 100, "seed": 0}
     err = capsys.readouterr().err
-    assert "workers failed" in err and "continuing from the latest checkpoint" in err, err[-3000:]
+    assert "preempted (preemption 1" in err and "continuing from the latest checkpoint" in err, err[-3000:]
+    code, out, _ = run_orch("status", run.info.run_id)
+    assert code == 0 and f"continued from {step_checkpoint}" in out, out
 
     best = Path(outcome.best_checkpoint)
     meta = load_meta(best)

@@ -63,13 +63,17 @@ def status(run, uri, output):
     if _as_json(output, info):
         return
     shown = dict(info, epoch=_epoch(info))
-    for key in ("epochs", "workers"):
+    for key in ("epochs", "workers", "preemption_log"):
         shown.pop(key)
     for key, value in shown.items():
         if value is not None:
             click.echo(f"{key.replace('_', ' '):<20} {_pct(value) if key.startswith('best_') else value}")
     for w in info["workers"] or []:
         click.echo(f"{'worker ' + str(w['rank']):<20} {w['hostname']} (node {w['node_id'][:12]})")
+    from orchestrator.interruptions import preemption_lines
+
+    for line in preemption_lines(info["preemption_log"]):
+        click.echo(line)
 
 
 @click.command()

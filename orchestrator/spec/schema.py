@@ -116,7 +116,28 @@ class TrainingSpec(_Section):
         "loader thread per worker: the same draws and steps each run, at a cost in throughput; an op "
         "without a deterministic version raises",
     )
-    max_failures: int = Field(0, ge=-1)
+    max_failures: int = Field(
+        0, ge=-1, description="worker-group failures Ray Train restarts from the latest checkpoint (-1: any number)"
+    )
+    max_preemption_failures: int = Field(
+        -1,
+        ge=-1,
+        description="preemptions (a node drained for preemption, a SIGTERM to a worker) Ray Train restarts from "
+        "the latest checkpoint, counted apart from max_failures (-1: any number, as Ray's default)",
+    )
+    termination_grace_s: int = Field(
+        60,
+        ge=5,
+        description="seconds a preempted worker has from the notice to its end: the deadline a SIGTERM'd worker "
+        "announces, and a Kubernetes worker pod's drain deadline (its terminationGracePeriodSeconds is this "
+        "plus 15); must fit Ray's watcher poll (5 s) + notice_every_n_steps steps + one checkpoint upload",
+    )
+    notice_every_n_steps: int = Field(
+        20,
+        ge=1,
+        description="every rank checks for a preemption notice or `orch stop --save` every N training steps "
+        "(a notice is answered within Ray's 5 s poll + N steps + one checkpoint upload)",
+    )
 
 
 class ScalingSpec(_Section):

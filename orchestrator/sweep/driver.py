@@ -100,13 +100,16 @@ def resume_sweep(found: tuple) -> dict:
 
 
 def reopen(uri: str, parent, tags: dict) -> int:
-    """Mark a stopped sweep's parent RUNNING again, its last error cleared, with `tags`; returns
-    the number of this resume (orch.resumes counts them)."""
+    """Mark a stopped sweep's parent RUNNING again, its last error and a stop request it carried
+    out cleared, with `tags`; returns the number of this resume (orch.resumes counts them)."""
+    from orchestrator.train.notices import STOP_TAG
+
     parent_id = parent.info.run_id
     client = MlflowClient(uri)
     client.update_run(parent_id, status=ACTIVE)
-    if "orch.error" in parent.data.tags:
-        client.delete_tag(parent_id, "orch.error")
+    for key in ("orch.error", STOP_TAG):
+        if key in parent.data.tags:
+            client.delete_tag(parent_id, key)
     resumes = int(parent.data.tags.get("orch.resumes", "0")) + 1
     tracking.set_tags(uri, parent_id, {"orch.resumes": resumes, **tags})
     return resumes

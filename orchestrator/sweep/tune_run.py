@@ -11,6 +11,7 @@ report to Tune (for ASHA and for the driver's progress lines). Tune decides when
 import os
 import signal
 
+from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -37,13 +38,17 @@ class EpochsToTune(TuneReportCallback):
 
 def run_trial(config: dict, plan: dict) -> None:
     """One trial, in its Tune actor: its child run trained to the end (created, or continued
-    from its latest good checkpoint when an earlier attempt left one). An error ends the child
-    run FAILED and is not raised: the child's status is the record, and Tune goes on. Nothing
-    is returned (a last result without the scheduler's metric would be refused)."""
+    from its latest good checkpoint when an earlier attempt left one), unless the sweep was
+    stopped. An error ends the child run FAILED and is not raised: the child's status is the
+    record, and Tune goes on. Nothing is returned (a last result without the scheduler's metric
+    would be refused)."""
     from orchestrator.targets.local import checkpoint_dir, drive
+    from orchestrator.train.notices import STOP_TAG
 
     tracking.quiet_mlflow()
     uri, parent_id = plan["uri"], plan["parent_id"]
+    if STOP_TAG in MlflowClient(uri).get_run(parent_id).data.tags:
+        return  # `orch stop --save PARENT`: no trial starts any more; `orch resume PARENT` runs it
     trial = from_json([plan["trials"][config["trial"]]])[0]
     child = records.children(uri, parent_id).get(trial.index)
     run_id = child.info.run_id if child else records.create_child(uri, parent_id, trial)

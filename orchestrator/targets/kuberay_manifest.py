@@ -21,6 +21,7 @@ PLACEHOLDER_RUN_ID = "RUN_ID"
 PLACEHOLDER_IMAGE = "REPLACE_WITH_TRAINING_IMAGE"
 IN_CLUSTER_MLFLOW = "http://mlflow:5000"  # the Service of k8s/mlflow.yaml, same namespace
 LOG_CONTAINER = "job-logs"
+PREEMPTION_MARGIN_S = 15  # after a drain's deadline: the node's own stop, before SIGKILL
 MAX_RAYJOB_NAME = 47  # KubeRay appends "-xxxxx" for the RayCluster, whose name may not exceed 53
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 _SUFFIX = {
@@ -76,7 +77,9 @@ def rayjob_manifest(
                 "rayVersion": metadata.version("ray"),
                 "enableInTreeAutoscaling": False,
                 "headGroupSpec": _head_group(k8s, image, tracking_uri, job_id(run_id)),
-                "workerGroupSpecs": [_worker_group(spec.scaling, k8s, image, tracking_uri)],
+                "workerGroupSpecs": [
+                    _worker_group(spec.scaling, k8s, image, tracking_uri, spec.training.termination_grace_s)
+                ],
             },
         },
     }
@@ -258,10 +261,12 @@ def _head_group(k8s: KubernetesSpec, image: str, tracking_uri: str, ray_job_id: 
     }
 
 
-def _worker_group(scaling: ScalingSpec, k8s: KubernetesSpec, image: str, tracking_uri: str) -> dict:
+def _worker_group(scaling: ScalingSpec, k8s: KubernetesSpec, image: str, tracking_uri: str, grace_s: int) -> dict:
     """Fixed size (min = max = replicas): DDP needs every worker, and autoscaling would only
     add pods Ray Train does not use. The object store is kept within /dev/shm, whose other
-    half is left to NCCL and data loaders."""
+    half is left to NCCL and data loaders. A pod Kubernetes stops drains its own Ray node for
+    preemption first (preStop, targets/pod_drain.py) and has `grace_s` (training.termination_grace_s)
+    for its workers to checkpoint, plus PREEMPTION_MARGIN_S for its node to stop."""
     layout = worker_layout(scaling, k8s.gpus_per_node)
     resources = {"cpu": _cpu(layout["cpus"]), "memory": k8s.worker_memory}
     if layout["gpus"]:
@@ -272,9 +277,11 @@ def _worker_group(scaling: ScalingSpec, k8s: KubernetesSpec, image: str, trackin
         "env": _env(tracking_uri),
         "resources": {"requests": resources, "limits": dict(resources)},
         "volumeMounts": [_data_mount(k8s), {"name": "shm", "mountPath": "/dev/shm"}],
+        "lifecycle": {"preStop": {"exec": {"command": drain_command(grace_s)}}},
     }
     volumes = [_data_volume(k8s), {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": k8s.shm_size}}]
     pod = _pod(k8s, [worker], volumes)
+    pod["terminationGracePeriodSeconds"] = grace_s + PREEMPTION_MARGIN_S
     if layout["gpus"]:
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     replicas = layout["replicas"]
@@ -286,6 +293,11 @@ def _worker_group(scaling: ScalingSpec, k8s: KubernetesSpec, image: str, trackin
         "rayStartParams": {"object-store-memory": str(quantity_bytes(k8s.shm_size) // 2)},
         "template": {"spec": pod},
     }
+
+
+def drain_command(grace_s: int) -> list[str]:
+    """A worker pod's preStop hook: drain its Ray node with a deadline `grace_s` away, then wait it out."""
+    return ["python", "-m", "orchestrator.targets.pod_drain", "--deadline-s", str(grace_s)]
 
 
 def _pod(k8s: KubernetesSpec, containers: list, volumes: list) -> dict:

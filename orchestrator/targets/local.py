@@ -8,7 +8,7 @@ import threading
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator import cluster, preflight, restart, run_record, telemetry, terminal, tracking
+from orchestrator import cluster, interruptions, preflight, restart, run_record, telemetry, terminal, tracking
 from orchestrator.best import BestRule
 from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import JobFailed, JobInterrupted
@@ -16,7 +16,7 @@ from orchestrator.lifecycle import driver_tags
 from orchestrator.outcome import JobOutcome, read_outcome
 from orchestrator.progress import EpochPrinter
 from orchestrator.spec.schema import JobSpec
-from orchestrator.train import faults, stopping
+from orchestrator.train import faults, notices
 from orchestrator.train.loop import train_worker
 
 
@@ -63,7 +63,9 @@ def drive(
             terminal.say(terminal.starting_workers(spec.scaling))
             printer.start()
         try:
-            result = fit(build_trainer(spec, uri, run_id, resume_from, run_dir=run_dir, callbacks=callbacks))
+            trainer = build_trainer(spec, uri, run_id, resume_from, run_dir=run_dir, callbacks=callbacks)
+            with notices.StopRelay(uri, run_id):
+                result = fit(trainer)
             stopped = stop_message(result, run_id)
             status = "KILLED" if stopped else "FINISHED"
             error = stopped
@@ -131,9 +133,9 @@ def build_trainer(
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
             "resume_from": resume_from,
-            "fault": faults.from_env(run_dir),
+            "fault": faults.from_env(run_dir, run_id),
             "telemetry": telemetry.config(spec, uri, run_id),
-            "run": {"tracking_uri": uri, "run_id": run_id},  # the workers read `orch stop --save` there
+            "run": {"tracking_uri": uri, "run_id": run_id},
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -149,11 +151,15 @@ def build_trainer(
                 checkpoint_score_attribute=spec.checkpoint.metric,
                 checkpoint_score_order=spec.checkpoint.mode,
             ),
-            failure_config=FailureConfig(max_failures=spec.training.max_failures),
+            failure_config=FailureConfig(
+                max_failures=spec.training.max_failures,
+                max_preemption_failures=spec.training.max_preemption_failures,
+            ),
             callbacks=[
-                EpochLogger(uri, run_id, spec.training.max_failures),
+                EpochLogger(uri, run_id),
                 restart.keeper(uri, run_id),  # on the controller: the checkpoint a new worker group gets
-                stopping.sigterm_callback(),  # on each worker: SIGTERM asks for a step checkpoint
+                interruptions.recorder(uri, run_id),  # on the controller: preemptions and failures
+                notices.sigterm_callback(spec.training.termination_grace_s),  # on each worker: SIGTERM is a notice
                 *callbacks,
             ],
         ),

@@ -84,6 +84,29 @@ def verify(location: str, fs: pafs.FileSystem | None = None) -> dict:
     return expected
 
 
+def data_layout(spec, world_size: int) -> dict:
+    """Which samples a rank's trained batches hold, under a job spec with `world_size` workers:
+    what a step checkpoint records (meta.json's layout) and a restore compares."""
+    return {"world_size": world_size, "batch_size": spec.training.batch_size, "seed": spec.training.seed}
+
+
+def layout_mismatch(meta: dict, layout: dict) -> str | None:
+    """Why a step checkpoint's progress does not carry over to a worker group of `layout`
+    ({world_size, batch_size, seed}: which samples each rank's trained batches held), or None.
+    Its meta.json records the layout that wrote it; one written without that record cannot be
+    checked, so it does not carry over either."""
+    recorded = meta.get("layout")
+    if not recorded:
+        return "its meta.json does not say which world size, batch and seed wrote it"
+    labels = {"world_size": "workers", "batch_size": "images per worker", "seed": "data order seed"}
+    changed = [
+        f"{recorded.get(key)} -> {layout[key]} {label}"
+        for key, label in labels.items()
+        if recorded.get(key) != layout[key]
+    ]
+    return f"written with other data shards ({', '.join(changed)})" if changed else None
+
+
 def checkpoint_name(epoch: int, step: int | None = None) -> str:
     """The folder name of epoch's end-of-epoch checkpoint, or of one after `step` of its batches."""
     return f"epoch_{epoch:04d}" if step is None else f"epoch_{epoch:04d}_step_{step:06d}"

@@ -6,15 +6,20 @@ starts, instead of timing a signal against a polling loop:
     {"action": "kill", "epoch": 1, "step": 2, "rank": 1, "notify": "/tmp/x/fifo"}
 
 - action: `mark` (only write the notify line: bench/startup.py times the first step with it),
-  `kill` (SIGKILL this worker), `sigterm` (SIGTERM to this worker, as a pod eviction
-  sends it, then go on: the loop checkpoints and stops), `interrupt` (SIGINT to the job's
-  driver, as Ctrl-C does, then hold) or `hold` (stop making progress until stopped from outside,
-  or until `orch stop --save` asks this worker for a checkpoint);
+  `kill` (SIGKILL this worker), `sigterm` (SIGTERM to this worker, as a spot notice delivered
+  as a signal sends it, then go on: the loop answers it as a preemption), `interrupt` (SIGINT to
+  the job's driver, as Ctrl-C does, then hold) or `hold` (stop making progress until stopped
+  from outside, or until `orch stop --save` has reached the workers: then go on, and the loop
+  writes its checkpoint at its next notice check) or `await_preemption` (say so, wait until
+  Ray's preemption notice has reached this worker, so the loop answers it at this step, then
+  make no progress from the next step on: a worker group still busy when its node goes);
 - epoch, step: when, before that step (counted from 0 within the epoch) is trained;
 - rank: which rank acts (default: every rank);
 - notify: a path (a FIFO the test reads, or a file) that gets one line just before acting;
 - damage: true to truncate the model.pt of the run's newest checkpoint first (a checkpoint
-  damaged in storage, which the restart must set aside).
+  damaged in storage, which the restart must set aside);
+- upload_delay_s: seconds by which rank 0 delays the upload of every step checkpoint (an upload
+  made slow on purpose: no rank may move on before it is registered), whatever the action.
 
 The driver reads the variable and hands it to the workers with the loop's configuration, so it
 reaches them whichever Ray they run in. It fires only in a worker group that started fresh,
@@ -31,11 +36,11 @@ import time
 from orchestrator import ray_internals
 
 FAULT_VARIABLE = "ORCH_TEST_FAULT"
-ACTIONS = ("kill", "sigterm", "interrupt", "hold", "mark")
+ACTIONS = ("kill", "sigterm", "interrupt", "hold", "mark", "await_preemption")
 
 
-def from_env(run_dir: str) -> dict | None:
-    """The fault $ORCH_TEST_FAULT asks for, checked, for the job whose checkpoints go to
+def from_env(run_dir: str, run_id: str) -> dict | None:
+    """The fault $ORCH_TEST_FAULT asks for, checked, for run `run_id` whose checkpoints go to
     `run_dir`; or None."""
     text = os.environ.get(FAULT_VARIABLE)
     if not text:
@@ -47,10 +52,15 @@ def from_env(run_dir: str) -> dict | None:
     except (ValueError, KeyError, TypeError, AssertionError):
         raise ValueError(
             f"${FAULT_VARIABLE}: expected JSON like "
-            '{"action": "kill|sigterm|interrupt|hold|mark", "epoch": 1, "step": 2}, got ' + repr(text)
+            '{"action": "' + "|".join(ACTIONS) + '", "epoch": 1, "step": 2}, got ' + repr(text)
         ) from None
-    fault.update(driver_pid=os.getpid(), run_dir=run_dir)
+    fault.update(driver_pid=os.getpid(), run_dir=run_dir, run_id=run_id)
     return fault
+
+
+def upload_delay_s(fault: dict | None) -> float:
+    """How long rank 0 delays each step checkpoint's upload (0: not at all)."""
+    return float((fault or {}).get("upload_delay_s", 0))
 
 
 def step_hook(fault: dict | None, rank: int, steps_per_epoch: int, fresh: bool):
@@ -62,6 +72,8 @@ def step_hook(fault: dict | None, rank: int, steps_per_epoch: int, fresh: bool):
     def before_step(step: int) -> None:
         if step == due:
             act(fault, rank)
+        elif step == due + 1 and fault["action"] == "await_preemption":
+            _hold_forever()
 
     return before_step
 
@@ -81,28 +93,37 @@ def act(fault: dict, rank: int) -> None:
     if fault["action"] == "sigterm":
         _sigterm_self()
         return
+    if fault["action"] == "await_preemption":
+        while not ray_internals.preemption_announced():
+            time.sleep(0.2)
+        return
     if fault["action"] == "interrupt":
         os.kill(fault["driver_pid"], signal.SIGINT)
-    _hold()
+    _hold(fault["run_id"])
 
 
-def _hold() -> None:
-    """Make no progress until the job is stopped from outside, or until `orch stop --save` asks
-    for a checkpoint (then go on: the loop writes it at this step)."""
-    from orchestrator.train import stopping
+def _hold(run_id: str) -> None:
+    """Make no progress until the job is stopped from outside, or until `orch stop --save` has
+    reached the workers (then go on: the loop writes its checkpoint at its next check)."""
+    from orchestrator.train.notices import stop_key
 
-    while stopping.local_request() == stopping.NONE:
+    while not ray_internals.kv_get(stop_key(run_id)):
         time.sleep(0.2)
+
+
+def _hold_forever() -> None:
+    while True:
+        time.sleep(1)
 
 
 def _sigterm_self(timeout_s: float = 10) -> None:
     """SIGTERM to this process, returning once its handler (on the main thread) has taken it,
-    so the request is seen at this very step."""
-    from orchestrator.train import stopping
+    so the notice is seen at the next check."""
+    from orchestrator.train.notices import signalled
 
     os.kill(os.getpid(), signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while stopping.local_request() == stopping.NONE and time.monotonic() < deadline:
+    while not signalled() and time.monotonic() < deadline:
         time.sleep(0.01)
 
 

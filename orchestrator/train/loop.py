@@ -4,12 +4,17 @@ Per epoch: train on this rank's shard, evaluate every validation sample once acr
 rank 0 writes a checkpoint, and every rank calls `ray.train.report` (a barrier). MLflow
 logging happens on the Ray Train controller (orchestrator.epoch_logger), once per epoch.
 
-Between steps, every rank agrees whether to stop (train/stopping.py): on a SIGTERM or `orch
-stop --save`, and every checkpoint.every_n_steps steps, rank 0 writes a step checkpoint
-(epoch_NNNN_step_SSSSSS) holding the epoch's progress. A run restored from one continues that
-epoch after its last trained batch, with the same data order, augmentation draws and schedule.
+Every training.notice_every_n_steps steps, every rank checks for notices (train/notices.py): a
+preemption (Ray's drain notice, or a SIGTERM to a worker) writes a step checkpoint
+(epoch_NNNN_step_SSSSSS, holding the epoch's progress) once and training goes on until Ray
+restarts the worker group from it; `orch stop --save` writes one and ends training. Every
+checkpoint.every_n_steps steps a step checkpoint is written too. A run restored from one
+continues that epoch after its last trained batch, with the same data order, augmentation draws
+and schedule, when it runs with the world size, batch and seed that wrote it; else that epoch
+starts again.
 """
 
+import contextlib
 import functools
 import logging
 import random
@@ -25,18 +30,26 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data_pipeline import ResolutionSchedule, build_train_loader, build_val_loader, read_dataset_info
 from data_pipeline.geometry import eval_style
-from orchestrator import telemetry
+from orchestrator import ray_internals, telemetry
 from orchestrator.best import BestRule
 from orchestrator.models import build_model
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train import distributed as dist
 from orchestrator.train import faults
-from orchestrator.train.checkpoint import checkpoint_name, load_model_state, load_train_state, save_checkpoint, verify
+from orchestrator.train.checkpoint import (
+    checkpoint_name,
+    data_layout,
+    layout_mismatch,
+    load_meta,
+    load_model_state,
+    load_train_state,
+    save_checkpoint,
+)
+from orchestrator.train.notices import NONE, PREEMPTED, REASONS, STOP, Notice, NoticeCheck, signalled
 from orchestrator.train.optim import build_optimizer
 from orchestrator.train.schedule import lr_at, scaled_lr
 from orchestrator.train.step_metrics import StepLogger, every_n_steps
 from orchestrator.train.steps import EpochProgress, StepContext, configure_backends, evaluate, train_one_epoch
-from orchestrator.train.stopping import NONE, PREEMPTED, REASONS, STOP, StopRequests, StopWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +62,13 @@ class Start:
     progress: EpochProgress | None = None
 
 
-class Preempted(RuntimeError):
-    """Raised on every rank after the step checkpoint a SIGTERM asked for: the worker group
-    fails and Ray Train restarts it from that checkpoint (within training.max_failures)."""
+@dataclass
+class Preemption:
+    """The preemption this worker group answered (its step checkpoint is registered with Ray),
+    if any: the group then trains on until Ray restarts it."""
+
+    notice: Notice | None = None
+    where: str = ""
 
 
 def train_worker(config: dict) -> None:
@@ -71,7 +88,8 @@ def train_worker(config: dict) -> None:
     precision = resolve_precision(spec.training.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    start, restored = _restore(config, model, optimizer, scaler)
+    layout = data_layout(spec, dist.world_size())
+    start, restored = _restore(config, model, optimizer, scaler, layout)
     wrapped = _wrap(model, device, spec.training.compile)
     steps_per_epoch = len(train_loader)
     ctx = StepContext(
@@ -97,15 +115,17 @@ def train_worker(config: dict) -> None:
         "classes": info.classes,
         "spec": config["spec"],
         "preprocess": preprocess_info(spec, info),
+        "layout": layout,  # what a step checkpoint's progress assumes (train/checkpoint.py)
     }
     # Told once, with the first report: where this worker group runs (the controller tags the
     # run with every rank's), and what it was restored from.
     reporter = Reporter(model, optimizer, scaler, spec, meta_base, once={**restored, **worker_placement()})
-    stops = StopRequests()
+    reporter.step_upload_delay_s = faults.upload_delay_s(config.get("fault"))
+    notices = NoticeCheck(run.get("run_id"), spec.training.notice_every_n_steps)
+    preemption = Preemption()
     local_rank = ray.train.get_context().get_local_rank()
     with (
         telemetry.node_monitor(config.get("telemetry"), local_rank, reporter.once["worker_node_id"]),
-        StopWatcher(run.get("tracking_uri"), run.get("run_id")),
         step_logger,
     ):
         for epoch in range(start.epoch, spec.training.epochs):
@@ -113,42 +133,85 @@ def train_worker(config: dict) -> None:
             seed_everything(spec.training.seed, epoch, dist.rank())
             train_loader.set_epoch(epoch, skip_batches=progress.batches if progress else 0)
             began = time.perf_counter()
-            at_step = step_checkpoints(spec, epoch, steps_per_epoch, stops, reporter, progress)
+            at_step = between_steps(spec, epoch, steps_per_epoch, notices, reporter, progress, preemption)
             first_step = epoch * steps_per_epoch
-            metrics = train_one_epoch(wrapped, train_loader, optimizer, scaler, ctx, first_step, progress, at_step)
-            if metrics is None:
-                return  # stopped by `orch stop --save`: its checkpoint is written
-            metrics.update(evaluate(wrapped, val_loader(), ctx))
-            metrics.update(
-                epoch=epoch, epoch_seconds=time.perf_counter() - began, train_resolution=train_loader.resolution
-            )
-            reporter.report(metrics, epoch=epoch, step=(epoch + 1) * steps_per_epoch)
+            with _until_restart(preemption):
+                metrics = train_one_epoch(wrapped, train_loader, optimizer, scaler, ctx, first_step, progress, at_step)
+                if metrics is None:
+                    return  # stopped by `orch stop --save`: its checkpoint is written
+                metrics.update(evaluate(wrapped, val_loader(), ctx))
+                metrics.update(
+                    epoch=epoch, epoch_seconds=time.perf_counter() - began, train_resolution=train_loader.resolution
+                )
+                reporter.report(metrics, epoch=epoch, step=(epoch + 1) * steps_per_epoch)
 
 
-def step_checkpoints(spec: JobSpec, epoch: int, steps_per_epoch: int, stops: StopRequests, reporter, start):
-    """train_one_epoch's at_step for `epoch`: before each batch, every rank agrees on the stop
-    requests; a request, or checkpoint.every_n_steps coming due, writes a step checkpoint (none
-    when nothing was trained since the last checkpoint). A preemption then fails the worker
-    group (Preempted), a stop ends training."""
+def between_steps(spec: JobSpec, epoch: int, steps_per_epoch: int, notices: NoticeCheck, reporter, start, preemption):
+    """train_one_epoch's at_step for `epoch`, called before each batch on every rank. When the
+    notices are due, every rank checks them; a notice (a preemption not yet answered, or a stop),
+    or checkpoint.every_n_steps coming due, writes a step checkpoint (none when nothing was
+    trained since the last one). After a notice every rank waits until Ray has registered the
+    checkpoint; then a stop ends training and a preemption is answered: training goes on until
+    Ray restarts the worker group at the drain's deadline, or at once when a worker got SIGTERM
+    (it lets Ray restart and makes no more progress, nor can its peers)."""
     every = spec.checkpoint.every_n_steps
     saved = {"batch": start.batches if start else 0}  # what the checkpoint restored from, or the last epoch's, covers
 
     def at_step(batch: int, progress) -> bool:
-        reason = stops.agree()
-        due = every is not None and (epoch * steps_per_epoch + batch) % every == 0
-        if reason == NONE and not due:
+        step = epoch * steps_per_epoch + batch
+        notice = notices.check() if notices.due(step) else Notice(NONE)
+        if notice.reason == PREEMPTED and preemption.notice is not None:
+            notice = Notice(NONE)  # answered once: its checkpoint is registered
+        due = every is not None and step % every == 0
+        if notice.reason == NONE and not due:
             return False
-        where = f"epoch {epoch}, after {batch} of its {steps_per_epoch} batches"
         if batch > saved["batch"]:
-            reporter.report_step(epoch, epoch * steps_per_epoch + batch, progress(), REASONS.get(reason, ""))
+            reporter.report_step(epoch, step, progress(), REASONS.get(notice.reason, ""))
             saved["batch"] = batch
-        elif reason == STOP:  # nothing new to save: the last checkpoint is where a resume continues
+        elif notice.reason == STOP:  # nothing new to save: the last checkpoint is where a resume continues
             reporter.report_stop(epoch, batch, REASONS[STOP])
-        if reason == PREEMPTED:
-            raise Preempted(f"a worker got SIGTERM (preemption) at {where}; Ray Train restarts from its checkpoint")
-        return reason == STOP
+        if notice.reason == NONE:
+            return False
+        reporter.wait_until_registered()  # no rank moves on before Ray holds the checkpoint
+        if notice.reason == PREEMPTED:
+            preemption.notice, preemption.where = (
+                notice,
+                f"epoch {epoch}, after {batch} of its {steps_per_epoch} batches",
+            )
+            logger.warning(
+                "rank %d: preemption notice %s answered at %s", dist.rank(), notice.preemption, preemption.where
+            )
+            if signalled():  # it was told to go: its checkpoint is safe, so Ray may restart the group now
+                ray_internals.announce_preemption(time.time())
+                _wait_for_restart()
+        return notice.reason == STOP
 
     return at_step
+
+
+@contextlib.contextmanager
+def _until_restart(preemption: Preemption):
+    """After a preemption was answered, a rank whose peers went with their node (a collective
+    failing) waits for Ray to restart the worker group rather than raise: Ray would charge an
+    error raised before the preempted workers' deaths are seen to training.max_failures."""
+    try:
+        yield
+    except Exception:
+        if preemption.notice is None:
+            raise
+        logger.warning(
+            "rank %d: a collective failed after the preemption answered at %s; waiting for Ray Train's restart",
+            dist.rank(),
+            preemption.where,
+            exc_info=True,
+        )
+        _wait_for_restart()
+
+
+def _wait_for_restart() -> None:
+    """Make no more progress: Ray Train ends this worker group at the preemption's deadline."""
+    while True:
+        time.sleep(1)
 
 
 def worker_placement() -> dict:
@@ -221,11 +284,13 @@ def _loaders(spec: JobSpec, info, device: torch.device):
     return train, val
 
 
-def _restore(config: dict, model, optimizer, scaler) -> tuple[Start, dict]:
+def _restore(config: dict, model, optimizer, scaler, layout: dict) -> tuple[Start, dict]:
     """Load the checkpoint this worker group continues from: the one Ray hands over after a
-    failure (chosen by orchestrator.restart's keeper on the controller), else the one `orch
-    resume` chose. Returns where training starts and, when something was restored,
-    {"restored_from": location}."""
+    failure or preemption, else the one `orch resume` chose; either was verified once when it
+    was chosen (orchestrator/restart.py, on the controller or the resuming driver). Returns
+    where training starts and, when something was restored, {"restored_from": location}. A step
+    checkpoint written by another layout (a resume changed it; the resuming driver says so on
+    the run) starts its epoch again."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         location, fs = checkpoint.path, checkpoint.filesystem
@@ -233,9 +298,12 @@ def _restore(config: dict, model, optimizer, scaler) -> tuple[Start, dict]:
         location, fs = config["resume_from"], None
     else:
         return Start(), {}
-    verify(location, fs)  # damaged since it was chosen: this attempt fails, the next chooses again
     with ray.train.Checkpoint(location, filesystem=fs).as_directory() as path:
         start = _load_into(path, model, optimizer, scaler)
+        mismatch = layout_mismatch(load_meta(path), layout) if start.progress else None
+    if mismatch:  # its trained batches were another layout's: skipping them would skip other samples
+        logger.warning("%s: %s; epoch %d starts again from its first batch", location, mismatch, start.epoch)
+        start = Start(start.epoch)
     return start, {"restored_from": location}
 
 
@@ -263,6 +331,8 @@ class Reporter:
     """This rank's part of each report: rank 0 writes the checkpoint, every rank calls
     ray.train.report (a barrier). `once` rides on the first report of the worker group."""
 
+    step_upload_delay_s = 0.0  # the tests' slow upload of step checkpoints (train/faults.py)
+
     def __init__(self, model, optimizer, scaler, spec: JobSpec, meta_base: dict, once: dict):
         self.model, self.optimizer, self.scaler, self.spec = model, optimizer, scaler, spec
         self.meta_base = meta_base
@@ -289,6 +359,8 @@ class Reporter:
         with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
             save_checkpoint(tmp, self.model.state_dict(), train_state, meta)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            if progress and self.step_upload_delay_s:
+                time.sleep(self.step_upload_delay_s)
             ray.train.report({**metrics, **(score or {})}, checkpoint=checkpoint, checkpoint_dir_name=name)
 
     def report_step(self, epoch: int, step: int, progress: EpochProgress, stopped_by: str) -> None:
@@ -297,6 +369,12 @@ class Reporter:
         rule = BestRule.of(self.spec.checkpoint)
         metrics = self._step_metrics(epoch, progress.batches, stopped_by)
         self.report(metrics, epoch=epoch, step=step, progress=progress, score={rule.metric: rule.never_best()})
+
+    @staticmethod
+    def wait_until_registered() -> None:
+        """Until Ray Train's controller has registered every report this rank made (rank 0's
+        checkpoint written, checksummed, uploaded and recorded): called on every rank."""
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
     def report_stop(self, epoch: int, batch: int, stopped_by: str) -> None:
         """A stop with nothing new to save: a report without a checkpoint, so the driver learns why."""
