@@ -147,9 +147,19 @@ class Notice:
         os.mkfifo(self.path)
 
     def wait(self, timeout_s: float = 300) -> str:
+        return self.wait_for(1, timeout_s)[0]
+
+    def wait_for(self, count: int, timeout_s: float = 300) -> list[str]:
+        """The first `count` lines, from as many writers (each opens the FIFO, writes, closes)."""
         said = []
-        reader = threading.Thread(target=lambda: said.append(self.path.open().readline()), daemon=True)
+
+        def read():
+            while len(said) < count:
+                with self.path.open() as fifo:  # until a writer opens it
+                    said.extend(line for line in fifo if line.strip())
+
+        reader = threading.Thread(target=read, daemon=True)
         reader.start()
         reader.join(timeout_s)
-        assert said, f"the fault hook did not act within {timeout_s:.0f} s"
-        return said[0]
+        assert len(said) >= count, f"the fault hook acted {len(said)} times of {count} within {timeout_s:.0f} s"
+        return said[:count]

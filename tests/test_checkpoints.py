@@ -236,6 +236,24 @@ def test_stop_marks_a_run_whose_driver_is_gone_killed(mlflow_uri, tmp_path, save
         lifecycle.stop(mlflow_uri, run_id)
 
 
+@pytest.mark.parametrize("save", [False, True])
+def test_stop_ends_a_sweep_whose_driver_is_gone_and_its_running_trials(mlflow_uri, tmp_path, save):
+    """A sweep's driver killed mid-trial (nothing ended its runs): `orch stop PARENT` marks the
+    parent and every child still RUNNING KILLED; with --save too, there being no workers left."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    client, parent_id = _fake_run(mlflow_uri, tmp_path, **{"orch.driver_pid": str(gone.pid), "orch.kind": "sweep"})
+    experiment = client.get_run(parent_id).info.experiment_id
+    children = [
+        client.create_run(experiment, tags={"mlflow.parentRunId": parent_id, "orch.sweep.trial": str(i)}).info.run_id
+        for i in range(2)
+    ]
+    client.set_terminated(children[0], status="FINISHED")
+    outcome = lifecycle.stop(mlflow_uri, parent_id, wait_s=60, save=save)
+    assert outcome["status"] == "KILLED" and outcome["trials_killed"] == [children[1]]
+    assert [client.get_run(r).info.status for r in children] == ["FINISHED", "KILLED"]
+
+
 def test_a_reused_pid_is_not_taken_for_the_driver(mlflow_uri, tmp_path):
     """A stale RUNNING run whose pid now belongs to another process: never signal that process."""
     client, run_id = _fake_run(

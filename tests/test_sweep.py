@@ -1,16 +1,16 @@
 """`orch sweep` on Ray Tune, as a researcher runs it: 2 architectures x 2 seeds on a small
-Fashion-MNIST subset, its driver killed after two trials (a test-only hook SIGKILLs it once two
-trials have ended), `orch stop PARENT`, `orch resume PARENT` for the other two, then
-`orch report PARENT`. Everything is real: the session's Ray, Tune, Ray Train, FFCV, MLflow."""
+Fashion-MNIST subset, stopped with `orch stop --save PARENT` while its first two trials train
+(the fault hook holds each at a known step until the stop reaches it), `orch resume PARENT`
+continuing those two from their step checkpoints and running the other two, then `orch report
+PARENT`. Everything is real: the session's Ray, Tune, Ray Train, FFCV, MLflow."""
 
 import json
-import signal
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from eval_fixtures import all_runs, run_orch
-from job_fixtures import DEMO, orch_process
+from job_fixtures import DEMO, Notice, fault, orch_process
 
 
 def write_sweep(folder, data) -> str:
@@ -32,6 +32,7 @@ def write_sweep(folder, data) -> str:
             "tracking.system_metrics": False,
             "tracking.log_model": False,
             "tracking.log_every_n_steps": 5,
+            "training.notice_every_n_steps": 1,
         },
         "grid": {"model.arch": ["cifar_plain8", "cifar_resnet8"], "training.seed": [0, 1]},
         "max_concurrent_trials": 2,
@@ -41,7 +42,7 @@ def write_sweep(folder, data) -> str:
     return str(path)
 
 
-def test_sweep_killed_stopped_resumed_and_reported(ray_address, small_fashion, mlflow_uri, tmp_path, monkeypatch):
+def test_sweep_stopped_with_save_resumed_and_reported(ray_address, small_fashion, mlflow_uri, tmp_path):
     sweep = write_sweep(tmp_path, small_fashion)
 
     code, out, err = run_orch("sweep", sweep, "--dry-run", "--output", "json")
@@ -53,21 +54,31 @@ def test_sweep_killed_stopped_resumed_and_reported(ray_address, small_fashion, m
     assert all(t["resources"] == {"CPU": 1} for t in planned)
     assert all_runs(mlflow_uri) == []  # a dry run creates nothing
 
-    with monkeypatch.context() as env:  # only the subprocess's driver is killed
-        env.setenv("ORCH_TEST_SWEEP_FAULT", json.dumps({"kill_driver_after_trials": 2}))
-        proc = orch_process("sweep", sweep, cwd=tmp_path, uri=mlflow_uri, ray_address=ray_address)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    notice = Notice(tmp_path)
+    proc = orch_process(
+        "sweep",
+        sweep,
+        cwd=tmp_path,
+        uri=mlflow_uri,
+        ray_address=ray_address,
+        fault=fault("hold", epoch=1, step=1, notify=notice.path),
+    )
+    assert all(line.startswith("hold epoch 1 step 1") for line in notice.wait_for(2))  # trials 0 and 1
     parent = _parent(mlflow_uri)
-    running = [r.info.run_name for r in all_runs(mlflow_uri) if r.info.status == "RUNNING"]
-    assert parent.info.run_name in running  # the driver died: nothing ended its runs
-
-    code, out, err = run_orch("stop", parent.info.run_id, "--output", "json")
+    code, out, err = run_orch("stop", parent.info.run_id, "--save", "--output", "json")
     assert code == 0, err
+    stopped = json.loads(out)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "orch resume" in err, err[-3000:]
+    assert (
+        stopped["status"] == "KILLED" and MlflowClient(mlflow_uri).get_run(parent.info.run_id).info.status == "KILLED"
+    )
     assert [r.info.run_id for r in all_runs(mlflow_uri) if r.info.status == "RUNNING"] == []
-    assert MlflowClient(mlflow_uri).get_run(parent.info.run_id).info.status == "KILLED"
     before = _children(mlflow_uri, parent.info.run_id)
-    assert sorted(s for s, _ in before.values()).count("FINISHED") == 2
+    assert sorted(before) == [0, 1] and all(status == "KILLED" for status, _ in before.values())  # 2, 3 never started
+    saved = stopped["trials_saved"]
+    assert set(saved) == {run_id for _, run_id in before.values()}
+    assert all(path.endswith("epoch_0001_step_000001") for path in saved.values()), saved
 
     code, out, err = run_orch("resume", parent.info.run_id, "--output", "json")
     assert code == 0, err[-3000:]
@@ -76,9 +87,10 @@ def test_sweep_killed_stopped_resumed_and_reported(ray_address, small_fashion, m
     assert [t["status"] for t in result["trials"]] == ["FINISHED"] * 4
     after = _children(mlflow_uri, parent.info.run_id)
     assert sorted(after) == [0, 1, 2, 3]
-    for index, (status, run_id) in before.items():  # finished trials were not run again
-        if status == "FINISHED":
-            assert after[index][1] == run_id
+    for _, run_id in before.values():  # the stopped trials went on in their own runs, from their checkpoints
+        assert (
+            run_id in saved and MlflowClient(mlflow_uri).get_run(run_id).data.tags["orch.resumed_from"] == saved[run_id]
+        )
     for trial in result["trials"]:
         assert set(trial["metrics"]) >= {"val_top1_error", "train_top1_error", "best_val_top1_error"}
         history = MlflowClient(mlflow_uri).get_metric_history(trial["run_id"], "train_top1_error")

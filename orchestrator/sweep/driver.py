@@ -20,6 +20,7 @@ from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec, load_sweep
 from orchestrator.sweep.trials import Trial, concurrency, expand
 from orchestrator.targets import jobs_address
+from orchestrator.train.faults import FAULT_VARIABLE
 
 
 def plan_sweep(path, overrides=()) -> tuple[SweepSpec, list[Trial]]:
@@ -140,6 +141,7 @@ def drive_sweep(uri: str, parent_id: str, sweep: SweepSpec, trials: list[Trial])
 
     left = pending(uri, parent_id, trials)
     plan = {"uri": uri, "parent_id": parent_id, "trials": [t.as_json() for t in trials], "target": "local"}
+    plan[FAULT_VARIABLE] = os.environ.get(FAULT_VARIABLE)  # the tests' fault hook reaches each trial's driver
     storage = f"{trials[0].spec.checkpoint.storage.rstrip('/')}/sweep-{parent_id[:8]}-tune"
     limit = concurrency(trials, sweep.max_concurrent_trials)
     terminal.say(f"sweep {parent_id}: {len(left)} trials to run, at most {limit} at once")

@@ -9,7 +9,6 @@ report to Tune (for ASHA and for the driver's progress lines). Tune decides when
 """
 
 import os
-import signal
 
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -23,7 +22,6 @@ from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.trials import Trial, from_json, resources
 
 TIME_ATTR = "epochs_done"  # what Tune counts a trial's progress in: whole epochs
-SWEEP_FAULT = "ORCH_TEST_SWEEP_FAULT"  # test-only: {"kill_driver_after_trials": N}
 
 
 class EpochsToTune(TuneReportCallback):
@@ -43,9 +41,12 @@ def run_trial(config: dict, plan: dict) -> None:
     record, and Tune goes on. Nothing is returned (a last result without the scheduler's metric
     would be refused)."""
     from orchestrator.targets.local import checkpoint_dir, drive
+    from orchestrator.train.faults import FAULT_VARIABLE
     from orchestrator.train.notices import STOP_TAG
 
     tracking.quiet_mlflow()
+    if plan.get(FAULT_VARIABLE):  # the tests' fault hook, read here by drive() as `orch submit` reads it
+        os.environ[FAULT_VARIABLE] = plan[FAULT_VARIABLE]
     uri, parent_id = plan["uri"], plan["parent_id"]
     if STOP_TAG in MlflowClient(uri).get_run(parent_id).data.tags:
         return  # `orch stop --save PARENT`: no trial starts any more; `orch resume PARENT` runs it
@@ -104,15 +105,11 @@ class EarlyStopping(tune.schedulers.ASHAScheduler):
 
 class SweepWatch(Callback):
     """On the driver: a line as each trial starts, ends an epoch and ends; the run of a trial
-    ASHA stopped (its actor gone mid-training) is ended here, FINISHED with its best so far.
-    Test-only: $ORCH_TEST_SWEEP_FAULT {"kill_driver_after_trials": N} SIGKILLs this process
-    once N trials have ended."""
+    ASHA stopped (its actor gone mid-training) is ended here, FINISHED with its best so far."""
 
     def __init__(self, uri: str, parent_id: str, trials: list[Trial], scheduler: EarlyStopping | None):
         self.uri, self.parent_id, self.scheduler = uri, parent_id, scheduler
         self.trials = {t.index: t for t in trials}
-        self.ended = 0
-        self.kill_after = _fault()
 
     def _name(self, trial) -> str:
         t = self.trials[trial.config["trial"]]
@@ -145,9 +142,6 @@ class SweepWatch(Callback):
         if status == "RUNNING" and self.scheduler and trial.trial_id in self.scheduler.stopped:
             status = self._early_stopped(child, self.trials[index])
         terminal.say(f"{self._name(trial)}: {status}")
-        self.ended += 1
-        if self.kill_after is not None and self.ended >= self.kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def _early_stopped(self, child, trial: Trial) -> str:
         from orchestrator.best import BestRule
@@ -157,13 +151,6 @@ class SweepWatch(Callback):
         tracking.set_tags(self.uri, run_id, {"orch.sweep.early_stopped": f"ASHA, after epoch {epoch}"})
         tracking.end_run(self.uri, run_id, "FINISHED")
         return "FINISHED (stopped early by ASHA)"
-
-
-def _fault() -> int | None:
-    import json
-
-    text = os.environ.get(SWEEP_FAULT)
-    return int(json.loads(text)["kill_driver_after_trials"]) if text else None
 
 
 def build_tuner(
