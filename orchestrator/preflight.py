@@ -59,9 +59,10 @@ def plan(spec: JobSpec, require_data: bool = True) -> dict:
         "workers": workers,
         "worker_resources": _resources_text(spec),
         "val_shard_sizes": [stop - start for start, stop in shards],
+        "preemption": _preemption_text(spec),
         "mean": list(info.mean),
         "std": list(info.std),
-        "warnings": resolution_warnings(spec, info),
+        "warnings": resolution_warnings(spec, info) + placement_warnings(spec),
     }
 
 
@@ -105,7 +106,31 @@ def _plan_without_data(spec: JobSpec) -> dict:
         "effective_lr": scaled_lr(spec.optimizer.lr, global_batch),
         "workers": spec.scaling.num_workers,
         "worker_resources": _resources_text(spec),
+        "preemption": _preemption_text(spec),
+        "warnings": placement_warnings(spec),
     }
+
+
+def placement_warnings(spec: JobSpec) -> list[str]:
+    """SPREAD for GPU workers: what it costs (DDP's gradient all_reduce every step crosses nodes)."""
+    s = spec.scaling
+    if not s.use_gpu or s.num_workers < 2 or "SPREAD" not in s.placement:
+        return []
+    return [
+        f"scaling.placement: {s.placement} puts the {s.num_workers} GPU workers on as many nodes as it can, so "
+        "every step's gradient all_reduce crosses the network instead of NVLink within a node (several times "
+        "slower per byte); PACK, the default, fills a node's GPUs first"
+    ]
+
+
+def _preemption_text(spec: JobSpec) -> str:
+    t = spec.training
+    budget = "any number of" if t.max_preemption_failures == -1 else f"at most {t.max_preemption_failures}"
+    return (
+        f"notices checked every {t.notice_every_n_steps} steps (a drain's is answered within Ray's 5 s poll + "
+        f"{t.notice_every_n_steps} steps + one checkpoint upload); a SIGTERM'd worker or a stopped Kubernetes "
+        f"pod has {t.termination_grace_s} s; {budget} preemptions, apart from max_failures={t.max_failures}"
+    )
 
 
 def _resources_text(spec: JobSpec) -> str:

@@ -206,7 +206,7 @@ RESOLVED = {
         "resnet152-imagenet",
         "resnet152",
         {"shortcut": "B", "stride_in": "v1"},
-        PAPER[:-1] + ("SPREAD",),
+        PAPER,  # packed: its 8 workers' all_reduce stays within a node's NVLink where they fit
     ),
     "resnet50_imagenet_batch256": (
         "resnet50-imagenet-batch256",
@@ -282,3 +282,13 @@ def test_dry_run_prints_the_resolved_spec(tmp_path, monkeypatch):
     assert printed == load_spec(job).model_dump(mode="json")
     assert printed["model"]["arch"] == "resnet34" and printed["schedule"]["milestones"] == [30, 60, 90]
     assert printed["data"]["train"] == str(tmp_path / "data" / "imagenet" / "train.beton")
+
+
+def test_spreading_gpu_workers_is_said_to_cost_the_all_reduce(capsys):
+    from orchestrator.cli.main import main
+
+    main(["submit", str(JOBS / "resnet152_imagenet.yaml"), "--dry-run", "--set", "scaling.placement=SPREAD"])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("orch: warning:")]
+    assert "scaling.placement: SPREAD puts the 8 GPU workers" in line and "PACK, the default" in line
+    main(["submit", str(JOBS / "resnet152_imagenet.yaml"), "--dry-run"])
+    assert "orch: warning" not in capsys.readouterr().err

@@ -39,6 +39,9 @@ def data_sets(data):
         (["--set", "data.train=/nonexistent/train.beton"], "/nonexistent"),
         (["--set", "scaling.use_gpu=true"], "GPU"),
         (["--set", "training.batch_size=100000"], "training.batch_size"),
+        (["--set", "training.max_preemption_failures=-2"], "training.max_preemption_failures"),
+        (["--set", "training.termination_grace_s=0"], "training.termination_grace_s"),
+        (["--set", "training.notice_every_n_steps=0"], "training.notice_every_n_steps"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, fragment, ray_cluster, small_fashion, mlflow_uri, in_tmp):
