@@ -1,16 +1,17 @@
 """Reading .beton headers and writing .beton files (fields `image`: RGBImageField, `label`: IntField)."""
 
 import ctypes
+import multiprocessing
 import os
 import queue
 import sys
 import time
-from multiprocessing import Process, Queue, Value
+from multiprocessing.queues import Queue
 from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.ffcv_compat import import_ffcv
+from data_pipeline.ffcv_compat import import_ffcv, memory_allocator
 from orchestrator.errors import DataError
 
 # FFCV 1.0.2's file header (ffcv.types.HeaderType), repeated here so that reading a header
@@ -27,6 +28,12 @@ _HEADER = np.dtype(
 )
 _VERSION = 2
 MIN_PAGE_SIZE = 1 << 21
+# The writer's processes come from a fork server, never forked from the caller: `orch data
+# prepare` may run where MLflow, Ray or numba hold threads, and a child forked while another
+# thread holds a lock (logging's, the allocator's) can wait on it forever. The server imports
+# FFCV's writer once; each process it forks starts from that clean state.
+WRITER_START = "forkserver"
+_WRITER_PRELOAD = ["ffcv.writer", "data_pipeline.beton"]
 
 
 def _not_a_beton(path: Path, why: str) -> DataError:
@@ -142,17 +149,17 @@ def _checked_writer_class():
                 self.metadata_sm.unlink()
 
         def _run_workers(self, queue_content, work_fn, extra_worker_args):
-            from ffcv.memory_allocator import MemoryAllocator
             from tqdm import tqdm
 
-            work: Queue = Queue()
+            context = writer_context()
+            work: Queue = context.Queue()
             for todo in queue_content:
                 work.put(todo)
             for _ in range(self.num_workers):
                 work.put(None)
-            allocations: Queue = Queue()
-            done = Value(ctypes.c_uint64, 0)
-            allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+            allocations: Queue = context.Queue()
+            done = context.Value(ctypes.c_uint64, 0)
+            allocator = memory_allocator(self.fname, self.data_region_start, self.page_size, context)
             args = (
                 work,
                 self.metadata_sm,
@@ -163,7 +170,7 @@ def _checked_writer_class():
                 allocations,
                 *extra_worker_args,
             )
-            processes = [Process(target=work_fn, args=args, daemon=True) for _ in range(self.num_workers)]
+            processes = [context.Process(target=work_fn, args=args, daemon=True) for _ in range(self.num_workers)]
             try:
                 for p in processes:
                     p.start()
@@ -186,6 +193,13 @@ def _checked_writer_class():
             self.finalize(table)
 
     return CheckedWriter
+
+
+def writer_context():
+    """The multiprocessing context the writer's processes start in (WRITER_START)."""
+    context = multiprocessing.get_context(WRITER_START)
+    context.set_forkserver_preload(_WRITER_PRELOAD)
+    return context
 
 
 def _raise_if_failed(processes, fname) -> None:

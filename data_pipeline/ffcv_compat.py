@@ -96,3 +96,19 @@ def _has_source_file(function) -> bool:
         return not inspect.getfile(function).startswith("<")  # "<string>": made by exec
     except TypeError:
         return False
+
+
+def memory_allocator(fname: str, offset_start: int, page_size: int, context):
+    """FFCV's writer-side MemoryAllocator with its two shared page counters made in the
+    multiprocessing `context` the writer's processes start in: FFCV makes them in the default
+    (fork) context, which processes of a fork server cannot share."""
+    import ctypes
+
+    from ffcv.memory_allocator import MemoryAllocator
+
+    allocator = MemoryAllocator(fname, offset_start, page_size)
+    for counter in ("next_page_allocated", "next_page_written"):
+        if not hasattr(allocator, counter):
+            raise RuntimeError(f"ffcv's MemoryAllocator has no {counter} (orch was written against ffcv 1.0.2)")
+        setattr(allocator, counter, context.Value(ctypes.c_uint64, 0))
+    return allocator

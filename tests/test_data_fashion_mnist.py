@@ -111,3 +111,22 @@ def test_source_without_idx_files(tmp_path):
     assert code == 2
     assert "train-images-idx3-ubyte.gz" in error_line(stderr)
     assert not (tmp_path / "o").exists()
+
+
+def test_prepare_runs_beside_ray_and_mlflow_threads(ray_cluster, mlflow_uri, tmp_path):
+    """The writer's processes come from a fork server, never forked from a process whose other
+    threads (Ray's, MLflow's asynchronous logging) may hold a lock the child would wait on."""
+    import threading
+
+    import mlflow
+
+    from data_pipeline.beton import writer_context
+
+    assert writer_context().get_start_method() == "forkserver"
+    mlflow.set_tracking_uri(mlflow_uri)
+    with mlflow.start_run():
+        mlflow.log_metric("x", 1.0, synchronous=False)  # starts MLflow's logging threads
+        assert threading.active_count() > 2
+        code, _, stderr = run_data_cli("prepare", "fashion-mnist", "--out", tmp_path / "out", "--workers", "2")
+    assert code == 0, stderr
+    assert num_samples(tmp_path / "out" / "val.beton") == 10_000
