@@ -180,6 +180,14 @@ def preemption_announced() -> bool:
     return _preemption_holder()[1].preemption_info is not None
 
 
+def preempted_here() -> bool:
+    """Whether this worker's rank is among the ranks its preemption notice names (its node is
+    the one going away)."""
+    context, holder = _preemption_holder()
+    info = holder.preemption_info
+    return info is not None and context.get_world_rank() in info.preempted_ranks
+
+
 def _preemption_holder():
     """(this worker's TrainContext, the object that holds its preemption notice)."""
     try:

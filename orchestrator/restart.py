@@ -47,7 +47,7 @@ def restart_point(run_dir: str, *, newest: str | None = None, fs=None, drop_from
     nothing is moved: the caller reports that no checkpoint verifies."""
     point = RestartPoint(*latest_good(run_dir, fs, newest=newest))
     if point.location is not None and point.damaged:
-        names = {location.rstrip("/").rsplit("/", 1)[-1] for location, _ in point.damaged}
+        names = {_name(location) for location, _ in point.damaged}
         _rename_aside(run_dir, names, fs)
         (drop_from_record or (lambda dropped: drop_from_record_file(run_dir, dropped, fs)))(names)
     return point
@@ -74,18 +74,24 @@ def _rename_aside(run_dir: str, names: set[str], fs=None) -> None:
         fs.move(f"{root}/{name}", f"{root}/{name}.damaged")
 
 
-def keeper(uri: str, run_id: str):
-    """The controller-side callback for a trainer of run `run_id` (tracked in `uri`)."""
+def keeper(uri: str, run_id: str, verified: str | None = None):
+    """The controller-side callback for a trainer of run `run_id` (tracked in `uri`); `verified`:
+    the checkpoint `orch resume` chose and verified, which the first worker group takes as is."""
     group_callback, _ = ray_internals.callback_bases()
 
     class RestartPointKeeper(group_callback):
         """Before each worker group starts, checks the checkpoint Ray is about to hand it and
-        sets damaged ones aside, in Ray's own record, through restart_point."""
+        sets damaged ones aside, in Ray's own record, through restart_point: each restart
+        verifies its checkpoint once, here (the workers trust it)."""
+
+        def __init__(self):
+            self.verified = verified
 
         def before_init_train_context(self, workers):
             manager = ray_internals.controller_checkpoint_manager()
             latest = ray_internals.latest_recorded(manager)
-            if latest is None:
+            trusted, self.verified = self.verified, None
+            if latest is None or (trusted and _name(latest.path) == _name(trusted)):  # one run's folder
                 return {}
             run_dir = latest.path.rstrip("/").rsplit("/", 1)[0]
             point = restart_point(
@@ -100,6 +106,11 @@ def keeper(uri: str, run_id: str):
             return {}
 
     return RestartPointKeeper()
+
+
+def _name(location: str) -> str:
+    """A checkpoint's folder name (a path or a URI's last part): unique within its run's folder."""
+    return location.rstrip("/").rsplit("/", 1)[-1]
 
 
 def record_warning(uri: str, run_id: str, warning: str) -> None:

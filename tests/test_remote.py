@@ -274,11 +274,13 @@ def test_a_node_drained_for_preemption_is_a_preemption_not_a_failure(ray_nodes, 
     the default training.max_failures (0), the worker node is drained for preemption with a
     deadline 20 s away (the GCS DrainNode call of `ray drain-node --reason
     DRAIN_NODE_REASON_PREEMPTION`, made here by orch's own Kubernetes preStop hook), stopped 20 s
-    later, and a replacement node joins. Rank 0 waits at step 2 until the notice has reached it
-    (the fault hook), so the workers answer it there with a step checkpoint; then it makes no
-    progress, as a long epoch would not end before its node goes. The run continues from that
-    checkpoint to FINISHED, logs each epoch once, and records one preemption and no failure.
-    (Runs last in this module: it replaces the cluster's worker node.)"""
+    later, and a replacement node joins. Every rank waits at step 2 until the notice has reached
+    it (the fault hook), so the workers answer it there with a step checkpoint; then the rank on
+    the drained node makes no progress (a long epoch would not end before its node goes) and the
+    other waits for it in the step's all_reduce, which fails when the node goes: it must wait
+    for Ray's restart rather than raise. The run continues from that checkpoint to FINISHED,
+    logs each epoch once, and records one preemption and no failure. (Runs last in this
+    module: it replaces the cluster's worker node.)"""
     uri, cwd = mlflow_server.uri, tmp_path
     notice = Notice(cwd)
     submitted = orch(
@@ -292,11 +294,11 @@ def test_a_node_drained_for_preemption_is_a_preemption_not_a_failure(ray_nodes, 
         "json",
         uri=uri,
         cwd=cwd,
-        ORCH_TEST_FAULT=fault("await_preemption", epoch=1, step=2, rank=0, notify=notice.path),
+        ORCH_TEST_FAULT=fault("await_preemption", epoch=1, step=2, notify=notice.path),
     )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     run_id = json.loads(submitted.stdout)["run_id"]
-    assert notice.wait().startswith("await_preemption epoch 1 step 2")
+    assert all(line.startswith("await_preemption epoch 1 step 2") for line in notice.wait_for(2))
     (worker_node,) = [n["node_id"] for n in ray_nodes.alive_nodes() if not n["is_head_node"]]
     drain = subprocess.run(
         [sys.executable, "-m", "orchestrator.targets.pod_drain", "--address", f"127.0.0.1:{ray_nodes.gcs_port}"]

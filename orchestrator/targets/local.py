@@ -157,7 +157,7 @@ def build_trainer(
             ),
             callbacks=[
                 EpochLogger(uri, run_id),
-                restart.keeper(uri, run_id),  # on the controller: the checkpoint a new worker group gets
+                restart.keeper(uri, run_id, verified=resume_from),  # on the controller: what a new group gets
                 interruptions.recorder(uri, run_id),  # on the controller: preemptions and failures
                 notices.sigterm_callback(spec.training.termination_grace_s),  # on each worker: SIGTERM is a notice
                 *callbacks,

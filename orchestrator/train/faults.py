@@ -11,8 +11,9 @@ starts, instead of timing a signal against a polling loop:
   the job's driver, as Ctrl-C does, then hold) or `hold` (stop making progress until stopped
   from outside, or until `orch stop --save` has reached the workers: then go on, and the loop
   writes its checkpoint at its next notice check) or `await_preemption` (say so, wait until
-  Ray's preemption notice has reached this worker, so the loop answers it at this step, then
-  make no progress from the next step on: a worker group still busy when its node goes);
+  Ray's preemption notice has reached this worker, so the loop answers it at this step; from
+  the next step on, a rank on the node the notice names makes no progress, as one whose node is
+  about to go, and the others train on into the step's collectives, which wait for it);
 - epoch, step: when, before that step (counted from 0 within the epoch) is trained;
 - rank: which rank acts (default: every rank);
 - notify: a path (a FIFO the test reads, or a file) that gets one line just before acting;
@@ -72,7 +73,7 @@ def step_hook(fault: dict | None, rank: int, steps_per_epoch: int, fresh: bool):
     def before_step(step: int) -> None:
         if step == due:
             act(fault, rank)
-        elif step == due + 1 and fault["action"] == "await_preemption":
+        elif step == due + 1 and fault["action"] == "await_preemption" and ray_internals.preempted_here():
             _hold_forever()
 
     return before_step
