@@ -277,8 +277,8 @@ def test_a_node_drained_for_preemption_is_a_preemption_not_a_failure(ray_nodes, 
     later, and a replacement node joins. Every rank waits at step 2 until the notice has reached
     it (the fault hook), so the workers answer it there with a step checkpoint; then the rank on
     the drained node makes no progress (a long epoch would not end before its node goes) and the
-    other waits for it in the step's all_reduce, which fails when the node goes: it must wait
-    for Ray's restart rather than raise. The run continues from that checkpoint to FINISHED,
+    other waits for it in the step's all_reduce, which fails when the node goes. The run
+    continues from that checkpoint to FINISHED,
     logs each epoch once, and records one preemption and no failure. (Runs last in this
     module: it replaces the cluster's worker node.)"""
     uri, cwd = mlflow_server.uri, tmp_path

@@ -293,3 +293,27 @@ def test_step_metrics_are_logged_every_n_steps_by_rank_0_only(mlflow_uri):
     rates = client.get_metric_history(run_id, "step/images_per_second")
     assert sorted(m.step for m in rates) == [3, 6, 9] and all(m.value > 0 for m in rates)
     assert client.get_run(run_id).data.tags["orch.steps_per_epoch"] == "10"
+
+
+def test_after_an_answered_preemption_a_failing_collective_waits_for_the_restart():
+    """Ray charges an error a worker raises before its preempted peer's death is seen to
+    training.max_failures; once the notice is answered, a rank waits for Ray's restart instead."""
+    import threading
+
+    from orchestrator.train.loop import Preemption, _until_restart
+    from orchestrator.train.notices import PREEMPTED, Notice
+
+    def fail_inside(preemption, raised):
+        try:
+            with _until_restart(preemption):
+                raise RuntimeError("Connection closed by peer")  # gloo, its peer gone with its node
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    raised = []
+    waiting = threading.Thread(target=fail_inside, args=(Preemption(Notice(PREEMPTED), "epoch 1"), raised), daemon=True)
+    waiting.start()
+    waiting.join(1.5)
+    assert waiting.is_alive() and not raised  # holds until Ray ends the worker group
+    fail_inside(Preemption(), raised)  # no preemption answered: an error is an error
+    assert len(raised) == 1
