@@ -59,9 +59,21 @@ def from_env(run_dir: str, run_id: str) -> dict | None:
     return fault
 
 
-def upload_delay_s(fault: dict | None) -> float:
-    """How long rank 0 delays each step checkpoint's upload (0: not at all)."""
-    return float((fault or {}).get("upload_delay_s", 0))
+def slow_upload(fault: dict | None):
+    """The checkpoint_upload_fn for ray.train.report that delays each step checkpoint's upload
+    by the fault's upload_delay_s (after Ray's barrier on the checkpoint's name, where a real
+    upload takes its time), or None."""
+    delay = float((fault or {}).get("upload_delay_s", 0))
+    if not delay:
+        return None
+
+    def upload(checkpoint, name: str):
+        import ray.train
+
+        time.sleep(delay)
+        return ray.train.get_context().get_storage().persist_current_checkpoint(checkpoint, name)
+
+    return upload
 
 
 def step_hook(fault: dict | None, rank: int, steps_per_epoch: int, fresh: bool):

@@ -120,7 +120,7 @@ def train_worker(config: dict) -> None:
     # Told once, with the first report: where this worker group runs (the controller tags the
     # run with every rank's), and what it was restored from.
     reporter = Reporter(model, optimizer, scaler, spec, meta_base, once={**restored, **worker_placement()})
-    reporter.step_upload_delay_s = faults.upload_delay_s(config.get("fault"))
+    reporter.step_upload = faults.slow_upload(config.get("fault"))
     notices = NoticeCheck(run.get("run_id"), spec.training.notice_every_n_steps)
     preemption = Preemption()
     local_rank = ray.train.get_context().get_local_rank()
@@ -331,7 +331,7 @@ class Reporter:
     """This rank's part of each report: rank 0 writes the checkpoint, every rank calls
     ray.train.report (a barrier). `once` rides on the first report of the worker group."""
 
-    step_upload_delay_s = 0.0  # the tests' slow upload of step checkpoints (train/faults.py)
+    step_upload = None  # the tests' slow upload of step checkpoints (train/faults.py)
 
     def __init__(self, model, optimizer, scaler, spec: JobSpec, meta_base: dict, once: dict):
         self.model, self.optimizer, self.scaler, self.spec = model, optimizer, scaler, spec
@@ -359,9 +359,13 @@ class Reporter:
         with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
             save_checkpoint(tmp, self.model.state_dict(), train_state, meta)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            if progress and self.step_upload_delay_s:
-                time.sleep(self.step_upload_delay_s)
-            ray.train.report({**metrics, **(score or {})}, checkpoint=checkpoint, checkpoint_dir_name=name)
+            upload = self.step_upload if progress else None
+            ray.train.report(
+                {**metrics, **(score or {})},
+                checkpoint=checkpoint,
+                checkpoint_dir_name=name,
+                checkpoint_upload_fn=upload,
+            )
 
     def report_step(self, epoch: int, step: int, progress: EpochProgress, stopped_by: str) -> None:
         """A step checkpoint. Its report is not an epoch's (the controller logs no metrics for
