@@ -317,3 +317,27 @@ def test_after_an_answered_preemption_a_failing_collective_waits_for_the_restart
     assert waiting.is_alive() and not raised  # holds until Ray ends the worker group
     fail_inside(Preemption(), raised)  # no preemption answered: an error is an error
     assert len(raised) == 1
+
+
+@pytest.mark.parametrize("world_size, expected_batches", [(2, 3), (1, None)])
+def test_a_step_checkpoint_continues_its_epoch_only_under_the_layout_that_wrote_it(
+    tmp_path, monkeypatch, world_size, expected_batches
+):
+    """Written by 2 workers after 3 batches of epoch 1: 2 workers go on at batch 3; 1 worker
+    would read other shards, so epoch 1 starts again from its first batch."""
+    import ray.train
+
+    from orchestrator.train.loop import _restore
+
+    model = build_model("cifar_resnet8", 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    progress = {"batches": 3, "loss_sum": 6.0, "samples": 600, "top1": 300.0, "top5": 500.0}
+    state = {"optimizer": optimizer.state_dict(), "scaler": {}, "epoch": 1, "step": 7, "seed": 0, "progress": progress}
+    layout = {"world_size": 2, "batch_size": 100, "seed": 0}
+    save_checkpoint(tmp_path / "epoch_0001_step_000003", model.state_dict(), state, {"epoch": 1, "layout": layout})
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)  # no worker group restart: a resume
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    config = {"resume_from": str(tmp_path / "epoch_0001_step_000003")}
+    start, told = _restore(config, model, optimizer, scaler, dict(layout, world_size=world_size))
+    assert start.epoch == 1 and told == {"restored_from": config["resume_from"]}
+    assert (start.progress.batches if start.progress else None) == expected_batches
