@@ -70,6 +70,15 @@ class Preemption:
     notice: Notice | None = None
     where: str = ""
 
+    def answer(self, notice: Notice, where: str) -> None:
+        """Its checkpoint registered: train on, unless this worker was told to go by SIGTERM (it
+        lets Ray restart the group now, and makes no more progress; nor can its peers)."""
+        self.notice, self.where = notice, where
+        logger.warning("rank %d: preemption notice %s answered at %s", dist.rank(), notice.preemption, where)
+        if signalled():
+            ray_internals.announce_preemption(time.time())
+            _wait_for_restart()
+
 
 def train_worker(config: dict) -> None:
     spec = JobSpec.model_validate(config["spec"])
@@ -120,7 +129,7 @@ def train_worker(config: dict) -> None:
     # Told once, with the first report: where this worker group runs (the controller tags the
     # run with every rank's), and what it was restored from.
     reporter = Reporter(model, optimizer, scaler, spec, meta_base, once={**restored, **worker_placement()})
-    reporter.step_upload = faults.slow_upload(config.get("fault"))
+    reporter.step_upload = faults.slow_upload(config.get("fault"))  # None but in tests
     notices = NoticeCheck(run.get("run_id"), spec.training.notice_every_n_steps)
     preemption = Preemption()
     local_rank = ray.train.get_context().get_local_rank()
@@ -174,16 +183,7 @@ def between_steps(spec: JobSpec, epoch: int, steps_per_epoch: int, notices: Noti
             return False
         reporter.wait_until_registered()  # no rank moves on before Ray holds the checkpoint
         if notice.reason == PREEMPTED:
-            preemption.notice, preemption.where = (
-                notice,
-                f"epoch {epoch}, after {batch} of its {steps_per_epoch} batches",
-            )
-            logger.warning(
-                "rank %d: preemption notice %s answered at %s", dist.rank(), notice.preemption, preemption.where
-            )
-            if signalled():  # it was told to go: its checkpoint is safe, so Ray may restart the group now
-                ray_internals.announce_preemption(time.time())
-                _wait_for_restart()
+            preemption.answer(notice, f"epoch {epoch}, after {batch} of its {steps_per_epoch} batches")
         return notice.reason == STOP
 
     return at_step
