@@ -11,6 +11,7 @@ the one `orch[server]` installs, as in the image.
 """
 
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -53,12 +54,14 @@ class Postgres:
 
     def __init__(self):
         self.bindir = postgres_bindir()
+        self.run_as = "postgres" if os.geteuid() == 0 else None
+        if self.run_as and self.run_as not in {entry.pw_name for entry in pwd.getpwall()}:
+            raise PostgresUnavailable("the tests run as root, and there is no `postgres` user to run initdb as")
         self.root = Path(tempfile.mkdtemp(prefix="orch-pg-", dir="/tmp"))  # short: its socket lives here
         self.data = self.root / "data"
         self.port = free_port()
         self.user = self.database = "mlflow"
         self.password = secrets.token_hex(12)  # URL-safe, as k8s/secrets.example.yaml asks
-        self.run_as = "postgres" if os.geteuid() == 0 else None
 
     @property
     def uri(self) -> str:
