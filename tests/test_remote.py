@@ -5,7 +5,7 @@ tracking server as k8s/mlflow.yaml runs it (MLflow on PostgreSQL): the user's pa
 Training is ResNet-8 on 1,000 Fashion-MNIST images an epoch, validated on 1,000. One run pays
 for the stop, resume and two-node tests: submitted detached, stopped by `orch stop` in its
 second epoch, then continued by `orch resume` on the cluster to its end; each test reads its
-part. Four tiny jobs submitted at once then ride out a stop of the tracking server, and `orch
+part. Three tiny jobs submitted at once then ride out a stop of the tracking server, and `orch
 report` and `orch ensemble` read them back from it.
 """
 
@@ -219,12 +219,12 @@ AT_ONCE = 3
 @pytest.fixture(scope="module")
 def jobs_at_once(ray_nodes, mlflow_server, small_fashion, tmp_path_factory) -> dict:
     """Three 1-worker jobs of 2 epochs on 300 images, submitted at once with --detach (two train
-    at a time, one per node), while the tracking server is stopped: job 0's rank 0 waits at the
-    start of its epoch 1 (the fault hook writes to a FIFO, which blocks until the test reads it)
-    until epoch 0 is logged and the server is down, then trains that epoch; the server comes
-    back only once Ray has recorded the epoch-1 checkpoint, after which its controller logs epoch
-    1 to the server that is down (and the job ends). The last job logs its model.
-    {procs, run_ids, runs, outage}."""
+    at a time, one per node), with the tracking server stopped in the middle: job 0's rank 0
+    waits at the start of its epoch 1 (the fault hook writes to a FIFO, which blocks until the
+    test reads it) until its epoch 0 is logged and the server is down, then trains that epoch;
+    the server comes back only once Ray has recorded the epoch-1 checkpoint, after which the
+    job's controller logs epoch 1 to the server that is down (and the job ends). The last job
+    logs its model. {procs, run_ids, runs, outage, cwd}."""
     uri, cwd = mlflow_server.uri, tmp_path_factory.mktemp("at-once")
     notice = Notice(cwd)
 
