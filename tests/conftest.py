@@ -127,7 +127,7 @@ def postgres():
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.fail("psycopg is missing, which `mlflow server` needs for postgresql://: pip install -e '.[server]'")
+        pytest.fail("psycopg is missing, which `mlflow server` needs for postgresql://: make setup (orch[server])")
     server = None
     try:
         server = Postgres()
