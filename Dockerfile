@@ -1,6 +1,8 @@
 # The training image: orch with Ray 2.60.0 (the RayJob's rayVersion), PyTorch with CUDA and FFCV.
 # KubeRay runs it as the head and the workers of every `orch submit --target k8s` job and of
-# k8s/raycluster.yaml; k8s/mlflow.yaml runs its MLflow server from it (psycopg2, boto3).
+# k8s/raycluster.yaml; k8s/mlflow.yaml runs its MLflow server from it (orch[server]: psycopg 3
+# for PostgreSQL, boto3 for S3). Every Python package is at the version requirements.lock pins,
+# the versions `make setup` installs and the tests run on.
 #
 #   docker build -t REGISTRY/orch:0.1.0 .
 #   docker push REGISTRY/orch:0.1.0
@@ -21,9 +23,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# Python 3.11 (what orch is tested with). FFCV 1.0.2 is built from source: its setup asks
-# pkg-config for opencv4 and libturbojpeg and compiles a C extension. KubeRay's default
-# probes call wget.
+# Python 3.11 (what orch is tested with; requirements.lock is compiled for 3.11.0 and up, so
+# Ubuntu 22.04's 3.11 fits). FFCV 1.0.2 is built from source: its setup asks pkg-config for
+# opencv4 and libturbojpeg and compiles a C extension. KubeRay's default probes call wget.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         python3.11 python3.11-dev python3.11-venv \
@@ -33,17 +35,19 @@ RUN apt-get update \
     && python3.11 -m venv "$VIRTUAL_ENV" \
     && pip install --upgrade pip setuptools wheel
 
-# The heavy, rarely changing layer first: rebuilding after a code change reuses it.
-RUN pip install "ray[default,train]==2.60.0" "torch>=2.9,<3" "torchvision>=0.24,<1"
-
-# The project (non-editable), plus the MLflow server's PostgreSQL and S3 clients.
+# The heavy, rarely changing layer first: rebuilding after a code change reuses it. `-c`: the
+# locked versions of what is installed (the image leaves out the test tools).
 WORKDIR /src
+COPY requirements.lock ./
+RUN pip install -c requirements.lock "ray[default,train]" torch torchvision
+
+# The project (non-editable) with the MLflow server's PostgreSQL and S3 clients (orch[server]).
 COPY pyproject.toml README.md ./
 COPY orchestrator ./orchestrator
 COPY data_pipeline ./data_pipeline
 COPY jobs ./jobs
-RUN pip install . psycopg2-binary boto3 \
-    && python -c "import ffcv, orchestrator.targets.kuberay_manifest"
+RUN pip install -c requirements.lock ".[server]" \
+    && python -c "import ffcv, psycopg, boto3, orchestrator.targets.kuberay_manifest"
 
 # Non-root, uid 1000: the pods' fsGroup (orchestrator/targets/kuberay_manifest.py) lets it
 # write checkpoints to the data volume.

@@ -3,11 +3,16 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ORCH := $(VENV)/bin/orch
-# FFCV builds against OpenCV and libjpeg-turbo; the demo and the tests read Debian's Fashion-MNIST.
-APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
+# FFCV builds against OpenCV and libjpeg-turbo; the demo and the tests read Debian's Fashion-MNIST;
+# the tests start the tracking server k8s/mlflow.yaml runs on a PostgreSQL of their own.
+APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist postgresql
 DEMO_DATA := data/fashion-mnist
+# Every Python package's version, the test and server extras included: `make lock` writes it,
+# `make setup` (so CI) and the Dockerfile install from it.
+LOCK := requirements.lock
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-.PHONY: setup system-deps lint test demo clean
+.PHONY: setup system-deps lint test demo clean lock
 
 setup: system-deps $(VENV)/.installed
 
@@ -23,11 +28,20 @@ system-deps:
 	  fi; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the locked versions, then orch itself (editable) without resolving anything again.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	@touch $@
+
+# After changing a dependency in pyproject.toml: `make lock`, then `make setup`. For Linux x86_64
+# and Python 3.11 (these machines, CI and the image); pins that still fit are kept, and
+# `make lock UPGRADE=1` moves every one to the newest version allowed.
+lock:
+	@test -x $(VENV)/bin/uv || { echo "$(VENV)/bin/uv is missing: run make setup first" >&2; exit 1; }
+	$(VENV)/bin/uv pip compile --quiet pyproject.toml --extra test --extra server $(LOCK_TARGET) $(if $(UPGRADE),--upgrade) -o $(LOCK)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,6 @@
 """Shared fixtures: real Fashion-MNIST in FFCV files, one real local Ray for the whole session,
-a real MLflow store, and a run trained once and shared by the tests that only read it.
+a real MLflow store, the tracking server as k8s/mlflow.yaml runs it (MLflow on PostgreSQL), and a
+run trained once and shared by the tests that only read it.
 
 Fixed costs dominate this suite on 2 cores (starting Ray ~10 s, a trainer ~20 s, an MLflow store
 ~2 s, importing torch/ray/mlflow in a subprocess ~5 s), so each is paid once where tests allow:
@@ -16,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from job_fixtures import DEMO, FASHION, SMALL_TRAIN, SMALL_VAL, small_job, write_fashion_subset
+from server_fixtures import MlflowServer, Postgres, PostgresUnavailable
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Ray Train's controller polls its workers every 2 s; a test's job of a few seconds an epoch
@@ -116,6 +118,42 @@ def trained_run(ray_cluster, small_fashion, session_store, tmp_path_factory) -> 
         "checkpoint": Path(outcome.best_checkpoint),
         "run_dir": run.data.tags["orch.checkpoint_dir"],
     }
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on 127.0.0.1 for the tracking server. Where it cannot start, the tests
+    that need it fail saying why: they are never skipped."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.fail("psycopg is missing, which `mlflow server` needs for postgresql://: make setup (orch[server])")
+    server = None
+    try:
+        server = Postgres()
+        yield server.start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"PostgreSQL could not start, so neither can the tracking server: {exc}")
+    finally:
+        if server:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_launched(postgres, tmp_path_factory) -> MlflowServer:
+    """The tracking server's process (k8s/mlflow.yaml's, on `postgres`), still booting: a test
+    module starts its Ray meanwhile. Shared by the session: tests keep to their own runs."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), postgres)
+    try:
+        yield server.launch()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_launched) -> MlflowServer:
+    """The tracking server, answering at `.uri`."""
+    return mlflow_launched.wait_until_up()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A real two-node Ray cluster and a real MLflow server on loopback, for the remote-target tests.
+"""A real two-node Ray cluster on loopback for the remote-target tests, and `orch` run in
+subprocesses against it (the tracking server they log to is tests/server_fixtures.py's).
 
 Both nodes run on this machine (`ray start --head`, then `ray start --address`), each with its
 own --temp-dir, so that neither an embedded `ray.init()` of another test module nor a user's
@@ -14,11 +15,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
+RAY_JOB_ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def free_port() -> int:
@@ -114,6 +118,12 @@ class RayNodes:
             time.sleep(1)
         raise TimeoutError(f"node {name} not alive after {timeout_s:.0f} s: {self.logs()}")
 
+    def job_status(self, job_id: str) -> str:
+        """A Ray job's status from the Jobs API (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+        reply = requests.get(f"{self.dashboard}/api/jobs/{job_id}", headers=auth_headers(), timeout=10)
+        reply.raise_for_status()
+        return reply.json()["status"]
+
     def alive_nodes(self) -> list[dict]:
         reply = requests.get(f"{self.dashboard}/api/v0/nodes", headers=auth_headers(), timeout=10)
         reply.raise_for_status()
@@ -149,62 +159,77 @@ class RayNodes:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1 with a sqlite store: a tracking URI every node reaches."""
+def orch(*args, uri: str, cwd, timeout=600, **env_vars) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it: no RAY_ADDRESS, no RAY_AUTH_MODE (orch finds the token)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "ORCH_TEST_FAULT")}
+    env.update(env_vars, MLFLOW_TRACKING_URI=uri)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.uri = f"http://127.0.0.1:{free_port()}"
-        self.proc = None
 
-    def start(self, timeout_s: float = 90) -> "MlflowServer":
-        return self.launch().wait_until_up(timeout_s)
+def job_sets(data, tmp, *extra) -> list[str]:
+    sets = [
+        f"data.train={data / 'train.beton'}",
+        f"data.val={data / 'val.beton'}",
+        "data.max_train_samples=1000",
+        "training.epochs=1",
+        "training.batch_size=100",
+        "schedule.warmup_epochs=0",
+        "model.arch=cifar_resnet8",
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=1",
+        "scaling.placement=SPREAD",
+        f"checkpoint.storage={tmp / 'ckpt'}",
+        "checkpoint.shared=true",
+        "tracking.log_model=false",  # seconds per run; tests/test_dashboard.py checks the logged model
+        *extra,
+    ]
+    return [arg for s in sets for arg in ("--set", s)]
 
-    def launch(self) -> "MlflowServer":
-        """Start the server process without waiting for it (it boots in seconds meanwhile)."""
-        port = self.uri.rsplit(":", 1)[1]
-        self.proc = subprocess.Popen(
-            [
-                str(BIN / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(self.root / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                port,
-                "--workers",
-                "1",
-            ],
-            stdout=open(self.root / "mlflow.log", "w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            # No job runner (MLflow's GenAI scoring jobs): its processes took ~10 s to stop.
-            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
-        )
-        return self
 
-    def wait_until_up(self, timeout_s: float = 90) -> "MlflowServer":
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.root / 'mlflow.log').read_text()[-2000:]}")
-            try:
-                if requests.get(f"{self.uri}/health", timeout=2).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"mlflow server not up after {timeout_s:.0f} s")
+def all_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
-    def stop(self) -> None:
-        """Its own process group (the server and its workers), nothing else."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+
+def error_line(proc) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("orch: error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
+def orch_in_parallel(*commands: tuple, uri: str, cwd) -> list[subprocess.CompletedProcess]:
+    """Independent `orch` commands at once: each is mostly its ~5 s of imports, one core each."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: orch(*args, uri=uri, cwd=cwd), commands))
+
+
+def wait_until(condition, what: str, timeout_s: float = 300, every_s: float = 0.5):
+    """condition()'s first truthy value, polled; AssertionError naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
+
+
+def ended_runs(uri: str, run_ids: list[str], nodes: RayNodes, timeout_s: float = 600) -> list:
+    """The runs once their detached Ray jobs have ended (a run is FINISHED before its driver has
+    logged its model and result) and none is RUNNING."""
+    client = MlflowClient(uri)
+
+    def ended():
+        runs = [client.get_run(run_id) for run_id in run_ids]
+        jobs = [nodes.job_status(r.data.tags["orch.ray_job_id"]) for r in runs]
+        done = all(r.info.status != "RUNNING" for r in runs) and all(j in RAY_JOB_ENDED for j in jobs)
+        return runs if done else None
+
+    return wait_until(ended, f"runs {run_ids} and their Ray jobs ended", timeout_s, every_s=1)

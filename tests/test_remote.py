@@ -1,9 +1,13 @@
-"""`orch submit --address` on a real two-node Ray cluster (both nodes on loopback) and a real
-MLflow server: the user's path, run as the `orch` CLI in subprocesses.
+"""`orch submit --address` on a real two-node Ray cluster (both nodes on loopback) logging to the
+tracking server as k8s/mlflow.yaml runs it (MLflow on PostgreSQL): the user's path, run as the
+`orch` CLI in subprocesses.
 
 Training is ResNet-8 on 1,000 Fashion-MNIST images an epoch, validated on 1,000. One run pays
-for the jobs that train: submitted detached, stopped by `orch stop` in its second epoch, then
-continued by `orch resume` on the cluster to its end; each test reads its part.
+for the stop, resume and two-node tests: submitted detached, stopped by `orch stop` in its
+second epoch, then continued by `orch resume` on the cluster to its end; each test reads its
+part. Three tiny jobs submitted at once then ride out a stop of the tracking server, and `orch
+report` and `orch ensemble` read them back from it. Last, the worker node is drained for
+preemption and replaced while a job trains.
 """
 
 import json
@@ -14,88 +18,28 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
+from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
+from orchestrator import ray_internals
+from orchestrator.tracking import EPOCH_METRICS
+
 from job_fixtures import DEMO, SMALL_VAL, Notice, fault
-from remote_fixtures import MlflowServer, RayNodes
+from remote_fixtures import RayNodes, all_runs, ended_runs, error_line, job_sets, orch, orch_in_parallel, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def mlflow_launched(tmp_path_factory):
-    """The MLflow server's process, booting while the Ray nodes start."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    try:
-        yield server.launch()
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def ray_nodes(mlflow_launched):
+    """Two nodes, started while the session's tracking server boots."""
     nodes = RayNodes(cpus_per_node=1)
     try:
         yield nodes.start(nodes=2)
     finally:
         nodes.stop()
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(mlflow_launched):
-    return mlflow_launched.wait_until_up()
-
-
-def orch(*args, uri: str, cwd, timeout=600, **env_vars) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it: no RAY_ADDRESS, no RAY_AUTH_MODE (orch finds the token)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "ORCH_TEST_FAULT")}
-    env.update(env_vars, MLFLOW_TRACKING_URI=uri)
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-    )
-
-
-def job_sets(data, tmp, *extra) -> list[str]:
-    sets = [
-        f"data.train={data / 'train.beton'}",
-        f"data.val={data / 'val.beton'}",
-        "data.max_train_samples=1000",
-        "training.epochs=1",
-        "training.batch_size=100",
-        "schedule.warmup_epochs=0",
-        "model.arch=cifar_resnet8",
-        "scaling.num_workers=2",
-        "scaling.cpus_per_worker=1",
-        "scaling.placement=SPREAD",
-        f"checkpoint.storage={tmp / 'ckpt'}",
-        "checkpoint.shared=true",
-        "tracking.log_model=false",  # seconds per run; tests/test_dashboard.py checks the logged model
-        *extra,
-    ]
-    return [arg for s in sets for arg in ("--set", s)]
-
-
-def all_runs(uri: str) -> list:
-    client = MlflowClient(uri)
-    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-
-
-def error_line(proc) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("orch: error:")]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return lines[0]
-
-
-def orch_in_parallel(*commands: tuple, uri: str, cwd) -> list[subprocess.CompletedProcess]:
-    """Independent `orch` commands at once: each is mostly its ~5 s of imports, one core each."""
-    with ThreadPoolExecutor(len(commands)) as pool:
-        return list(pool.map(lambda args: orch(*args, uri=uri, cwd=cwd), commands))
 
 
 @pytest.fixture(scope="module")
@@ -267,6 +211,154 @@ def test_node_local_checkpoints_on_two_nodes_are_refused(quick_submits):
     proc, _, _ = quick_submits["local-ckpt"]
     assert proc.returncode == 2
     assert "checkpoint.storage" in error_line(proc) and "checkpoint.shared=true" in error_line(proc)
+
+
+# --- jobs at once, and a tracking server that goes away ------------------------------------------
+
+OUTAGE_S = 10  # the tracking server stays down at least this long (then boots, ~10 s more)
+AT_ONCE = 3
+
+
+@pytest.fixture(scope="module")
+def jobs_at_once(ray_nodes, mlflow_server, small_fashion, tmp_path_factory) -> dict:
+    """Three 1-worker jobs of 2 epochs on 300 images, submitted at once with --detach (two train
+    at a time, one per node), with the tracking server stopped in the middle: job 0's rank 0
+    waits at the start of its epoch 1 (the fault hook writes to a FIFO, which blocks until the
+    test reads it) until its epoch 0 is logged and the server is down, then trains that epoch;
+    the server comes back only once Ray has recorded the epoch-1 checkpoint, after which the
+    job's controller logs epoch 1 to the server that is down (and the job ends). The last job
+    logs its model. {procs, run_ids, runs, outage, cwd}."""
+    uri, cwd = mlflow_server.uri, tmp_path_factory.mktemp("at-once")
+    notice = Notice(cwd)
+
+    def submit(i: int):
+        sets = job_sets(
+            small_fashion,
+            cwd,
+            *("training.epochs=2", "data.max_train_samples=300", "scaling.num_workers=1", "scaling.placement=PACK"),
+            *(f"training.seed={i}", f"tracking.run_name=at-once-{i}", "tracking.log_every_n_steps=1"),
+            *(("tracking.log_model=true",) if i == AT_ONCE - 1 else ()),
+            "tracking.system_metrics=false",
+        )
+        env = {"ORCH_TEST_FAULT": fault("mark", epoch=1, step=0, rank=0, notify=notice.path)} if i == 0 else {}
+        args = ("submit", str(DEMO), *sets, "--address", ray_nodes.dashboard, "--detach", "--output", "json")
+        return orch(*args, uri=uri, cwd=cwd, **env)
+
+    with ThreadPoolExecutor(AT_ONCE) as pool:
+        procs = list(pool.map(submit, range(AT_ONCE)))
+    assert all(p.returncode == 0 for p in procs), [p.stderr[-2000:] for p in procs]
+    run_ids = [json.loads(p.stdout)["run_id"] for p in procs]
+    client = MlflowClient(uri)
+    run_dir = client.get_run(run_ids[0]).data.tags["orch.checkpoint_dir"]
+    wait_until(lambda: client.get_metric_history(run_ids[0], "val_top1_error"), "job 0's epoch 0 logged")
+    outage = stop_the_server_through_an_epoch(mlflow_server, notice, run_dir, epoch=1)
+    runs = ended_runs(uri, run_ids, ray_nodes)
+    return {"procs": procs, "run_ids": run_ids, "runs": runs, "outage": outage, "cwd": cwd}
+
+
+def stop_the_server_through_an_epoch(server, notice: Notice, run_dir: str, epoch: int) -> dict:
+    """Stop the tracking server, let the held job train `epoch`, and start the server again once
+    Ray has recorded that epoch's checkpoint (its controller logs the epoch right after) and
+    OUTAGE_S have passed: {notice, recorded_while_down, down_s}."""
+    record, name = os.path.join(run_dir, ray_internals.CHECKPOINT_RECORD), f"epoch_{epoch:04d}"
+
+    def recorded() -> bool:
+        try:
+            with open(record) as f:
+                return name in ray_internals.recorded_checkpoints(json.load(f))
+        except (OSError, ValueError):
+            return False  # not written yet, or being replaced
+
+    server.stop()
+    stopped = time.monotonic()
+    try:
+        said = notice.wait()  # the job goes on into `epoch`
+        wait_until(recorded, f"Ray's record of {name} in {run_dir}")
+        recorded_while_down = server.proc.poll() is not None
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))
+    finally:
+        server.launch()
+    server.wait_until_up()
+    return {"notice": said, "recorded_while_down": recorded_while_down, "down_s": time.monotonic() - stopped}
+
+
+def epoch_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_jobs_submitted_at_once_all_finish_with_each_epoch_logged_once(
+    jobs_at_once, ray_nodes, mlflow_server, postgres
+):
+    client = MlflowClient(mlflow_server.uri)
+    runs, run_ids = jobs_at_once["runs"], jobs_at_once["run_ids"]
+    assert [r.info.status for r in runs] == ["FINISHED"] * AT_ONCE, [r.data.tags.get("orch.error") for r in runs]
+    for run in runs:
+        run_id = run.info.run_id
+        for key in ("train_loss", "val_top1_error", "val_samples"):
+            assert epoch_steps(client, run_id, key) == [0, 1], (run.info.run_name, key)
+        assert run.data.tags["orch.epoch"] == "1" and run.data.metrics["val_samples"] == SMALL_VAL
+        assert client.get_metric_history(run_id, "step/train_loss")  # its curves inside epochs
+    nodes = {w["node_id"] for r in runs for w in json.loads(r.data.tags["workers"])}
+    assert nodes == {n["node_id"] for n in ray_nodes.alive_nodes()}  # two at a time, one on each node
+    with psycopg.connect(postgres.uri) as db:  # the server's store is PostgreSQL itself
+        rows = db.execute("SELECT run_uuid, status FROM runs WHERE run_uuid = ANY(%s)", (run_ids,)).fetchall()
+    assert sorted(rows) == sorted((run_id, "FINISHED") for run_id in run_ids)
+
+
+def test_a_tracking_server_stopped_mid_job_loses_no_epoch(jobs_at_once, mlflow_server):
+    """Job 0's epoch 1 was trained, checkpointed and handed to the controller to log while the
+    server was down; every epoch of it is logged once, all of its epoch metrics."""
+    outage = jobs_at_once["outage"]
+    assert outage["notice"].startswith("mark epoch 1 step 0 rank 0")
+    assert outage["recorded_while_down"] and outage["down_s"] >= OUTAGE_S
+    client = MlflowClient(mlflow_server.uri)
+    run = jobs_at_once["runs"][0]
+    assert run.info.status == "FINISHED", run.data.tags.get("orch.error")
+    for key in EPOCH_METRICS:
+        assert epoch_steps(client, run.info.run_id, key) == [0, 1], key
+
+
+def test_the_logged_model_is_stored_through_the_server(jobs_at_once, mlflow_server):
+    """--serve-artifacts: the model's files went through the server to its artifacts destination."""
+    client = MlflowClient(mlflow_server.uri)
+    run = jobs_at_once["runs"][AT_ONCE - 1]
+    (output,) = run.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert (model.source_run_id, model.status) == (run.info.run_id, LoggedModelStatus.READY)
+    assert model.artifact_location.startswith("mlflow-artifacts:")  # the server's, not a path of the job's
+    assert "MLmodel" in {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+    assert any(model.model_id in str(path) for path in (mlflow_server.root / "artifacts").rglob("MLmodel"))
+
+
+def test_report_and_ensemble_read_the_runs_from_the_server(jobs_at_once, ray_nodes, mlflow_server, tmp_path):
+    uri, run_ids = mlflow_server.uri, jobs_at_once["run_ids"]
+    with ThreadPoolExecutor(2) as pool:
+        reported = pool.submit(
+            orch, "report", ",".join(run_ids), "--out", str(tmp_path), "-o", "json", uri=uri, cwd=tmp_path
+        )
+        ensembled = pool.submit(
+            orch,
+            *("ensemble", "--runs", ",".join(run_ids[:2]), "--workers", "2", "-o", "json"),
+            uri=uri,
+            cwd=tmp_path,
+            RAY_ADDRESS=f"127.0.0.1:{ray_nodes.gcs_port}",  # the cluster's CPUs, not a Ray of its own
+        )
+    report, ensemble = reported.result(), ensembled.result()
+    assert report.returncode == 0, report.stderr[-3000:]
+    outcome = json.loads(report.stdout)
+    (row,) = outcome["rows"]  # the same job but for seeds: one configuration
+    assert row["n"] == AT_ONCE and sorted(row["run_ids"]) == sorted(run_ids)
+    client = MlflowClient(uri)
+    assert "report/report.html" in {a.path for a in client.list_artifacts(outcome["run_id"], "report")}
+
+    assert ensemble.returncode == 0, ensemble.stderr[-3000:]
+    result = json.loads(ensemble.stdout)
+    assert [m["run_id"] for m in result["members"]] == run_ids[:2]
+    assert result["ensemble"]["samples"] == SMALL_VAL
+    recorded = client.get_run(result["run_id"])
+    assert recorded.info.status == "FINISHED" and "ensemble.json" in {
+        a.path for a in client.list_artifacts(recorded.info.run_id)
+    }
 
 
 def test_a_node_drained_for_preemption_is_a_preemption_not_a_failure(ray_nodes, mlflow_server, small_fashion, tmp_path):

@@ -4,13 +4,14 @@ creates the next one.
 No Kubernetes API server can run on these machines, so FakeKube, a real HTTP server on
 127.0.0.1, stands in for one (tests/test_kuberay_client.py's): the kubernetes
 client talks to it over HTTP and it answers scripted responses, recording every request. No Ray
-runs: what the RayJob's pods would do is not simulated. MLflow is a real sqlite store; since
-`--target k8s` refuses a store the pods cannot reach, the tests that get past that check patch
-preflight.is_local_store (the store stands in for the MLflow server the pods reach, which
-cluster.kubernetes.tracking_uri names).
+runs: what the RayJob's pods would do is not simulated. MLflow is the session's tracking server
+as k8s/mlflow.yaml runs it (on PostgreSQL; tests/server_fixtures.py), the one the pods would
+reach as cluster.kubernetes.tracking_uri; each test keeps to an experiment of its own there.
+The refusals check against a sqlite file, the store `--target k8s` refuses.
 """
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from test_k8s_manifests import validate
 from test_kuberay_client import FakeKube, rayjob, status
 
-from orchestrator import preflight, tracking
+from orchestrator import tracking
 from orchestrator.cli.main import main
 from orchestrator.sweep import records
 from orchestrator.targets import kuberay
@@ -43,18 +44,25 @@ def kube(monkeypatch):
 
 
 @pytest.fixture
-def reachable_store(mlflow_uri, monkeypatch) -> str:
-    monkeypatch.setattr(preflight, "is_local_store", lambda uri: False)
-    return mlflow_uri
+def reachable_store(mlflow_server, monkeypatch) -> str:
+    """The tracking server, as $MLFLOW_TRACKING_URI: the store the sweep's pods would log to too."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    return mlflow_server.uri
 
 
 def write_sweep(folder: Path, **keys) -> str:
     """2 architectures x 2 seeds of ResNet-20 on CIFAR-10, 2 GPU workers each; relative data and
-    checkpoint paths, which land under the data volume."""
+    checkpoint paths, which land under the data volume. Its runs go to an experiment named after
+    the folder, so tests sharing one server find only their own."""
     sweep = {
         "name": "arch-by-seed",
         "job": str(JOB),
-        "set": {"scaling.num_workers": 2, "cluster.kubernetes.tracking_uri": POD_URI, **keys.pop("set", {})},
+        "set": {
+            "scaling.num_workers": 2,
+            "cluster.kubernetes.tracking_uri": POD_URI,
+            "experiment": experiment_of(folder),
+            **keys.pop("set", {}),
+        },
         "grid": {"model.arch": ["cifar_plain20", "cifar_resnet20"], "training.seed": [0, 1]},
         **keys,
     }
@@ -80,10 +88,14 @@ def worker_pods(body: dict) -> tuple[int, int]:
     return group["replicas"], int(resources["nvidia.com/gpu"])
 
 
-def parent_run(uri: str):
+def experiment_of(folder: Path) -> str:
+    return f"sweep-k8s-{folder.name}-{uuid.uuid5(uuid.NAMESPACE_URL, str(folder)).hex[:8]}"
+
+
+def parent_run(uri: str, folder: Path):
     client = MlflowClient(uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    (parent,) = [r for r in client.search_runs(experiments) if r.data.tags.get("orch.kind") == "sweep"]
+    experiment = client.get_experiment_by_name(experiment_of(folder))
+    (parent,) = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("orch.kind") == "sweep"]
     return parent
 
 
@@ -185,7 +197,7 @@ def test_a_refused_rayjob_ends_the_parent_failed(kube, reachable_store, in_tmp, 
     code, _, err = run(capsys, "sweep", write_sweep(in_tmp), "--target", "k8s", "--image", "img")
     assert code == 1 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if line.startswith("orch: error:")]
-    parent = parent_run(reachable_store)
+    parent = parent_run(reachable_store, in_tmp)
     assert line.startswith(f"orch: error: sweep {parent.info.run_id} FAILED: creating RayJob orch/") and message in line
     assert parent.info.status == "FAILED" and message in parent.data.tags["orch.error"]
 

@@ -18,7 +18,7 @@ import json
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import experiment_id, now_ms
+from orchestrator.tracking import experiment_id, now_ms, quiet_mlflow
 
 METRIC_KEYS = ("top1_error", "top5_error", "loss")
 
@@ -41,6 +41,7 @@ def log_evaluation(uri: str, run_id: str, outcome: dict) -> list[str]:
 
 def record_ensemble(uri: str, experiment: str, run_name: str | None, outcome: dict) -> str:
     """Create the FINISHED ensemble run for an outcome {"members": [...], "ensemble": {...}}."""
+    quiet_mlflow()  # no "View run ..." on stdout when it ends on a server: `-o json` prints one object
     client = MlflowClient(uri)
     members, ens = outcome["members"], outcome["ensemble"]
     tags = {
