@@ -1,19 +1,22 @@
-"""Seconds from `orch submit` to the first training step of a 1-worker job, and from starting
-the same loop in one plain Python process to its first step (the baseline), both measured in
-this run, as a user starts them: a new process each time.
+"""Seconds from `orch submit` to the first training step of a 1-worker job, stage by stage, and
+from starting the same loop in one plain Python process to its first step (the baseline), both
+measured in this run, as a user starts them: a new process each time.
 
-    .venv/bin/python bench/startup.py [--data DIR] [--repeat 2]   # about 3 minutes
+    .venv/bin/python bench/startup.py [--data DIR] [--repeat 2] [--ray embedded|running]   # about 3 minutes
 
-orch runs `orch submit jobs/demo_fashion_mnist.yaml` (1 worker, 1 epoch) as `make demo` does,
-starting its own embedded Ray; the moment its worker has the first batch in hand is marked by
-the loop's test hook ($ORCH_TEST_FAULT, action `mark`), after which the job is stopped with
-Ctrl-C. The baseline process imports what the worker needs, builds the same FFCV loader and
-model and marks the same moment. FFCV's numba cache is warm after the first repeat; the last
-repeat's figures are printed last. The last line is `ratio: X` (orch over baseline).
+orch runs `orch submit jobs/demo_fashion_mnist.yaml` (1 worker, 1 epoch) as `make demo` does:
+with --ray embedded (the default) it starts its own Ray, as a first command does; with --ray
+running it joins a Ray this bench started beforehand with `ray start --head`, as every command
+after the first does when a user keeps one running (README: "The Ray orch starts"). Each
+process marks its stages ($ORCH_STARTUP_TRACE: the driver, Ray Train's controller, the worker;
+orchestrator/startup_trace.py) up to the worker's first batch in hand, after which the job is
+stopped with Ctrl-C. The baseline process imports what the worker needs, builds the same FFCV
+loader and model and marks the same stages. FFCV's numba cache is warm after the first repeat;
+the last repeat's stages are printed, each with the seconds it took since the mark before it.
+The last line is `ratio: X` (orch's first step over the baseline's).
 """
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -23,32 +26,45 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 JOB = ROOT / "jobs" / "demo_fashion_mnist.yaml"
 BIN = Path(sys.executable).parent
+FIRST_BATCH = "worker: first batch"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "fashion-mnist")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--ray", choices=("embedded", "running"), default="embedded")
     parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mark", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--trace", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_child:
-        baseline_child(args.data, args.mark)
+        baseline_child(args.data, args.trace)
         return
     data = ensure_data(args.data)
-    results = []
-    for attempt in range(args.repeat):
-        with tempfile.TemporaryDirectory(prefix="orch-startup-") as tmp:
-            orch = time_orch(data, Path(tmp))
-            base = time_baseline(data, Path(tmp))
-        results.append((orch, base))
-        print(f"repeat {attempt + 1}: orch submit -> first step {orch:.1f} s; baseline {base:.1f} s", flush=True)
+    with running_ray(args.ray == "running") as address:
+        results = []
+        for attempt in range(args.repeat):
+            with tempfile.TemporaryDirectory(prefix="orch-startup-") as tmp:
+                orch = time_orch(data, Path(tmp), address)
+                base = time_baseline(data, Path(tmp))
+            results.append((orch, base))
+            print(
+                f"repeat {attempt + 1}: orch submit -> first step {orch[-1][0]:.1f} s; baseline {base[-1][0]:.1f} s",
+                flush=True,
+            )
     orch, base = results[-1]
-    print(f"orch submit to first step: {orch:.1f} s")
-    print(f"plain process to first step (baseline): {base:.1f} s")
-    print(f"ratio: {orch / base:.2f}")
+    for name, stages in (("orch submit" + (" (a running Ray)" if address else ""), orch), ("baseline", base)):
+        print(f"{name}:")
+        previous = 0.0
+        for seconds, stage in stages:
+            print(f"  {seconds - previous:6.1f} s  {stage}  (at {seconds:.1f} s)")
+            previous = seconds
+    print(f"orch submit to first step: {orch[-1][0]:.1f} s")
+    print(f"plain process to first step (baseline): {base[-1][0]:.1f} s")
+    print(f"ratio: {orch[-1][0] / base[-1][0]:.2f}")
 
 
 def ensure_data(data: Path) -> Path:
@@ -58,9 +74,40 @@ def ensure_data(data: Path) -> Path:
     return data
 
 
-def time_orch(data: Path, tmp: Path) -> float:
-    """`orch submit` of the demo job for 1 epoch, to its worker's first batch."""
-    mark = tmp / "mark"
+class running_ray:
+    """With `start`, a Ray of this bench's own (`ray start --head` in a temp dir), its GCS address
+    yielded; else nothing (None)."""
+
+    def __init__(self, start: bool):
+        self.start = start
+        self.root = Path(tempfile.mkdtemp(prefix="orch-bench-ray-", dir="/tmp")) if start else None
+        self.proc = None
+
+    def __enter__(self):
+        if not self.start:
+            return None
+        port = 6000 + os.getpid() % 1000
+        self.proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--include-dashboard=false"]
+            + [f"--temp-dir={self.root}", "--disable-usage-stats", "--num-cpus=2"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        )
+        time.sleep(15)  # ray start's own start-up, paid once, before the timed commands
+        return f"127.0.0.1:{port}"
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+
+def time_orch(data: Path, tmp: Path, address: str | None) -> list[tuple[float, str]]:
+    """`orch submit` of the demo job for 1 epoch, to its worker's first batch: [(seconds, stage)]."""
+    from orchestrator import startup_trace
+
+    trace = tmp / "trace"
     sets = {
         "data.train": data / "train.beton",
         "data.val": data / "val.beton",
@@ -68,31 +115,37 @@ def time_orch(data: Path, tmp: Path) -> float:
         "checkpoint.storage": tmp / "ckpt",
     }
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    env["ORCH_TEST_FAULT"] = json.dumps({"action": "mark", "epoch": 0, "step": 0, "notify": str(mark)})
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}", **{startup_trace.VARIABLE: str(trace)})
+    if address:
+        env["RAY_ADDRESS"] = address
     argv = [str(BIN / "orch"), "submit", str(JOB), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
-    started = time.perf_counter()
+    started = time.time()
     with open(tmp / "orch.log", "w") as log:
         proc = subprocess.Popen(argv, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=log)
-    seconds = wait_for(mark, started, proc, log=tmp / "orch.log")
+    stages = wait_for(trace, started, proc, log=tmp / "orch.log")
     proc.send_signal(signal.SIGINT)  # as Ctrl-C: the run ends KILLED and the embedded Ray stops
     proc.wait(timeout=120)
-    return seconds
+    return stages
 
 
-def time_baseline(data: Path, tmp: Path) -> float:
-    mark = tmp / "mark-baseline"
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--baseline-child", "--data", str(data), "--mark", str(mark)])
-    seconds = wait_for(mark, started, proc)
+def time_baseline(data: Path, tmp: Path) -> list[tuple[float, str]]:
+    trace = tmp / "trace-baseline"
+    started = time.time()
+    proc = subprocess.Popen([sys.executable, __file__, "--baseline-child", "--data", str(data), "--trace", str(trace)])
+    stages = wait_for(trace, started, proc)
     proc.wait(timeout=60)
-    return seconds
+    return stages
 
 
-def wait_for(mark: Path, started: float, proc, timeout_s: float = 600, log: Path | None = None) -> float:
-    while time.perf_counter() - started < timeout_s:
-        if mark.exists() and mark.read_text():
-            return time.perf_counter() - started
+def wait_for(trace: Path, started: float, proc, timeout_s: float = 600, log: Path | None = None):
+    """The trace's stages as [(seconds since `started`, stage)] in time order, once the first
+    batch is marked."""
+    from orchestrator import startup_trace
+
+    while time.time() - started < timeout_s:
+        marks = startup_trace.read(str(trace)) if trace.exists() else []
+        if any(stage == FIRST_BATCH for _, _, stage in marks):
+            return sorted((t - started, stage) for t, _, stage in marks)
         if proc.poll() is not None:
             said = log.read_text()[-2000:] if log else ""
             raise SystemExit(f"{proc.args[1]} exited {proc.returncode} before its first step\n{said}")
@@ -100,15 +153,16 @@ def wait_for(mark: Path, started: float, proc, timeout_s: float = 600, log: Path
     raise SystemExit(f"no first step within {timeout_s:.0f} s")
 
 
-def baseline_child(data: Path, mark: Path) -> None:
-    """The worker's imports, loader and model, in this process; marks its first batch."""
-    sys.path.insert(0, str(ROOT))
+def baseline_child(data: Path, trace: Path) -> None:
+    """The worker's imports, loader and model, in this process; marks the same stages."""
     import torch
 
     from data_pipeline import build_train_loader, read_dataset_info
+    from orchestrator import startup_trace
     from orchestrator.models import build_model
     from orchestrator.spec import load_spec
 
+    startup_trace.mark("worker: imports done", str(trace))
     spec = load_spec(JOB, [f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}"])
     info = read_dataset_info(spec.data.train)
     workers = int(spec.scaling.cpus_per_worker)
@@ -121,10 +175,12 @@ def baseline_child(data: Path, mark: Path) -> None:
         mean=info.mean,
         std=info.std,
     )
+    startup_trace.mark("worker: loaders built", str(trace))
     model = build_model(spec.model.arch, info.num_classes, **spec.model.options).to(memory_format=torch.channels_last)
+    startup_trace.mark("worker: model built", str(trace))
     loader.set_epoch(0)
     images, _ = next(iter(loader))
-    mark.write_text("first step\n")
+    startup_trace.mark(FIRST_BATCH, str(trace))
     model(images)
 
 

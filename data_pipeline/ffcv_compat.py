@@ -26,6 +26,7 @@ def import_ffcv():
     import torch
 
     threads = torch.get_num_threads()
+    _import_without_typed_dict()
     import ffcv
     import numba
     from ffcv.pipeline.compiler import Compiler
@@ -47,6 +48,25 @@ def import_ffcv():
         _patched = True
         torch.set_num_threads(threads)
     return ffcv
+
+
+def _import_without_typed_dict() -> None:
+    """Import ffcv with numba.typed.Dict standing in as a plain dict: FFCV fills one typed dict at
+    import (IMAGE_MODES in ffcv.fields.rgb_image), read only from Python (when a decoder writes
+    its code, and by the writer), and numba compiles the typed dict's methods for it: about 4 s
+    of every process that imports ffcv, on these machines."""
+    import sys
+
+    import numba.typed
+
+    if "ffcv" in sys.modules:
+        return
+    typed_dict = numba.typed.Dict
+    numba.typed.Dict = dict
+    try:
+        import ffcv  # noqa: F401
+    finally:
+        numba.typed.Dict = typed_dict
 
 
 def _seed_each_batch() -> None:

@@ -22,20 +22,21 @@ LEAN_RAY_ENV = {
 
 
 def connect(address: str | None = None) -> None:
-    """Join the Ray at `address` or $RAY_ADDRESS or one started on this machine; else start one."""
+    """Join the Ray at `address` or $RAY_ADDRESS or one started on this machine (`ray start`);
+    else start one, lean."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Says that token auth (Ray's default) is on: news to Ray's operators, noise to a researcher.
     logging.getLogger(ray_internals.TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
     full = os.environ.get("ORCH_RAY_DASHBOARD", "0") == "1"
-    joining = address is not None or bool(os.environ.get("RAY_ADDRESS"))
-    if joining:  # Ray 2.60's clusters check a token, which its driver sends only in token mode
-        try:
+    try:
+        joining = address is not None or ray_internals.running_ray_address() is not None
+        if joining:  # Ray 2.60's clusters check a token, which its driver sends only in token mode
             ray_internals.use_cluster_token()
-        except ray_internals.RayInternalChanged as exc:
-            raise OrchError(str(exc)) from None
-    elif not full:
+    except ray_internals.RayInternalChanged as exc:
+        raise OrchError(str(exc)) from None
+    if not joining and not full:
         for name, value in LEAN_RAY_ENV.items():
             os.environ.setdefault(name, value)  # inherited by the Ray processes this process starts
     ray.init(

@@ -1,16 +1,14 @@
 """The Ray Train controller's callback that logs each epoch into the job's MLflow run exactly once.
 
 It runs on the controller (never on a rank), after every `ray.train.report`. What interrupts a
-run (preemptions, failures) is recorded beside it by orchestrator/interruptions.py.
+run (preemptions, failures) is recorded beside it by orchestrator/interruptions.py. MLflow is
+imported at the first report, not when the controller unpickles its callbacks: the controller
+starts before the workers, and its imports would hold them up.
 """
 
 import json
 
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 from ray.train import UserCallback
-
-from orchestrator.tracking import EPOCH_METRICS, epoch_history, now_ms
 
 
 class EpochLogger(UserCallback):
@@ -29,6 +27,11 @@ class EpochLogger(UserCallback):
         self._logged: set[int] | None = None
 
     def after_report(self, run_context, metrics, checkpoint):
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        from orchestrator.tracking import EPOCH_METRICS, epoch_history, now_ms
+
         client = MlflowClient(self.uri)
         if self._logged is None:
             self._logged = set(epoch_history(self.uri, self.run_id).keys())

@@ -1,4 +1,5 @@
-"""What interrupted a run's training, recorded on its MLflow run as Ray Train decides it.
+"""What interrupted a run's training, recorded on its MLflow run as Ray Train decides it (MLflow
+imported when there is something to record: the controller unpickles this at its start).
 
 `InterruptionRecorder` runs on the Ray Train controller. It sees each state change there: a
 preemption notice (PreemptingState: the drained nodes, the ranks on them, the deadline), then
@@ -20,7 +21,6 @@ import logging
 import time
 
 from orchestrator import ray_internals
-from orchestrator.tracking import now_ms
 
 logger = logging.getLogger(__name__)
 KEPT_PREEMPTIONS = 10  # the log's length: a tag holds a few thousand characters
@@ -65,6 +65,8 @@ def recorder(uri: str, run_id: str):
 def record_preemption(uri: str, run_id: str, notice: dict, restarted: bool) -> int:
     """Count a preemption and log it; returns its number."""
     from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import now_ms
 
     client = MlflowClient(uri)
     tags = client.get_run(run_id).data.tags
@@ -133,6 +135,8 @@ def preemption_lines(log: list[dict]) -> list[str]:
 
 def _write(client, run_id: str, tags: dict, updates: dict, restart_cause: str | None) -> None:
     """Set `updates`, and with a restart's cause count the restart (tags and the metric)."""
+    from orchestrator.tracking import now_ms
+
     if restart_cause is not None:
         restarts = int(tags.get("orch.restarts", "0")) + 1
         updates = {**updates, "orch.restarts": str(restarts), "orch.last_restart_cause": restart_cause[:5000]}

@@ -56,6 +56,16 @@ def is_preempted(error: BaseException) -> bool:
     return bool(_is_preempted_actor(error))
 
 
+def running_ray_address() -> str | None:
+    """The Ray `ray.init()` would join instead of starting one: $RAY_ADDRESS, else the newest
+    started on this machine with `ray start`; None when it would start its own."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError as exc:
+        raise _changed("ray._private.services.canonicalize_bootstrap_address", exc) from None
+    return canonicalize_bootstrap_address(None)
+
+
 def use_cluster_token() -> None:
     """Send the token at hand ($RAY_AUTH_TOKEN, ~/.ray/auth_token) to a head that checks tokens,
     unless RAY_AUTH_MODE says otherwise."""

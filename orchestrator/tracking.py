@@ -49,6 +49,17 @@ def tracking_uri(spec: JobSpec | None = None, explicit: str | None = None) -> st
     return uri
 
 
+def open_store(uri: str) -> None:
+    """Open the store at `uri` once, so that creating the run takes no longer than that (a new
+    sqlite file gets its tables, seconds); a store that does not answer is left for start_run to
+    report."""
+    quiet_mlflow()
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception:
+        pass
+
+
 def start_run(spec: JobSpec, spec_path: str | None, uri: str) -> str:
     """Create the job's run: tags, the flattened spec as params, the spec as an artifact."""
     quiet_mlflow()

@@ -10,7 +10,7 @@ import json
 import click
 import yaml
 
-from orchestrator import terminal
+from orchestrator import startup_trace, terminal
 from orchestrator.cli.options import output_option, set_option, target_options
 from orchestrator.spec import load_spec
 from orchestrator.targets import jobs_address
@@ -60,11 +60,36 @@ def submit(spec_path, overrides, target, address, namespace, image, detach, dry_
 
         outcome = submit_remote(spec, spec_path, address=address, detach=detach, progress_to_stderr=progress_to_stderr)
     else:
-        from orchestrator.targets.local import run_local
-
-        outcome = run_local(spec, spec_path, progress_to_stderr=progress_to_stderr)
+        outcome = _run_here(spec, spec_path, progress_to_stderr)
     if outcome is not None:
         _print_outcome(outcome, output)
+
+
+def _run_here(spec, spec_path: str, progress_to_stderr: bool):
+    """Train on this machine's Ray. Once the spec and data are checked (one line on bad input,
+    nothing started), Ray starts (seconds spent mostly waiting for its processes) while a thread
+    imports the trainer and opens the MLflow store."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orchestrator import cluster, preflight
+
+    preflight.tell_warnings(preflight.plan(spec))
+    startup_trace.mark("driver: spec and data checked")
+    with ThreadPoolExecutor(1) as pool:
+        trainer = pool.submit(_import_trainer, spec)
+        terminal.say(terminal.connecting())
+        cluster.connect()
+        run_local = trainer.result()
+    startup_trace.mark("driver: imports done and Ray ready")
+    return run_local(spec, spec_path, progress_to_stderr=progress_to_stderr, checked=True)
+
+
+def _import_trainer(spec):
+    from orchestrator import tracking
+    from orchestrator.targets.local import run_local
+
+    tracking.open_store(tracking.tracking_uri(spec))
+    return run_local
 
 
 def _print_outcome(outcome, output: str) -> None:

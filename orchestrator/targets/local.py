@@ -8,7 +8,17 @@ import threading
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator import cluster, interruptions, preflight, restart, run_record, telemetry, terminal, tracking
+from orchestrator import (
+    cluster,
+    interruptions,
+    preflight,
+    restart,
+    run_record,
+    startup_trace,
+    telemetry,
+    terminal,
+    tracking,
+)
 from orchestrator.best import BestRule
 from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import JobFailed, JobInterrupted
@@ -17,24 +27,29 @@ from orchestrator.outcome import JobOutcome, read_outcome
 from orchestrator.progress import EpochPrinter
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train import faults, notices
-from orchestrator.train.loop import train_worker
+from orchestrator.train.entry import train_worker
 
 
-def run_local(spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr: bool = False) -> JobOutcome:
+def run_local(
+    spec: JobSpec, spec_path: str | None = None, *, progress_to_stderr: bool = False, checked: bool = False
+) -> JobOutcome:
     """Train `spec` to the end and return what the run recorded.
 
     Every check that can fail on bad input runs before the MLflow run exists; once it does,
-    it is ended FINISHED, FAILED or KILLED whatever happens.
+    it is ended FINISHED, FAILED or KILLED whatever happens. `checked`: the spec and data were
+    checked (preflight) and Ray connected by the caller (`orch submit`, which overlaps them).
     """
-    preflight.tell_warnings(preflight.plan(spec))  # every check on the spec and its data, before anything exists
-    terminal.say(terminal.connecting())
-    cluster.connect()
+    if not checked:
+        preflight.tell_warnings(preflight.plan(spec))  # every check on the spec and its data, before anything exists
+        terminal.say(terminal.connecting())
+        cluster.connect()
     cluster.check_resources(spec.scaling)
     uri = tracking.tracking_uri(spec)
     run_id = tracking.start_run(spec, spec_path, uri)
     tracking.set_tags(
         uri, run_id, {"orch.checkpoint_dir": checkpoint_dir(spec, run_id), "orch.target": "local", **driver_tags()}
     )
+    startup_trace.mark("driver: run created")
     return drive(spec, uri, run_id, checkpoint_dir(spec, run_id), progress_to_stderr=progress_to_stderr)
 
 
@@ -52,7 +67,9 @@ def drive(
     """Fit the trainer for an existing, RUNNING MLflow run whose checkpoints live in `run_dir`,
     and end the run FINISHED, FAILED or KILLED. `callbacks` go to Ray Train with orch's own (a
     sweep's trial adds Tune's); watch=False prints no progress (a sweep's driver prints it)."""
-    run_record.begin(spec, uri, run_id)  # datasets and description, read where the data is
+    # The datasets and description, read where the data is, while the workers start.
+    recording = threading.Thread(target=run_record.begin, args=(spec, uri, run_id), name="orch-record", daemon=True)
+    recording.start()
     done = set(tracking.epoch_history(uri, run_id))
     printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr, skip=done) if watch else None
     status, error, result = "FAILED", None, None
@@ -64,6 +81,7 @@ def drive(
             printer.start()
         try:
             trainer = build_trainer(spec, uri, run_id, resume_from, run_dir=run_dir, callbacks=callbacks)
+            startup_trace.mark("driver: trainer started")
             with notices.StopRelay(uri, run_id):
                 result = fit(trainer)
             stopped = stop_message(result, run_id)
@@ -78,6 +96,7 @@ def drive(
             raise JobFailed(f"run {run_id} FAILED: {root_cause(exc)}") from None
         finally:
             try:
+                recording.join()
                 if printer:
                     printer.stop()
                 tracking.log_best(uri, run_id, BestRule.of(spec.checkpoint))
@@ -136,6 +155,7 @@ def build_trainer(
             "fault": faults.from_env(run_dir, run_id),
             "telemetry": telemetry.config(spec, uri, run_id),
             "run": {"tracking_uri": uri, "run_id": run_id},
+            "trace": startup_trace.path(),  # bench/startup.py's stage marks
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -160,6 +180,7 @@ def build_trainer(
                 restart.keeper(uri, run_id, verified=resume_from),  # on the controller: what a new group gets
                 interruptions.recorder(uri, run_id),  # on the controller: preemptions and failures
                 notices.sigterm_callback(spec.training.termination_grace_s),  # on each worker: SIGTERM is a notice
+                *([startup_trace.controller_callback(startup_trace.path())] if startup_trace.path() else []),
                 *callbacks,
             ],
         ),

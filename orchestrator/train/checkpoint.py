@@ -22,7 +22,6 @@ import re
 from pathlib import Path
 
 import pyarrow.fs as pafs
-import torch
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
@@ -47,10 +46,14 @@ def save_checkpoint(directory, model_state: dict, train_state: dict, meta: dict)
 
 
 def load_model_state(directory, map_location="cpu") -> dict:
+    import torch  # here: Ray Train's controller imports this module (restart.py) and needs no torch
+
     return torch.load(Path(directory) / MODEL_FILE, map_location=map_location, weights_only=True)
 
 
 def load_train_state(directory, map_location="cpu") -> dict:
+    import torch
+
     return torch.load(Path(directory) / STATE_FILE, map_location=map_location, weights_only=True)
 
 
@@ -206,6 +209,8 @@ def _sha256_stream(stream) -> str:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)

@@ -24,13 +24,14 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import psutil
 import ray.train
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from data_pipeline import ResolutionSchedule, build_train_loader, build_val_loader, read_dataset_info
 from data_pipeline.geometry import eval_style
-from orchestrator import ray_internals, telemetry
+from orchestrator import ray_internals, startup_trace, telemetry
 from orchestrator.best import BestRule
 from orchestrator.models import build_model
 from orchestrator.spec.schema import JobSpec
@@ -81,12 +82,16 @@ class Preemption:
 
 
 def train_worker(config: dict) -> None:
+    trace = config.get("trace")
+    startup_trace.mark("worker: process created", trace, at=psutil.Process().create_time())
+    startup_trace.mark("worker: imports done", trace)
     spec = JobSpec.model_validate(config["spec"])
     device = _device(spec)
     configure_backends(device, spec.training.deterministic)  # cuDNN autotuning and TF32, unless deterministic
     info = read_dataset_info(spec.data.train)
     num_classes = spec.model.num_classes or info.num_classes
     train_loader, val_loader = _loaders(spec, info, device)
+    startup_trace.mark("worker: loaders built", trace)
 
     torch.manual_seed(spec.training.seed)  # the initial weights follow training.seed
     model = build_model(spec.model.arch, num_classes, **spec.model.options)
@@ -100,13 +105,14 @@ def train_worker(config: dict) -> None:
     layout = data_layout(spec, dist.world_size())
     start, restored = _restore(config, model, optimizer, scaler, layout)
     wrapped = _wrap(model, device, spec.training.compile)
+    startup_trace.mark("worker: model built", trace)
     steps_per_epoch = len(train_loader)
     ctx = StepContext(
         device=device,
         precision=precision,
         label_smoothing=spec.optimizer.label_smoothing,
         lr_for_step=lambda step: lr_at(step, steps_per_epoch, base_lr, spec.schedule, spec.training.epochs),
-        before_step=faults.step_hook(config.get("fault"), dist.rank(), steps_per_epoch, fresh=not restored),
+        before_step=_before_step(config, steps_per_epoch, fresh=not restored),
     )
     run = config.get("run") or {}
     step_logger = StepLogger(
@@ -212,6 +218,25 @@ def _wait_for_restart() -> None:
     """Make no more progress: Ray Train ends this worker group at the preemption's deadline."""
     while True:
         time.sleep(1)
+
+
+def _before_step(config: dict, steps_per_epoch: int, fresh: bool):
+    """The step hook with a batch in hand: the tests' fault hook (train/faults.py) and, while
+    bench/startup.py traces, the first batch's mark; None when there is neither."""
+    fault = faults.step_hook(config.get("fault"), dist.rank(), steps_per_epoch, fresh=fresh)
+    trace = config.get("trace")
+    if trace is None:
+        return fault
+    first = [True]
+
+    def before_step(step: int) -> None:
+        if first:
+            first.clear()
+            startup_trace.mark("worker: first batch", trace)
+        if fault is not None:
+            fault(step)
+
+    return before_step
 
 
 def worker_placement() -> dict:

@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 
 from orchestrator import ray_internals
-from orchestrator.train import distributed as dist
 
 NONE, PREEMPTED, STOP = 0, 1, 2  # ordered: when both are asked, the user's stop wins
 REASONS = {PREEMPTED: "preemption", STOP: "orch stop --save"}
@@ -114,9 +113,12 @@ class NoticeCheck:
     """The collective check, every `every` steps."""
 
     def __init__(self, run_id: str | None, every: int):
+        from orchestrator.train import distributed  # torch: on the workers only (the controller unpickles this module)
+
         self.every = every
         self._key = stop_key(run_id) if run_id else None
-        self._group = dist.cpu_group()
+        self._dist = distributed
+        self._group = distributed.cpu_group()
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
@@ -126,9 +128,9 @@ class NoticeCheck:
 
         info = ray.train.get_preemption_info()  # Ray's barrier: the same on every rank
         local = PREEMPTED if signalled() else NONE
-        if self._key and dist.is_main() and ray_internals.kv_get(self._key):
+        if self._key and self._dist.is_main() and ray_internals.kv_get(self._key):
             local = STOP
-        reason = dist.max_int_over_ranks(local, self._group)
+        reason = self._dist.max_int_over_ranks(local, self._group)
         if info is None:
             return Notice(reason)
         preemption = {"nodes": info.preempted_node_ids, "ranks": info.preempted_ranks, "deadline_ms": info.deadline_ms}
