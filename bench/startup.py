@@ -3,6 +3,7 @@ from starting the same loop in one plain Python process to its first step (the b
 measured in this run, as a user starts them: a new process each time.
 
     .venv/bin/python bench/startup.py [--data DIR] [--repeat 2] [--ray embedded|running]   # about 3 minutes
+    .venv/bin/python bench/startup.py --restart        # a worker killed mid-epoch: seconds to the next step
 
 orch runs `orch submit jobs/demo_fashion_mnist.yaml` (1 worker, 1 epoch) as `make demo` does:
 with --ray embedded (the default) it starts its own Ray, as a first command does; with --ray
@@ -11,12 +12,17 @@ after the first does when a user keeps one running (README: "The Ray orch starts
 process marks its stages ($ORCH_STARTUP_TRACE: the driver, Ray Train's controller, the worker;
 orchestrator/startup_trace.py) up to the worker's first batch in hand, after which the job is
 stopped with Ctrl-C. The baseline process imports what the worker needs, builds the same FFCV
-loader and model and marks the same stages. FFCV's numba cache is warm after the first repeat;
+loader, model and optimizer and marks the same stages. FFCV's numba cache is warm after the first repeat;
 the last repeat's stages are printed, each with the seconds it took since the mark before it.
 The last line is `ratio: X` (orch's first step over the baseline's).
+
+With --restart, the job (training.max_failures=1) has its worker SIGKILLed by the test hook
+before step 3 of epoch 0; Ray Train restarts the worker group from the start, and the bench
+prints the seconds from the kill to the new worker's first batch, stage by stage.
 """
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -37,6 +43,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "fashion-mnist")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--ray", choices=("embedded", "running"), default="embedded")
+    parser.add_argument("--restart", action="store_true", help="time a restart after a killed worker instead")
     parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trace", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -44,6 +51,13 @@ def main() -> None:
         baseline_child(args.data, args.trace)
         return
     data = ensure_data(args.data)
+    if args.restart:
+        with tempfile.TemporaryDirectory(prefix="orch-restart-") as tmp:
+            stages = time_restart(data, Path(tmp))
+        print("restart after a killed worker:")
+        print_stages(stages)
+        print(f"killed worker to the next first step: {stages[-1][0]:.1f} s")
+        return
     with running_ray(args.ray == "running") as address:
         results = []
         for attempt in range(args.repeat):
@@ -58,13 +72,17 @@ def main() -> None:
     orch, base = results[-1]
     for name, stages in (("orch submit" + (" (a running Ray)" if address else ""), orch), ("baseline", base)):
         print(f"{name}:")
-        previous = 0.0
-        for seconds, stage in stages:
-            print(f"  {seconds - previous:6.1f} s  {stage}  (at {seconds:.1f} s)")
-            previous = seconds
+        print_stages(stages)
     print(f"orch submit to first step: {orch[-1][0]:.1f} s")
     print(f"plain process to first step (baseline): {base[-1][0]:.1f} s")
     print(f"ratio: {orch[-1][0] / base[-1][0]:.2f}")
+
+
+def print_stages(stages: list[tuple[float, str]]) -> None:
+    previous = 0.0
+    for seconds, stage in stages:
+        print(f"  {seconds - previous:6.1f} s  {stage}  (at {seconds:.1f} s)")
+        previous = seconds
 
 
 def ensure_data(data: Path) -> Path:
@@ -128,6 +146,42 @@ def time_orch(data: Path, tmp: Path, address: str | None) -> list[tuple[float, s
     return stages
 
 
+def time_restart(data: Path, tmp: Path) -> list[tuple[float, str]]:
+    """The demo job with its worker killed before step 3 of epoch 0: [(seconds since the kill,
+    stage)] up to the restarted worker's first batch."""
+    from orchestrator import startup_trace
+
+    trace, killed = tmp / "trace", tmp / "killed"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}", **{startup_trace.VARIABLE: str(trace)})
+    env["ORCH_TEST_FAULT"] = json.dumps({"action": "kill", "epoch": 0, "step": 3, "notify": str(killed)})
+    sets = {
+        "data.train": data / "train.beton",
+        "data.val": data / "val.beton",
+        "training.epochs": 1,
+        "training.max_failures": 1,
+        "checkpoint.storage": tmp / "ckpt",
+    }
+    argv = [str(BIN / "orch"), "submit", str(JOB), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+    with open(tmp / "orch.log", "w") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=log)
+    started = time.time()
+    while time.time() - started < 600:
+        if killed.exists():
+            at = killed.stat().st_mtime
+            later = [(t - at, stage) for t, _, stage in startup_trace.read(str(trace)) if t > at]
+            if any(stage == FIRST_BATCH for _, stage in later):
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=120)
+                return sorted(later)
+        if proc.poll() is not None:
+            raise SystemExit(
+                f"orch exited {proc.returncode} before the restart\n{(tmp / 'orch.log').read_text()[-2000:]}"
+            )
+        time.sleep(0.1)
+    raise SystemExit("no restart within 600 s")
+
+
 def time_baseline(data: Path, tmp: Path) -> list[tuple[float, str]]:
     trace = tmp / "trace-baseline"
     started = time.time()
@@ -161,6 +215,7 @@ def baseline_child(data: Path, trace: Path) -> None:
     from orchestrator import startup_trace
     from orchestrator.models import build_model
     from orchestrator.spec import load_spec
+    from orchestrator.train.optim import build_optimizer
 
     startup_trace.mark("worker: imports done", str(trace))
     spec = load_spec(JOB, [f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}"])
@@ -177,11 +232,13 @@ def baseline_child(data: Path, trace: Path) -> None:
     )
     startup_trace.mark("worker: loaders built", str(trace))
     model = build_model(spec.model.arch, info.num_classes, **spec.model.options).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, spec.optimizer, spec.optimizer.lr)  # its first one imports torch._dynamo
     startup_trace.mark("worker: model built", str(trace))
     loader.set_epoch(0)
-    images, _ = next(iter(loader))
+    images, labels = next(iter(loader))
     startup_trace.mark(FIRST_BATCH, str(trace))
-    model(images)
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    optimizer.step()
 
 
 if __name__ == "__main__":
