@@ -81,4 +81,4 @@ def _print_dry_run(spec, plan: dict, output: str) -> None:
     click.echo("# resolved spec")
     click.echo(yaml.safe_dump(resolved, sort_keys=False).rstrip())
     click.echo("\n# what follows from it")
-    click.echo(yaml.safe_dump(plan, sort_keys=False, default_flow_style=None).rstrip())
+    click.echo(yaml.safe_dump(plan, sort_keys=False, width=1000).rstrip())
