@@ -143,9 +143,9 @@ class TrainingSpec(_Section):
     compile: bool = False
     deterministic: bool = Field(
         False,
-        description="PyTorch's deterministic algorithms (no cuDNN autotuning, no TF32) and one FFCV "
-        "loader thread per worker: the same draws and steps each run, at a cost in throughput; an op "
-        "without a deterministic version raises",
+        description="PyTorch's deterministic algorithms (no cuDNN autotuning, no TF32), for GPUs, at a "
+        "cost in throughput; an op without a deterministic version raises. Seeds reproduce without it: "
+        "every augmentation draw is a function of (seed, epoch, image), with any number of loader threads",
     )
     max_failures: int = Field(0, ge=-1)
 
