@@ -3,6 +3,7 @@ budget of jobs/sweeps/degradation_fashion.yaml.
 
     nice -n 19 .venv/bin/python bench/degradation_budget.py [--steps 800] [--seeds 0,1,2]
         [--schedule constant|step] [--samples 12000] [--out budget.json]
+    .venv/bin/python bench/degradation_budget.py --summarize budget.json     # a finished or partial one
 
 orch's own CIFAR nets (orchestrator.models) in a plain PyTorch loop, so that no part of orch
 but the models is measured: the paper's CIFAR recipe (batch 128, lr 0.1, momentum 0.9, weight
@@ -52,6 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--every", type=int, default=100, help="checkpoint every N steps")
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("degradation_budget.json"))
+    p.add_argument("--summarize", type=Path, default=None, help="print the summary of an --out file, train nothing")
     return p.parse_args(argv)
 
 
@@ -102,7 +104,7 @@ def train_one(task) -> dict:
     generator = torch.Generator().manual_seed(seed + 1000)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
     per_epoch = args.samples // args.batch_size
-    wrong, seen, points, began = [], [], {}, time.perf_counter()
+    wrong, seen, points, began, cpu = [], [], {}, time.perf_counter(), time.process_time()
     step = 0
     while step < args.steps:
         order = torch.randperm(args.samples, generator=generator)
@@ -125,8 +127,15 @@ def train_one(task) -> dict:
             if step % args.every == 0 or step == args.steps:
                 span = args.window if args.schedule == "constant" else per_epoch
                 points[step] = 100.0 * sum(wrong[-span:]) / sum(seen[-span:])
-    seconds = time.perf_counter() - began
-    return {"arch": arch, "seed": seed, "errors": points, "seconds": seconds, "steps": args.steps}
+    seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu
+    return {
+        "arch": arch,
+        "seed": seed,
+        "errors": points,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "steps": args.steps,
+    }
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -153,13 +162,19 @@ def summary(results: list[dict], args) -> list[str]:
                 ok = p < 0.05 and (diff > 0) == (sign == "+")
                 tests.append(f"{name}: {diff:+.2f} p={p:.3f}{' *' if ok else ''}")
         lines.append(f"step {step}: " + ", ".join(cells) + " | " + "; ".join(tests))
-    per_step = {r["arch"]: r["seconds"] / r["steps"] for r in results}
-    lines.append("seconds per step, one thread: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(per_step.items())))
+    per_step = {r["arch"]: r.get("cpu_seconds", r["seconds"]) / r["steps"] for r in results}
+    lines.append("CPU seconds per step, one thread: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(per_step.items())))
     return lines
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.summarize:
+        results = json.loads(args.summarize.read_text())
+        for r in results:  # JSON keys are strings
+            r["errors"] = {int(k): v for k, v in r["errors"].items()}
+        print("\n".join(summary(results, args)))
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     nets = args.nets.split(",")
     tasks = [(arch, seed, args) for seed in seeds for arch in sorted(nets, key=lambda n: "56" not in n)]
