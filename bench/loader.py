@@ -8,7 +8,9 @@ writes them to a .beton with the printed writer parameters, then reads both ways
 same augmentation (RandomResizedCrop to --res, horizontal flip, uint8 NCHW output), batch
 size and worker count. One warm-up epoch per loader is excluded; the timed epochs alternate
 between the loaders so that other load on a shared machine hits them alike. The last line
-is `ratio: X`, FFCV's images/s over torchvision's.
+is `ratio: X`, FFCV's images/s over torchvision's. A line before it gives the cost of orch's
+reproducible draws (data_pipeline.augment: the same crop and flip keyed by seed, epoch and
+image) against FFCV's own stages in the same pipeline: `keyed draws: X of FFCV's images/s`.
 
 On a few cores FFCV's gain comes from what the .beton stores (smaller images, half of them
 raw pixels), not from decoding the same JPEGs faster: the parameters are part of the result.
@@ -109,8 +111,9 @@ def time_alternating(loaders: dict, epochs: int) -> dict:
     return {name: counts[name] / seconds[name] for name in loaders}
 
 
-def ffcv_loader(beton: Path, args):
-    """FFCV's own Loader: RandomResizedCrop and flip in the decoder pipeline, uint8 NCHW out."""
+def ffcv_loader(beton: Path, args, keyed: bool = False):
+    """FFCV's own Loader: RandomResizedCrop and flip in the decoder pipeline, uint8 NCHW out;
+    keyed: orch's stages of the same crop and flip (data_pipeline.augment) in their place."""
     from data_pipeline.ffcv_compat import import_ffcv
 
     import_ffcv()
@@ -119,6 +122,14 @@ def ffcv_loader(beton: Path, args):
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
+    from data_pipeline import geometry
+    from data_pipeline.augment import Flip, crop_decoder
+
+    if keyed:
+        area, aspect = geometry.IMAGENET_AREA, geometry.IMAGENET_ASPECT
+        crop_and_flip = [crop_decoder((args.res, args.res), geometry.imagenet_crop, area, aspect), Flip()]
+    else:
+        crop_and_flip = [RandomResizedCropRGBImageDecoder((args.res, args.res)), RandomHorizontalFlip()]
     return Loader(
         str(beton),
         batch_size=args.batch_size,
@@ -127,12 +138,7 @@ def ffcv_loader(beton: Path, args):
         seed=0,
         drop_last=True,
         pipelines={
-            "image": [
-                RandomResizedCropRGBImageDecoder((args.res, args.res)),
-                RandomHorizontalFlip(),
-                ToTensor(),
-                ToTorchImage(),
-            ],
+            "image": [*crop_and_flip, ToTensor(), ToTorchImage()],
             "label": [IntDecoder(), ToTensor(), Squeeze(1)],
         },
     )
@@ -208,14 +214,20 @@ def main(argv=None) -> None:
             f"loading: RandomResizedCrop {args.res} + flip, uint8, batch {args.batch_size}, "
             f"{args.workers} workers, {args.epochs} timed epochs each after 1 warm-up; {os.cpu_count()} CPUs"
         )
-        loaders = {"torchvision": torchvision_loader(root, args), "ffcv": ffcv_loader(beton, args)}
+        loaders = {
+            "torchvision": torchvision_loader(root, args),
+            "ffcv": ffcv_loader(beton, args),
+            "keyed": ffcv_loader(beton, args, keyed=True),
+        }
         if not args.skip_orch_loader:
             loaders["orch"] = orch_loader(beton, args)
         rates = time_alternating(loaders, args.epochs)
         print(f"torchvision ImageFolder + DataLoader (original JPEGs): {rates['torchvision']:,.0f} images/s")
         print(f"ffcv Loader (.beton): {rates['ffcv']:,.0f} images/s")
+        print(f"ffcv Loader with orch's keyed crop and flip (.beton): {rates['keyed']:,.0f} images/s")
         if "orch" in rates:
             print(f"orch build_train_loader (.beton, then normalized float32): {rates['orch']:,.0f} images/s")
+        print(f"keyed draws: {rates['keyed'] / rates['ffcv']:.2f} of FFCV's images/s")
         print(f"ratio: {rates['ffcv'] / rates['torchvision']:.2f}")
 
 

@@ -1,4 +1,4 @@
-"""The one place that imports ffcv, imported lazily: it costs seconds (numba) and has a side effect.
+"""The one place that imports ffcv first, lazily: it costs seconds (numba) and has side effects.
 
 Two of FFCV's Compiler methods are replaced when it is imported:
 - set_num_threads also calls torch.set_num_threads, which is process-wide: importing ffcv
@@ -70,21 +70,19 @@ def _import_without_typed_dict() -> None:
 
 
 def _seed_each_batch() -> None:
-    """Seed the random draws of FFCV's augmentations (numba's generator, one per thread) before
-    every batch, from the loader's seed, its epoch and the batch's index. With one loader
-    thread the draws are made in the loader's thread: the same spec draws the same crops and
-    flips, run after run, and a resumed epoch draws what it drew before. With several, numba's
-    threads are seeded too, but which thread draws for which image can vary between runs, so
-    only one thread (training.deterministic) guarantees the same draws. A pass that skips the
-    batches a step checkpoint trained (TrainLoader.set_epoch) numbers its batches from there."""
+    """Before every batch, seed numba's generator of the thread that runs the pipeline from
+    the loader's seed and epoch: each random stage (data_pipeline.augment) draws its key for
+    the epoch from it, then keys each image by its index (data_pipeline.rng). So a run draws the
+    same augmentations as another run of its spec, with any number of loader threads, and a
+    resumed epoch draws for its images what the uninterrupted one drew."""
     from ffcv.loader.epoch_iterator import EpochIterator
 
-    from data_pipeline.rng import seed_batch
+    from data_pipeline.rng import seed_stage_keys
 
     run_pipeline = EpochIterator.run_pipeline
 
     def seeded_run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
-        seed_batch(self.loader.seed, self.loader.next_epoch - 1, b_ix + getattr(self.loader, "orch_batch_offset", 0))
+        seed_stage_keys(self.loader.seed, self.loader.next_epoch - 1)
         return run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event)
 
     EpochIterator.run_pipeline = seeded_run_pipeline

@@ -18,9 +18,14 @@ Training
 Validation (imagenet and paper): the shorter side resized to val_res / 0.875 (256 for 224) and
   the center val_res x val_res crop; cifar: the stored image.
 Test-time views: see orchestrator.evaluation.tta, built on the functions here.
+
+Random boxes are drawn from an image's key (data_pipeline.rng): one image gets one box per epoch
+and seed, whichever loader thread cuts it.
 """
 
 import numpy as np
+
+from data_pipeline.rng import uniform
 
 VAL_CROP_RATIO = 0.875  # validation: shorter side to res / 0.875, then the center res x res
 CIFAR_PADDING = 4
@@ -49,25 +54,51 @@ def eval_style(augment: str) -> str:
     return "cifar" if augment == "cifar" else "imagenet"
 
 
-def center_crop(height, width, _, ratio):
+def center_crop(height, width, _, ratio, key=0):
     """The center square whose side is `ratio` of the shorter side: (top, left, side, side).
-    With ratio 0.875 and the square resized to res, it is validation's view. FFCV's crop
-    generator signature: (height, width, scale, ratio); numba compiles it."""
+    With ratio 0.875 and the square resized to res, it is validation's view. The signature of
+    data_pipeline.augment's crop functions: (height, width, scale, ratio, key); numba compiles it."""
     side = int(ratio * min(height, width))
     return (height - side) // 2, (width - side) // 2, side, side
 
 
-def paper_scale_crop(height, width, scale, _):
+def imagenet_crop(height, width, scale, ratio, key):
+    """torchvision's RandomResizedCrop box: up to 10 tries at an area share drawn from `scale`
+    and a log-uniform aspect ratio from `ratio`, each tried box placed uniformly; else the whole
+    image cropped to the nearest allowed ratio. Draws 4t..4t+3 of the image's `key` (data_pipeline.rng)
+    make try t."""
+    area = height * width
+    log_low, log_high = np.log(ratio[0]), np.log(ratio[1])
+    for t in range(10):
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * uniform(key, 4 * t))
+        aspect = np.exp(log_low + (log_high - log_low) * uniform(key, 4 * t + 1))
+        w = int(round(np.sqrt(target_area * aspect)))
+        h = int(round(np.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(uniform(key, 4 * t + 2) * (height - h + 1))
+            left = int(uniform(key, 4 * t + 3) * (width - w + 1))
+            return top, left, h, w
+    in_ratio = float(width) / float(height)
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def paper_scale_crop(height, width, scale, _, key):
     """Section 3.4's random crop, as a box in the stored image: the shorter side is drawn
     uniformly from [scale[0], scale[1]] crop sides (256/224 and 480/224 for the paper), and
     a crop-side square at a uniformly drawn position is cut from the image so resized. The
-    box is that square mapped back: side = shorter side / drawn scale. FFCV's crop generator
-    signature; numba compiles it and draws with numba's generator."""
+    box is that square mapped back: side = shorter side / drawn scale. Draws 0-2 of the
+    image's `key` (data_pipeline.rng); numba compiles it."""
     short = min(height, width)
-    drawn = np.random.uniform(scale[0], scale[1])
+    drawn = scale[0] + (scale[1] - scale[0]) * uniform(key, 0)
     side = min(short, max(1, int(round(short / drawn))))
-    top = int(np.random.uniform(0, height - side + 1))
-    left = int(np.random.uniform(0, width - side + 1))
+    top = int(uniform(key, 1) * (height - side + 1))
+    left = int(uniform(key, 2) * (width - side + 1))
     return top, left, side, side
 
 

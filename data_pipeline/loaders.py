@@ -16,7 +16,7 @@ import torch
 from data_pipeline import geometry
 from data_pipeline.beton import field_metadata, image_and_label_fields, num_samples, open_reader
 from data_pipeline.ffcv_compat import import_ffcv, loader_threads
-from data_pipeline.rng import batch_seed
+from data_pipeline.rng import epoch_key, mix, normals
 from data_pipeline.schedule import ResolutionSchedule, val_shard
 from orchestrator.errors import DataError
 
@@ -59,20 +59,22 @@ class _Batches:
 
 class Lighting:
     """AlexNet's PCA lighting noise (data_pipeline.geometry), added to normalized batches: one
-    RGB shift per image, drawn on the batch's device from a generator seeded per batch (from
-    the loader's seed, the epoch and the batch), divided by std since the batch is already
+    RGB shift per image from three normal draws keyed by the loader's seed, the epoch and the
+    image's index in the dataset (data_pipeline.rng), divided by std since the batch is already
     normalized."""
+
+    SALT = 0x4C49474854  # sets the lighting's draws apart from the pipeline stages'
 
     def __init__(self, alpha_std: float, std, device):
         self.alpha_std = alpha_std
         self._eigval = torch.tensor(geometry.LIGHTING_EIGVAL, dtype=torch.float32, device=device)
         eigvec = torch.tensor(geometry.LIGHTING_EIGVEC, dtype=torch.float32, device=device)
         self._to_normalized = eigvec.T * 255.0 / torch.tensor(std, dtype=torch.float32, device=device)
-        self._generator = torch.Generator(device=device)
 
-    def __call__(self, images: torch.Tensor, seed: int | None = None) -> torch.Tensor:
-        generator = self._generator.manual_seed(seed) if seed is not None else None
-        alphas = torch.randn(images.shape[0], 3, device=images.device, generator=generator) * self.alpha_std
+    def __call__(self, images: torch.Tensor, key: int, indices: np.ndarray) -> torch.Tensor:
+        """The batch of the images at `indices` (of the dataset file), in the epoch of `key`."""
+        draws = normals(mix(np.uint64(key ^ self.SALT)), np.asarray(indices, dtype=np.uint64), 3)
+        alphas = torch.from_numpy(draws).to(images.device, torch.float32) * self.alpha_std
         shift = (alphas * self._eigval) @ self._to_normalized
         return images + shift.view(-1, 3, 1, 1)
 
@@ -94,9 +96,10 @@ class TrainLoader(_Batches):
         if self._lighting is None:
             yield from super().__iter__()
             return
-        epoch = self._loader.next_epoch
+        key, size = epoch_key(self._loader.seed, self._loader.next_epoch), self.batch_size
         for batch, (images, labels) in enumerate(super().__iter__(), start=self._skip):
-            yield self._lighting(images, batch_seed(self._loader.seed, epoch, batch)), labels
+            indices = self._loader.orch_order[batch * size : (batch + 1) * size]
+            yield self._lighting(images, key, indices), labels
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Select epoch's shuffle (a resumed run sees the same order) and, imagenet style, its
@@ -106,7 +109,7 @@ class TrainLoader(_Batches):
         if not 0 <= skip_batches < len(self):
             raise ValueError(f"skip_batches must be in [0, {len(self)}), got {skip_batches}")
         self._loader.next_epoch = epoch
-        self._skip = self._loader.orch_batch_offset = skip_batches
+        self._skip = skip_batches
         if self._schedule is not None:
             self.resolution = self._schedule.at(epoch)
             # Buffers are sized from the decoder's state at the start of every epoch (ffcv-imagenet does this).
@@ -115,11 +118,12 @@ class TrainLoader(_Batches):
 
 def _skip_batches_of(loader, skip) -> None:
     """Make an ffcv Loader's next pass leave out its first skip() batches: its traversal order
-    (which depends only on seed and epoch) loses them, and FFCV's drop_last slice is kept."""
+    (which depends only on seed and epoch) loses them, and FFCV's drop_last slice is kept. The
+    whole epoch's order stays readable as loader.orch_order (the images of each batch)."""
     sample_order = loader.next_traversal_order
 
     def next_traversal_order():
-        order = sample_order()
+        order = loader.orch_order = sample_order()
         return order[skip() * loader.batch_size : len(loader) * loader.batch_size]
 
     loader.next_traversal_order = next_traversal_order
@@ -175,19 +179,20 @@ def build_train_loader(
     import_ffcv()
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import OrderOption
-    from ffcv.transforms import RandomHorizontalFlip, RandomTranslate
+
+    from data_pipeline.augment import Flip, Translate
 
     reader = open_reader(path)
     schedule, res = None, None
     if augment == "cifar":
         res = _one_size(reader, path)
         decoder = SimpleRGBImageDecoder()
-        image_ops = [decoder, RandomTranslate(padding=geometry.CIFAR_PADDING), RandomHorizontalFlip()]
+        image_ops = [decoder, Translate(padding=geometry.CIFAR_PADDING), Flip()]
     else:
         schedule = resolution or ResolutionSchedule(DEFAULT_RESOLUTION, DEFAULT_RESOLUTION, 0, 0)
         res = schedule.at(0)
         decoder = _train_decoder(augment, res, short_side)
-        image_ops = [decoder, RandomHorizontalFlip()]
+        image_ops = [decoder, Flip()]
     quasi = not in_memory and not distributed
     loader, image_first = _ffcv_loader(
         path,
@@ -243,6 +248,8 @@ def build_val_loader(
 
     reader = open_reader(path)
     if geometry.eval_style(augment) == "imagenet":
+        from data_pipeline.augment import crop_decoder
+
         res = resolution or DEFAULT_RESOLUTION
         decoder = crop_decoder((res, res), geometry.center_crop, ratio=geometry.VAL_CROP_RATIO)
     else:
@@ -269,30 +276,14 @@ def build_val_loader(
     return ValLoader(loader, image_first, device, mean, std, channels_last, shard, res)
 
 
-def crop_decoder(output_size, crop, scale=None, ratio=None):
-    """An FFCV decoder that cuts the box `crop(height, width, scale, ratio)` (a function of
-    data_pipeline.geometry, compiled by numba) from each image and resizes it to output_size."""
-    from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
-
-    class GeometryCropDecoder(ResizedCropRGBImageDecoder):
-        def __init__(self):
-            super().__init__(output_size)
-            self.scale, self.ratio = scale, ratio
-
-        @property
-        def get_crop_generator(self):
-            return crop
-
-    return GeometryCropDecoder()
-
-
 def _train_decoder(augment: str, res: int, short_side: tuple[int, int]):
+    from data_pipeline.augment import crop_decoder
+
     if augment == "paper":
         bounds = geometry.paper_scale_bounds(*short_side)
         return crop_decoder((res, res), geometry.paper_scale_crop, scale=bounds, ratio=(1.0, 1.0))
-    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-
-    return RandomResizedCropRGBImageDecoder((res, res), scale=geometry.IMAGENET_AREA, ratio=geometry.IMAGENET_ASPECT)
+    area, aspect = geometry.IMAGENET_AREA, geometry.IMAGENET_ASPECT
+    return crop_decoder((res, res), geometry.imagenet_crop, scale=area, ratio=aspect)
 
 
 def _ffcv_loader(path, reader, image_ops, device, mean, std, *, num_workers, **loader_args):

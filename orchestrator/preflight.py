@@ -11,7 +11,7 @@ from data_pipeline.geometry import eval_style, paper_scale_bounds, val_resize_si
 from orchestrator.errors import SpecError
 from orchestrator.models import build_model
 from orchestrator.spec.schema import JobSpec
-from orchestrator.train.schedule import scaled_lr
+from orchestrator.train.schedule import describe_lr, scaled_lr
 
 
 def check_model(spec: JobSpec, num_classes: int) -> None:
@@ -54,6 +54,7 @@ def plan(spec: JobSpec, require_data: bool = True) -> dict:
         "val_samples": n_val,
         "global_batch": global_batch,
         "effective_lr": scaled_lr(spec.optimizer.lr, global_batch),
+        "lr_schedule": lr_schedule(spec, global_batch, steps),
         "steps_per_epoch": steps,
         "total_steps": steps * spec.training.epochs,
         "workers": workers,
@@ -104,6 +105,7 @@ def _plan_without_data(spec: JobSpec) -> dict:
         "data": f"not written yet: {spec.data.train} / {spec.data.val} (see `orch data prepare`)",
         "global_batch": global_batch,
         "effective_lr": scaled_lr(spec.optimizer.lr, global_batch),
+        "lr_schedule": lr_schedule(spec, global_batch),
         "workers": spec.scaling.num_workers,
         "worker_resources": _resources_text(spec),
         "preemption": _preemption_text(spec),
@@ -131,6 +133,12 @@ def _preemption_text(spec: JobSpec) -> str:
         f"{t.notice_every_n_steps} steps + one checkpoint upload); a SIGTERM'd worker or a stopped Kubernetes "
         f"pod has {t.termination_grace_s} s; {budget} preemptions, apart from max_failures={t.max_failures}"
     )
+
+
+def lr_schedule(spec: JobSpec, global_batch: int, steps_per_epoch: int | None = None) -> str:
+    """The learning rate's course at this global batch (train/schedule.describe_lr)."""
+    lr = scaled_lr(spec.optimizer.lr, global_batch)
+    return describe_lr(spec.schedule, lr, spec.training.epochs, steps_per_epoch)
 
 
 def _resources_text(spec: JobSpec) -> str:

@@ -31,7 +31,7 @@ from orchestrator.best import BestRule
 from orchestrator.models import arch_info, build_model, count_parameters
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train.loop import resolve_precision
-from orchestrator.train.schedule import scaled_lr
+from orchestrator.train.schedule import describe_lr, scaled_lr
 
 RECORD_WARNING = "orch.record_warning"
 MODEL_WARNING = "orch.model_warning"
@@ -196,15 +196,9 @@ def _recipe_line(spec: JobSpec) -> str:
 
 
 def _schedule_text(spec: JobSpec) -> str:
-    """The learning rate's course: 'step schedule (x0.1 at epochs 30, 60), 5-epoch warm-up'."""
-    sched = spec.schedule
-    if sched.kind == "step":
-        text = f"step schedule (x{sched.factor:g} at epochs {', '.join(f'{m:g}' for m in sched.milestones)})"
-    elif sched.kind == "cosine":
-        text = f"cosine schedule to {f'{sched.min_lr_factor:g} x lr' if sched.min_lr_factor else 'zero'}"
-    else:
-        text = "constant lr"
-    return text + (f", {sched.warmup_epochs:g}-epoch warm-up" if sched.warmup_epochs else "")
+    """The learning rate's course (train/schedule.describe_lr): 'lr 0.1, x0.1 at epochs 30, 60 and 90'."""
+    batch = spec.training.batch_size * spec.scaling.num_workers
+    return describe_lr(spec.schedule, scaled_lr(spec.optimizer.lr, batch), spec.training.epochs)
 
 
 def _where_line(spec: JobSpec, tags: dict) -> str:

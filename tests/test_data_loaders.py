@@ -115,19 +115,33 @@ def test_set_epoch_gives_a_deterministic_shuffle(cifar_train):
     assert not np.array_equal(epoch_labels(cifar_train, 4), first)
 
 
-def test_augmentations_draw_the_same_each_run_with_one_loader_thread(index_beton):
-    """Crops and flips (numba's generator) are seeded per batch from the loader's seed, epoch and
-    batch: a second loader, as a second run or a resumed epoch builds it, draws the same."""
+def views_by_index(loader, epoch: int) -> dict:
+    """{image index (its label here): its augmented view} over one epoch."""
+    loader.set_epoch(epoch)
+    return {int(y): x.clone() for images, labels in loader for x, y in zip(images, labels)}
+
+
+@pytest.mark.parametrize("augment", ["cifar", "imagenet", "paper"])
+def test_every_draw_is_a_function_of_seed_epoch_and_image(index_beton, augment):
+    """Crops, flips and lighting are keyed by the loader's seed, the epoch and the image's index
+    (data_pipeline.rng): with 1 or 2 loader threads and any batch size, an image gets the same
+    view, as a second run of the spec or a resumed epoch builds it; another seed or epoch draws anew."""
     path, mean, std = index_beton
+    extra = {} if augment == "cifar" else {"resolution": ResolutionSchedule(16, 16, 0, 0)}
 
-    def images(seed: int, epoch: int) -> torch.Tensor:
-        loader = build_train_loader(path, augment="cifar", batch_size=64, num_workers=1, seed=seed, mean=mean, std=std)
-        loader.set_epoch(epoch)
-        return torch.cat([batch.clone() for batch, _ in loader])
+    def loader(threads: int, batch_size: int, seed: int = 5):
+        return build_train_loader(
+            path, augment=augment, batch_size=batch_size, num_workers=threads, seed=seed, mean=mean, std=std, **extra
+        )
 
-    first = images(seed=5, epoch=1)
-    assert torch.equal(images(seed=5, epoch=1), first)
-    assert not torch.equal(images(seed=6, epoch=1), first)
+    two_threads = loader(2, 50)
+    first, second = views_by_index(loader(1, 64), 1), views_by_index(two_threads, 1)
+    shared = sorted(set(first) & set(second))
+    assert len(shared) > 900
+    assert all(torch.equal(first[i], second[i]) for i in shared)
+    other_seed, next_epoch = views_by_index(loader(2, 50, seed=6), 1), views_by_index(two_threads, 2)
+    assert sum(not torch.equal(other_seed[i], second[i]) for i in shared if i in other_seed) > 0.4 * len(shared)
+    assert sum(not torch.equal(next_epoch[i], second[i]) for i in shared if i in next_epoch) > 0.4 * len(shared)
 
 
 def test_a_skipping_pass_hands_the_rest_of_the_epoch_drawn_alike(index_beton):

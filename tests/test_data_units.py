@@ -67,6 +67,21 @@ def _info(**overrides):
     return dict(value, **overrides)
 
 
+def test_keyed_draws_are_uniform_and_normal():
+    """data_pipeline.rng: draws in [0, 1) with the moments of a uniform; normals with those of a
+    standard normal; an image's draws depend on the key and its index, nothing else."""
+    from data_pipeline.rng import epoch_key, normals, sample_key, uniform
+
+    key = np.uint64(epoch_key(3, 1))
+    draws = np.array([uniform(np.uint64(sample_key(key, i)), k) for i in range(2000) for k in range(3)])
+    assert draws.min() >= 0 and draws.max() < 1
+    assert abs(draws.mean() - 0.5) < 0.02 and abs(draws.var() - 1 / 12) < 0.005
+    values = normals(key, np.arange(4000, dtype=np.uint64), 3)
+    assert abs(values.mean()) < 0.05 and abs(values.std() - 1) < 0.05
+    assert np.array_equal(normals(key, np.array([5, 9], dtype=np.uint64), 3), values[[5, 9]])
+    assert epoch_key(3, 1) != epoch_key(3, 2) != epoch_key(4, 1)
+
+
 def test_read_dataset_info(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps(_info()))
     info = read_dataset_info(tmp_path / "train.beton")

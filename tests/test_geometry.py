@@ -9,6 +9,7 @@ from PIL import Image
 
 from data_pipeline import geometry
 from data_pipeline.loaders import Lighting, build_train_loader, build_val_loader
+from data_pipeline.rng import mix, normals, sample_key
 
 SIZES = ((120, 200), (200, 150), (96, 96))  # (height, width) of the stored images, in turn
 RAW = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -68,9 +69,8 @@ def smooth(tmp_path_factory):
 def test_paper_crop_boxes_cover_the_scale_range():
     """For a 375x500 photo and a 224 crop: the shorter side resized to [256, 480] means a
     square box of 375*224/480 = 175 to 375*224/256 = 328 stored pixels, anywhere in the image."""
-    np.random.seed(0)
     bounds = geometry.paper_scale_bounds(256, 480)
-    boxes = np.array([geometry.paper_scale_crop(375, 500, bounds, None) for _ in range(4000)])
+    boxes = np.array([geometry.paper_scale_crop(375, 500, bounds, None, image_key(i)) for i in range(4000)])
     top, left, h, w = boxes.T
     assert (h == w).all()
     assert 175 <= h.min() <= 177 and 326 <= h.max() <= 328
@@ -79,6 +79,23 @@ def test_paper_crop_boxes_cover_the_scale_range():
     resized = np.sort(375 * 224 / h)
     assert np.allclose(np.quantile(resized, [0.25, 0.5, 0.75]), [311, 368, 424], atol=6)
     assert left.max() >= 500 - 180 and top.max() >= 375 - 180  # the position spans the image
+
+
+def image_key(index: int, key: int = 12345) -> np.uint64:
+    return np.uint64(sample_key(key, index))  # numba hands a uint64 back as a Python int
+
+
+def test_imagenet_crop_boxes_are_torchvisions():
+    """RandomResizedCrop's boxes on a 375x500 photo: 8%-100% of its area, aspect ratio 3/4-4/3,
+    anywhere in the image; one image's box is the same each time its key is."""
+    scale, ratio = np.array(geometry.IMAGENET_AREA), np.array(geometry.IMAGENET_ASPECT)
+    boxes = np.array([geometry.imagenet_crop(375, 500, scale, ratio, image_key(i)) for i in range(4000)])
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (top + h <= 375).all() and (left >= 0).all() and (left + w <= 500).all()
+    share, aspect = h * w / (375 * 500), w / h
+    assert share.min() < 0.1 and share.max() > 0.95 and np.all((share > 0.07) & (share <= 1.0))
+    assert aspect.min() < 0.8 and aspect.max() > 1.25 and np.all((aspect > 0.74) & (aspect < 1.35))
+    assert geometry.imagenet_crop(375, 500, scale, ratio, image_key(7)) == tuple(boxes[7])
 
 
 def test_validation_and_tencrop_sides_follow_the_paper():
@@ -165,14 +182,18 @@ def test_validation_view_matches_resize_and_center_crop(smooth, augment):
 
 
 def test_lighting_adds_alexnets_pca_shift_per_image():
+    """One RGB shift per image, from three normal draws keyed by the epoch and the image's index."""
     std = (50.0, 60.0, 70.0)
     lighting = Lighting(0.1, std, "cpu")
     images = torch.zeros(4, 3, 5, 5).contiguous(memory_format=torch.channels_last)
-    torch.manual_seed(3)
-    shifted = lighting(images)
-    torch.manual_seed(3)
-    alphas = (torch.randn(4, 3) * 0.1).numpy()
+    indices = np.array([7, 3, 11, 0], dtype=np.uint64)
+    shifted = lighting(images, key=99, indices=indices)
+    alphas = normals(mix(np.uint64(99 ^ Lighting.SALT)), indices, 3) * 0.1
     expected = geometry.lighting_shift(alphas) / np.asarray(std)
     assert np.allclose(shifted[:, :, 2, 3].numpy(), expected, atol=1e-4)
     assert np.allclose(shifted.amax(dim=(2, 3)), shifted.amin(dim=(2, 3)))  # one shift per image and channel
     assert shifted.is_contiguous(memory_format=torch.channels_last)
+    # an image's shift is its own, wherever it sits in the batch, and another epoch's key draws anew
+    reordered = lighting(images, key=99, indices=indices[::-1].copy())
+    assert torch.equal(reordered[0], shifted[3]) and torch.equal(reordered[3], shifted[0])
+    assert not torch.equal(lighting(images, key=100, indices=indices), shifted)

@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import flatten, load_spec, merge, read_layered
+from orchestrator.train.schedule import scaled_lr
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 DEMO = JOBS / "demo_fashion_mnist.yaml"
@@ -192,9 +193,11 @@ def test_a_chain_of_three_is_not_a_cycle(tmp_path):
     assert load_spec(job).name == "j"
 
 
-# name: (experiment, arch, options, epochs, milestones, batch_size, lr, warmup_epochs, placement)
-PAPER = ("resnet-paper-imagenet", 120, [30, 60, 90], 256, 0.1, 5, "PACK")
-CIFAR = ("resnet-paper-cifar10", 164, [82, 123], 128, 0.2, 0, "PACK")
+# name: (experiment, arch, options, epochs, milestones, batch_size, lr, warmup, placement); warmup as
+# (kind, epochs, steps, factor) or None
+PAPER = ("resnet-paper-imagenet", 120, [30, 60, 90], 32, 0.1, None, "PACK")
+CIFAR = ("resnet-paper-cifar10", 164, [82, 123], 128, 0.2, None, "PACK")
+GOYAL = ("resnet-imagenet-large-batch", 120, [30, 60, 90], 256, 0.1, ("linear", 5, None, 0.1), "PACK")
 RESOLVED = {
     "plain18_imagenet": ("plain18-imagenet", "plain18", {}, PAPER),
     "plain34_imagenet": ("plain34-imagenet", "plain34", {}, PAPER),
@@ -208,28 +211,28 @@ RESOLVED = {
         {"shortcut": "B", "stride_in": "v1"},
         PAPER,  # packed: its 8 workers' all_reduce stays within a node's NVLink where they fit
     ),
-    "resnet50_imagenet_batch256": (
-        "resnet50-imagenet-batch256",
+    "resnet50_imagenet_large_batch": (
+        "resnet50-imagenet-large-batch",
         "resnet50",
         {"shortcut": "B", "stride_in": "v1"},
-        ("resnet-paper-imagenet", 120, [30, 60, 90], 32, 0.1, 0, "PACK"),
+        GOYAL,
     ),
     "resnet50_imagenet_fast": (
         "resnet50-imagenet-fast",
         "resnet50",
         {"shortcut": "B", "stride_in": "v1.5"},
-        ("resnet-imagenet-fast", 88, [30, 60, 90], 256, 0.425, 2, "PACK"),
+        ("resnet-imagenet-fast", 88, [30, 60, 90], 256, 0.425, ("linear", 2, None, 0.1), "PACK"),
     ),
     "cifar_plain20": ("cifar_plain20", "cifar_plain20", {}, CIFAR),
     "cifar_plain56": ("cifar_plain56", "cifar_plain56", {}, CIFAR),
     "cifar_resnet20": ("cifar_resnet20", "cifar_resnet20", {}, CIFAR),
     "cifar_resnet56": ("cifar_resnet56", "cifar_resnet56", {}, CIFAR),
-    "cifar_resnet110": ("cifar_resnet110", "cifar_resnet110", {}, CIFAR[:-2] + (1, "PACK")),
+    "cifar_resnet110": ("cifar_resnet110", "cifar_resnet110", {}, CIFAR[:-2] + (("constant", None, 400, 0.1), "PACK")),
     "demo_fashion_mnist": (
         "demo-fashion-mnist",
         "cifar_resnet20",
         {"shortcut": "A"},
-        ("orch-demo", 3, [30, 60, 90], 128, 0.4, 0.3, "PACK"),
+        ("orch-demo", 3, [30, 60, 90], 128, 0.4, ("linear", 0.3, None, 0.1), "PACK"),
     ),
 }
 
@@ -238,13 +241,18 @@ def test_every_job_is_listed():
     assert sorted(p.stem for p in JOBS.glob("*.yaml")) == sorted(RESOLVED)
 
 
+def _warmup(spec) -> tuple | None:
+    w = spec.schedule.warmup
+    return None if w is None else (w.kind, w.epochs, w.steps, w.factor)
+
+
 @pytest.mark.parametrize("stem", sorted(RESOLVED))
 def test_jobs_resolve_to_their_recipes(stem):
     name, arch, options, (experiment, epochs, milestones, batch, lr, warmup, placement) = RESOLVED[stem]
     spec = load_spec(JOBS / f"{stem}.yaml")
     assert (spec.name, spec.experiment, spec.model.arch, spec.model.options) == (name, experiment, arch, options)
     assert (spec.training.epochs, spec.schedule.milestones, spec.training.batch_size) == (epochs, milestones, batch)
-    assert (spec.optimizer.lr, spec.schedule.warmup_epochs, spec.scaling.placement) == (lr, warmup, placement)
+    assert (spec.optimizer.lr, _warmup(spec), spec.scaling.placement) == (lr, warmup, placement)
     if experiment.startswith("resnet-paper-"):
         imagenet = experiment.endswith("imagenet")
         assert spec.data.augment == ("paper" if imagenet else "cifar")
@@ -252,6 +260,9 @@ def test_jobs_resolve_to_their_recipes(stem):
         assert spec.schedule.kind == "step" and spec.optimizer.weight_decay == 1e-4
         assert spec.checkpoint.num_to_keep == (3 if imagenet else 2)
         assert spec.scaling.num_workers == (8 if imagenet else 1) and spec.scaling.use_gpu
+        # The paper's global batch and learning rate: 256 at 0.1 on ImageNet, 128 at 0.1 on CIFAR-10.
+        global_batch = spec.training.batch_size * spec.scaling.num_workers
+        assert (global_batch, scaled_lr(spec.optimizer.lr, global_batch)) == ((256, 0.1) if imagenet else (128, 0.1))
 
 
 def test_the_fast_recipe_replaces_the_papers():
@@ -266,6 +277,34 @@ def test_the_fast_recipe_replaces_the_papers():
     }
     assert spec.optimizer.label_smoothing == 0.1 and spec.optimizer.no_decay_norm_bias
     assert spec.scaling.cpus_per_worker == 12 and spec.training.max_failures == 3
+
+
+@pytest.mark.parametrize(
+    "job, shown",
+    [
+        ("cifar_resnet110", ["global_batch: 128", "lr 0.01 for the first 400 steps (constant warm-up), then lr 0.1"]),
+        ("resnet50_imagenet", ["global_batch: 256", "effective_lr: 0.1", "lr_schedule: lr 0.1, x0.1 at epochs 30"]),
+        ("resnet50_imagenet_large_batch", ["global_batch: 2048", "rising linearly from lr 0.08 to lr 0.8"]),
+    ],
+)
+def test_dry_run_shows_the_recipes_batch_and_learning_rate(job, shown, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from orchestrator.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["submit", str(JOBS / f"{job}.yaml"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    for text in shown:
+        assert text in result.stdout
+
+
+def test_the_older_warmup_keys_still_read(tmp_path):
+    job = JOBS / "demo_fashion_mnist.yaml"
+    assert _warmup(load_spec(job, ["schedule.warmup_epochs=2"])) == ("linear", 2, None, 0.1)
+    assert load_spec(job, ["schedule.warmup_epochs=0"]).schedule.warmup is None
+    with pytest.raises(SpecError, match="schedule.warmup: give the warm-up's length as epochs or as steps"):
+        load_spec(job, ["schedule.warmup={kind: constant, factor: 0.1}"])
 
 
 def test_dry_run_prints_the_resolved_spec(tmp_path, monkeypatch):

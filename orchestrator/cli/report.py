@@ -21,17 +21,22 @@ from orchestrator.cli.options import output_option, uri_option
 def report(runs, out_dir, uri, output):
     """Tabulate, plot and judge a sweep's trial runs (or a list of runs) against the paper.
 
-    RUN_OR_PARENT is a sweep's parent run (its FINISHED trial runs are reported) or
-    comma-separated run ids or names: training runs, and `orch ensemble` runs. Runs are grouped
-    into configurations (what a trial varied, seed aside); each row gives the final and best
-    validation errors and the final training error as mean ± std over seeds, the best of N,
-    and the paper's number for the same setting, marked not comparable where the data or the
-    test protocol differ. The curves are drawn as the paper's Fig. 4 and 6. The verdicts check
-    the paper's findings (deeper plain nets train worse, deeper ResNets better; an ensemble
-    beats its best member) where the runs speak to them.
+    RUN_OR_PARENT is a sweep's parent run (its trials as the sweep counts them: FINISHED ones
+    reported, ASHA-stopped and unfinished ones listed as skipped) or comma-separated run ids or
+    names: training runs, and `orch ensemble` runs. Runs are grouped into configurations (what a
+    trial varied, seed aside); each row gives the final validation and training errors (the
+    last epoch's) as mean ± std over seeds, the paper's number beside them (with its own
+    statistic: best of 5 and mean for ResNet-110, one run otherwise), marked not comparable,
+    with every reason, where the data, the recipe, the shortcut or the test protocol differ;
+    and, under a label that says so, each run's best epoch chosen on the set it reports. The
+    curves are drawn as the paper's Fig. 4 and 6. The verdicts are Welch t-tests on the seeds'
+    final training errors (deeper plain nets train worse, deeper ResNets better, a ResNet better
+    than the plain net of its depth; p < 0.05, else undecided) and an ensemble against its best
+    member.
 
     Everything is written to --out and logged as artifacts under report/ of the sweep's parent
-    run, or for a list of runs of a new run tagged orch.kind=report.
+    run (whose description and summary metrics then show the result in the MLflow UI), or for
+    a list of runs of a new run tagged orch.kind=report.
     """
     from orchestrator.report import build_report
     from orchestrator.report.text import report_text

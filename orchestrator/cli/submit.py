@@ -106,4 +106,11 @@ def _print_dry_run(spec, plan: dict, output: str) -> None:
     click.echo("# resolved spec")
     click.echo(yaml.safe_dump(resolved, sort_keys=False).rstrip())
     click.echo("\n# what follows from it")
-    click.echo(yaml.safe_dump(plan, sort_keys=False, default_flow_style=None).rstrip())
+    click.echo(yaml.dump(plan, Dumper=_PlanDumper, sort_keys=False, width=1000).rstrip())
+
+
+class _PlanDumper(yaml.SafeDumper):
+    """The plan one key a line, its lists on that line ([3334, 3333, 3333])."""
+
+
+_PlanDumper.add_representer(list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, True))

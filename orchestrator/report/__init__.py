@@ -6,7 +6,8 @@
 One module per concern: collect (the runs), configs (architecture, dataset, grouping), table
 (statistics per configuration), paper (the paper's numbers and what compares), verdicts (the
 paper's findings against the rows), figures (Fig. 4/6-style curves), text and html_page (the
-report as text, Markdown and one HTML page), publish (files and MLflow artifacts).
+report as text, Markdown and one HTML page), publish (files and MLflow artifacts; a sweep
+parent's description and summary metrics).
 """
 
 from pathlib import Path
@@ -23,7 +24,8 @@ __all__ = ["build_report", "collect", "build_rows", "verdicts", "plot_curves"]
 def build_report(uri: str, refs, out_dir: str | Path | None = None) -> dict:
     """Collect, tabulate, compare, judge, draw; write the files into `out_dir` (default
     ./reports/<run id>) and log them to the sweep's parent run (a list of runs: a new report
-    run) under report/. Returns {rows, figures, verdicts, run_id, html, skipped}."""
+    run) under report/; a sweep's parent also gets the result in its description and summary
+    metrics. Returns {rows, figures, verdicts, run_id, html, skipped}."""
     collected = collect(uri, refs)
     rows = build_rows(collected.trained)
     for row in rows:
@@ -54,6 +56,8 @@ def _write(uri: str, run_id: str, collected: Collected, rows: list, found: list,
     html = html_page.render(report, figures, _title(collected))
     files = publish.write_files(out, report, html)
     publish.log_files(uri, run_id, figures + files)
+    if collected.sweep_id:
+        publish.describe_sweep(uri, run_id, report)
     return report
 
 
@@ -66,3 +70,22 @@ def _title(collected: Collected) -> str:
     if collected.sweep_id:
         return f"orch report: sweep {collected.sweep_id}"
     return f"orch report: {len(collected.refs)} runs"
+
+
+def report_sweep_end(uri: str, parent_id: str) -> str | None:
+    """At a sweep's end, its report logged to the parent as `orch report PARENT` logs it (the
+    files through a temporary folder). A report that cannot be made (no finished trial, a
+    run without history) never fails the sweep: the reason is returned and recorded in the
+    parent's tag orch.report_warning."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="orch-report-") as tmp:
+            build_report(uri, parent_id, tmp)
+        return None
+    except Exception as exc:  # the report is a courtesy at this point; the sweep's runs are the record
+        reason = f"no report: {type(exc).__name__}: {exc}"
+        MlflowClient(uri).set_tag(parent_id, "orch.report_warning", reason[:5000])
+        return reason

@@ -1,16 +1,17 @@
 """The runs a report is about, read from MLflow: a sweep's trial runs, or a list of runs.
 
-A sweep parent is a run tagged orch.kind=sweep; its trials are the runs tagged
-mlflow.parentRunId=PARENT, each with orch.sweep.trial (its index) and orch.sweep.overrides
-(JSON: the dotted spec keys the trial set). In a list, runs tagged orch.kind=ensemble are
-ensembles (orchestrator/evaluation/records.py); every other run is a training run. Only
-FINISHED runs count; the others are listed as skipped with their status.
+A sweep parent is a run tagged orch.kind=sweep; its trials are what the sweep itself counts as
+its trials (orchestrator.sweep.records.trial_runs: one run per trial index, the newest; an older
+run of a trial is skipped as superseded), each with orch.sweep.overrides (JSON: the dotted spec
+keys the trial set). In a list, runs tagged orch.kind=ensemble are ensembles
+(orchestrator/evaluation/records.py); every other run is a training run. Only FINISHED runs
+count, and of those not the ones ASHA stopped early (orch.sweep.early_stopped: their errors are
+a truncated run's); the others are listed as skipped with their status and the reason.
 """
 
 import json
 from dataclasses import dataclass, field
 
-from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import OrchError
@@ -18,9 +19,8 @@ from orchestrator.report.configs import dataset_name
 from orchestrator.run_lookup import find_run
 
 KIND_TAG = "orch.kind"
-PARENT_TAG = "mlflow.parentRunId"
-TRIAL_TAG = "orch.sweep.trial"
 OVERRIDES_TAG = "orch.sweep.overrides"
+EARLY_STOPPED_TAG = "orch.sweep.early_stopped"
 CURVES = ("val_top1_error", "val_top5_error", "train_top1_error", "train_top5_error")
 
 
@@ -82,9 +82,16 @@ def collect(uri: str, refs) -> Collected:
 
 
 def _collect_sweep(uri: str, names: list[str], parent) -> Collected:
+    from orchestrator.sweep.records import trial_runs
+
     parent_id = parent.info.run_id
     collected = Collected(names, parent.info.experiment_id, sweep_id=parent_id)
-    _add_runs(uri, collected, trial_runs(uri, parent_id))
+    trials = trial_runs(uri, parent_id)
+    for index, runs in trials.items():
+        for older in runs[:-1]:
+            newest = runs[-1].info.run_id
+            collected.skipped.append(_skipped(older, f"superseded by run {newest}, the newest run of trial {index}"))
+    _add_runs(uri, collected, [runs[-1] for runs in trials.values()])
     if not collected.trained:
         found = _statuses(collected.skipped) if collected.skipped else "no trial runs"
         raise OrchError(
@@ -94,27 +101,20 @@ def _collect_sweep(uri: str, names: list[str], parent) -> Collected:
     return collected
 
 
-def trial_runs(uri: str, parent_id: str) -> list:
-    """The sweep's trial runs, in trial order."""
-    client = MlflowClient(uri)
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    runs = client.search_runs(experiments, f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=10000)
-    return sorted(runs, key=lambda r: (_trial_index(r), r.info.start_time or 0))
-
-
-def _trial_index(run) -> int:
-    text = run.data.tags.get(TRIAL_TAG, "")
-    return int(text) if text.isdigit() else 1 << 30
+def _skipped(run, reason: str) -> dict:
+    info = run.info
+    return {"run_id": info.run_id, "name": info.run_name, "status": info.status, "reason": reason}
 
 
 def _add_runs(uri: str, collected: Collected, runs: list) -> None:
     for run in runs:
-        info = run.info
+        info, tags = run.info, run.data.tags
         if info.status != "FINISHED":
-            collected.skipped.append(
-                {"run_id": info.run_id, "name": info.run_name, "status": info.status, "reason": "not FINISHED"}
-            )
-        elif run.data.tags.get(KIND_TAG) == "ensemble":
+            collected.skipped.append(_skipped(run, "not FINISHED"))
+        elif EARLY_STOPPED_TAG in tags:
+            why = f"stopped early ({tags[EARLY_STOPPED_TAG]}): a truncated run, not averaged"
+            collected.skipped.append(_skipped(run, why))
+        elif tags.get(KIND_TAG) == "ensemble":
             collected.ensembles.append(run)
         else:
             history = histories(uri, info.run_id)
@@ -123,16 +123,9 @@ def _add_runs(uri: str, collected: Collected, runs: list) -> None:
                     f"run {info.run_id} ({info.run_name}) has no val_top1_error history: it is not a training "
                     f"run that validated an epoch; leave it out of the report (`orch logs {info.run_id}`)"
                 )
+            params, metrics = run.data.params, run.data.metrics
             collected.trained.append(
-                TrainedRun(
-                    info.run_id,
-                    info.run_name,
-                    run.data.params,
-                    run.data.metrics,
-                    run.data.tags,
-                    history,
-                    dataset_name(run),
-                )
+                TrainedRun(info.run_id, info.run_name, params, metrics, tags, history, dataset_name(run))
             )
 
 

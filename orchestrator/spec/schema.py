@@ -88,13 +88,44 @@ class OptimizerSpec(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
+class WarmupSpec(_Section):
+    """The learning rate's first epochs or steps: `constant` holds factor x lr (the paper's
+    ResNet-110: 0.01 for about 400 iterations, then 0.1), `linear` rises from factor x lr to
+    the lr (Goyal et al.'s large-batch warm-up). Then the schedule goes on as if it had started
+    at the step the warm-up ends."""
+
+    kind: Literal["constant", "linear"] = "linear"
+    epochs: float | None = Field(None, gt=0, description="its length in epochs (or give steps)")
+    steps: int | None = Field(None, ge=1, description="its length in optimizer steps (or give epochs)")
+    factor: float = Field(0.1, gt=0, le=1, description="constant: the lr it holds, linear: where it starts; x lr")
+
+    @model_validator(mode="after")
+    def _one_length(self):
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give the warm-up's length as epochs or as steps, one of them")
+        return self
+
+
 class ScheduleSpec(_Section):
     kind: Literal["step", "cosine", "constant"] = "step"
     milestones: list[float] = Field(default_factory=lambda: [30, 60, 90], description="epochs")
     factor: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: float = Field(0, ge=0)
-    warmup_start_factor: float = Field(0.1, gt=0, le=1)
     min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine floor, a fraction of the lr")
+    warmup: WarmupSpec | None = Field(None, description="none by default; {kind, epochs or steps, factor}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_warmup_keys(cls, data):
+        """warmup_epochs and warmup_start_factor, the keys before schedule.warmup, read as a
+        linear warm-up, so that older job files and runs (orch resume reads a run's spec.json)
+        keep working; where given they replace schedule.warmup (warmup_epochs: 0 turns it off)."""
+        if not isinstance(data, dict) or not {"warmup_epochs", "warmup_start_factor"} & data.keys():
+            return data
+        data = dict(data)
+        epochs = data.pop("warmup_epochs", 0) or 0
+        factor = data.pop("warmup_start_factor", 0.1)
+        data["warmup"] = {"kind": "linear", "epochs": epochs, "factor": factor} if epochs else None
+        return data
 
     @model_validator(mode="after")
     def _sorted(self):
@@ -112,9 +143,9 @@ class TrainingSpec(_Section):
     compile: bool = False
     deterministic: bool = Field(
         False,
-        description="PyTorch's deterministic algorithms (no cuDNN autotuning, no TF32) and one FFCV "
-        "loader thread per worker: the same draws and steps each run, at a cost in throughput; an op "
-        "without a deterministic version raises",
+        description="PyTorch's deterministic algorithms (no cuDNN autotuning, no TF32), for GPUs, at a "
+        "cost in throughput; an op without a deterministic version raises. Seeds reproduce without it: "
+        "every augmentation draw is a function of (seed, epoch, image), with any number of loader threads",
     )
     max_failures: int = Field(
         0, ge=-1, description="worker-group failures Ray Train restarts from the latest checkpoint (-1: any number)"

@@ -4,7 +4,8 @@ run the trials that have not finished on Ray Tune, and end the parent.
 Every check that can fail on bad input (the sweep file, each trial's spec, its data, the
 cluster's resources) runs before the parent run exists. Once it does, it ends FINISHED (every
 trial finished), FAILED (some trial failed; the others ran on) or KILLED (Ctrl-C or `orch stop`:
-children still running are marked KILLED too), whatever happens.
+children still running are marked KILLED too), whatever happens. Then the report of its finished
+trials is logged to it (orchestrator.report), as `orch report PARENT` would.
 """
 
 import contextlib
@@ -161,11 +162,22 @@ def drive_sweep(uri: str, parent_id: str, sweep: SweepSpec, trials: list[Trial])
         records.end_running_children(uri, parent_id, "KILLED", "the sweep was stopped")
         tracking.end_run(uri, parent_id, status, error)
     result = records.outcome(uri, parent_id, trials)
+    report_result(uri, parent_id)
     if status == "KILLED":
         raise JobInterrupted(f"sweep {parent_id} stopped: {error}; `orch resume {parent_id}` runs the trials left")
     if status == "FAILED":
         raise JobFailed(f"sweep {parent_id}: {error}; `orch resume {parent_id}` runs them again")
     return result
+
+
+def report_result(uri: str, parent_id: str) -> None:
+    """The sweep's report on its parent run (artifacts, description, summary metrics), as `orch
+    report PARENT` makes it, so the MLflow UI shows the result; a report that cannot be made is
+    a warning, never the sweep's failure."""
+    from orchestrator.report import report_sweep_end
+
+    problem = report_sweep_end(uri, parent_id)
+    terminal.say(f"sweep {parent_id}: {problem or f'report logged to the parent run (`orch report {parent_id}`)'}")
 
 
 def _verdict(uri: str, parent_id: str, trials: list[Trial]) -> tuple[str, str | None]:

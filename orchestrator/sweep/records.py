@@ -67,8 +67,10 @@ def is_sweep(run) -> bool:
     return run.data.tags.get(KIND_TAG) == "sweep"
 
 
-def children(uri: str, parent_id: str) -> dict[int, object]:
-    """{trial index: child run}; where a trial has several runs, the newest."""
+def trial_runs(uri: str, parent_id: str) -> dict[int, list]:
+    """{trial index: its child runs, oldest first}, in trial order. The one definition of the
+    sweep's trials: a trial is its newest run (children()); older runs of it, were there any,
+    were superseded by it. Runs of the parent without a trial index are not trials."""
     client = MlflowClient(uri)
     parent = client.get_run(parent_id)
     runs = client.search_runs(
@@ -77,7 +79,17 @@ def children(uri: str, parent_id: str) -> dict[int, object]:
         max_results=5000,
         order_by=["start_time ASC"],
     )
-    return {int(r.data.tags[TRIAL_TAG]): r for r in runs if TRIAL_TAG in r.data.tags}
+    found: dict[int, list] = {}
+    for run in runs:
+        index = run.data.tags.get(TRIAL_TAG, "")
+        if index.isdigit():
+            found.setdefault(int(index), []).append(run)
+    return dict(sorted(found.items()))
+
+
+def children(uri: str, parent_id: str) -> dict[int, object]:
+    """{trial index: the trial's run}: its newest (trial_runs)."""
+    return {index: runs[-1] for index, runs in trial_runs(uri, parent_id).items()}
 
 
 def create_child(uri: str, parent_id: str, trial: Trial) -> str:

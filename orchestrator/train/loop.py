@@ -278,9 +278,8 @@ def _device(spec: JobSpec) -> torch.device:
 
 def _loaders(spec: JobSpec, info, device: torch.device):
     data = spec.data
+    # Any number of loader threads draws the same augmentations (data_pipeline.rng).
     workers = data.num_workers or max(1, int(spec.scaling.cpus_per_worker))
-    if spec.training.deterministic:
-        workers = 1  # FFCV's augmentations draw per thread; one loader thread draws the same each run
     res = data.resolution
     common = dict(
         augment=data.augment,
