@@ -96,15 +96,16 @@ def session_store(empty_store, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def trained_run(ray_cluster, small_fashion, session_store, tmp_path_factory) -> dict:
-    """One real run, trained once (1 worker, 2 epochs of 2,000 images, deterministic, so that a
-    run of the same spec reproduces its metrics): {run_id, checkpoint (its best), run_dir}.
-    Tests only read it."""
+    """One real run, trained once (1 worker with two loader threads, 2 epochs of 2,000 images,
+    no training.deterministic): {run_id, checkpoint (its best), run_dir, sets}. Tests only read
+    it; a run of the same spec logs the same metrics (tests/test_reproducible.py trains it again,
+    tests/test_recovery.py stops and resumes it)."""
     from orchestrator.spec import load_spec
     from orchestrator.targets.local import run_local
 
     storage = tmp_path_factory.mktemp("trained")
-    sets = small_job(small_fashion, storage, workers=1) + [
-        "training.deterministic=true",  # tests/test_recovery.py stops and resumes the same spec
+    job = small_job(small_fashion, storage, workers=1)
+    sets = job + [
         "tracking.log_model=true",  # tests/test_dashboard.py finds it on the run
         "experiment=orch-trained",
         "tracking.run_name=member-seed0",
@@ -117,6 +118,7 @@ def trained_run(ray_cluster, small_fashion, session_store, tmp_path_factory) -> 
         "run_id": outcome.run_id,
         "checkpoint": Path(outcome.best_checkpoint),
         "run_dir": run.data.tags["orch.checkpoint_dir"],
+        "sets": job,  # its training spec's overrides of the demo job
     }
 
 

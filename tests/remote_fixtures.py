@@ -124,6 +124,12 @@ class RayNodes:
         reply.raise_for_status()
         return reply.json()["status"]
 
+    def job_ids(self) -> set[str]:
+        """The submission ids of every Ray job the cluster has been given."""
+        reply = requests.get(f"{self.dashboard}/api/jobs/", headers=auth_headers(), timeout=10)
+        reply.raise_for_status()
+        return {job["submission_id"] for job in reply.json() if job.get("submission_id")}
+
     def alive_nodes(self) -> list[dict]:
         reply = requests.get(f"{self.dashboard}/api/v0/nodes", headers=auth_headers(), timeout=10)
         reply.raise_for_status()

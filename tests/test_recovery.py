@@ -49,11 +49,12 @@ def _wait_for_stdout(capsys, text: str, timeout_s: float = 60) -> None:
 def test_stop_save_then_resume_continues_the_step_and_matches_an_uninterrupted_run(
     trained_run, session_store, ray_cluster, small_fashion, mlflow_uri, tmp_path, monkeypatch, capsys
 ):
-    """One worker, training.deterministic: the session's trained run (straight through) and the
-    same spec stopped with `orch stop --save` in epoch 1, then resumed, log the same train_loss,
+    """One worker: the session's trained run (straight through) and the same spec stopped with
+    `orch stop --save` in epoch 1, then resumed, log the same train_loss,
     val_top1_error and val_top5_error for every epoch. It also checkpoints every 7 steps (20
     steps an epoch), which changes nothing trained, and checks for notices every 4 steps (the stop
-    reaches the workers through its driver at the next check: epoch 1's step 4)."""
+    reaches the workers through its driver at the next check: epoch 1's step 4), and turns on
+    training.deterministic, which on CPUs changes no number either."""
     sets = small_job(small_fashion, tmp_path, workers=1) + [
         "training.deterministic=true",
         "checkpoint.every_n_steps=7",
