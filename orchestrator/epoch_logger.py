@@ -30,7 +30,7 @@ class EpochLogger(UserCallback):
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
-        from orchestrator.tracking import EPOCH_METRICS, epoch_history, now_ms
+        from orchestrator.runs.tracking import EPOCH_METRICS, epoch_history, now_ms
 
         client = MlflowClient(self.uri)
         if self._logged is None:

@@ -66,7 +66,7 @@ def record_preemption(uri: str, run_id: str, notice: dict, restarted: bool) -> i
     """Count a preemption and log it; returns its number."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import now_ms
+    from orchestrator.runs.tracking import now_ms
 
     client = MlflowClient(uri)
     tags = client.get_run(run_id).data.tags
@@ -135,7 +135,7 @@ def preemption_lines(log: list[dict]) -> list[str]:
 
 def _write(client, run_id: str, tags: dict, updates: dict, restart_cause: str | None) -> None:
     """Set `updates`, and with a restart's cause count the restart (tags and the metric)."""
-    from orchestrator.tracking import now_ms
+    from orchestrator.runs.tracking import now_ms
 
     if restart_cause is not None:
         restarts = int(tags.get("orch.restarts", "0")) + 1

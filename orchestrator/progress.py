@@ -12,8 +12,8 @@ import time
 import click
 from mlflow.tracking import MlflowClient
 
+from orchestrator.runs.tracking import epoch_history, tracking_uri
 from orchestrator.terminal import STEPS_TAG, LiveLine, StepRate, duration, format_progress, newest_point, orch_program
-from orchestrator.tracking import epoch_history, tracking_uri
 
 _FIELDS = ("train_loss", "val_top1_error", "val_top5_error", "train_images_per_second", "epoch_seconds")
 _OPTIONAL = ("data_wait_fraction",)

@@ -10,9 +10,9 @@ from mlflow.tracking import MlflowClient
 from orchestrator.best import BestRule
 from orchestrator.errors import SpecError
 from orchestrator.evaluation.checkpoints import pick
-from orchestrator.lifecycle import summary
+from orchestrator.runs.lifecycle import summary
+from orchestrator.runs.tracking import best_metrics, log_best
 from orchestrator.spec import load_spec
-from orchestrator.tracking import best_metrics, log_best
 
 from eval_fixtures import run_orch
 from job_fixtures import DEMO

@@ -11,10 +11,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator import interruptions, lifecycle, run_lookup
+from orchestrator import interruptions
 from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import OrchError
 from orchestrator.restart import restart_point
+from orchestrator.runs import lifecycle, run_lookup
 from orchestrator.train.checkpoint import (
     CHECKSUMS_FILE,
     DamagedCheckpoint,

@@ -8,9 +8,9 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import ray_internals
 from orchestrator.cli.main import main
+from orchestrator.runs.tracking import set_tags, start_run
 from orchestrator.spec import load_spec
 from orchestrator.targets.local import run_local
-from orchestrator.tracking import set_tags, start_run
 from orchestrator.train.checkpoint import list_checkpoints, load_meta, verify
 
 from eval_fixtures import run_orch

@@ -172,7 +172,7 @@ def test_an_address_in_ray_address_does_not_replace_the_given_one(monkeypatch):
 
 def test_status_of_a_ray_run_whose_cluster_is_gone(spec, tmp_path, capsys):
     from orchestrator.cli.main import main
-    from orchestrator.tracking import set_tags, start_run
+    from orchestrator.runs.tracking import set_tags, start_run
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     run_id = start_run(spec, str(DEMO), uri)
@@ -219,7 +219,7 @@ def test_resume_on_an_unreachable_cluster_leaves_the_run_as_it_was(recorded, arg
     from mlflow.tracking import MlflowClient
 
     from orchestrator.cli.main import main
-    from orchestrator.tracking import end_run, set_tags, start_run
+    from orchestrator.runs.tracking import end_run, set_tags, start_run
 
     run_id = start_run(spec, str(DEMO), mlflow_uri)
     set_tags(mlflow_uri, run_id, {**recorded, "orch.epoch": 0, "orch.checkpoint_dir": spec.checkpoint.storage})

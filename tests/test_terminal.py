@@ -8,8 +8,8 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from orchestrator.outcome import JobOutcome
 from orchestrator.progress import EpochPrinter, format_summary
+from orchestrator.runs.outcome import JobOutcome
 from orchestrator.terminal import LiveLine, StepPoint, StepRate, format_progress, newest_point
 
 METRICS = {

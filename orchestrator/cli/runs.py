@@ -9,13 +9,13 @@ import time
 
 import click
 
-from orchestrator import lifecycle
 from orchestrator.cli.options import output_option, uri_option
-from orchestrator.run_lookup import find_run, list_runs
+from orchestrator.runs import lifecycle
+from orchestrator.runs.run_lookup import find_run, list_runs
 
 
 def _uri(uri):
-    from orchestrator.tracking import quiet_mlflow, tracking_uri
+    from orchestrator.runs.tracking import quiet_mlflow, tracking_uri
 
     quiet_mlflow()
     return tracking_uri(explicit=uri)

@@ -85,7 +85,7 @@ def _run_here(spec, spec_path: str, progress_to_stderr: bool):
 
 
 def _import_trainer(spec):
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
     from orchestrator.targets.local import run_local
 
     tracking.open_store(tracking.tracking_uri(spec))

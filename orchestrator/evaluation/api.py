@@ -17,7 +17,7 @@ from orchestrator.evaluation.checkpoints import CheckpointError, Member, resolve
 from orchestrator.evaluation.scoring import COMBINES, metrics_from_counts, parse_weights
 from orchestrator.evaluation.tta import make_protocol
 from orchestrator.models import build_model
-from orchestrator.tracking import tracking_uri
+from orchestrator.runs.tracking import tracking_uri
 from orchestrator.train.checkpoint import load_model_state
 
 DEFAULT_BATCH_SIZE = 128

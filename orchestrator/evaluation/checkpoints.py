@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 
 from orchestrator.best import BestRule
 from orchestrator.errors import OrchError
-from orchestrator.run_lookup import find_run, list_runs, store_exists
+from orchestrator.runs.run_lookup import find_run, list_runs, store_exists
 from orchestrator.train.checkpoint import (
     CHECKSUMS_FILE,
     META_FILE,

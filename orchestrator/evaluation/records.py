@@ -18,7 +18,7 @@ import json
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import experiment_id, now_ms, quiet_mlflow
+from orchestrator.runs.tracking import experiment_id, now_ms, quiet_mlflow
 
 METRIC_KEYS = ("top1_error", "top5_error", "loss")
 

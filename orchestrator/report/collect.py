@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import OrchError
 from orchestrator.report.configs import dataset_name
-from orchestrator.run_lookup import find_run
+from orchestrator.runs.run_lookup import find_run
 
 KIND_TAG = "orch.kind"
 OVERRIDES_TAG = "orch.sweep.overrides"

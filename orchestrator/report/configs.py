@@ -6,7 +6,7 @@ orch.sweep.overrides minus training.seed; for runs without that tag, the params 
 among the runs, leaving out the seed and what only names or places a run (NOISE_KEYS).
 
 The dataset is the name of the run's training dataset input ("cifar10-train" -> "cifar10",
-as orchestrator/run_record.py logs it), else the folder of its data.train file. It counts as
+as orchestrator/runs/run_record.py logs it), else the folder of its data.train file. It counts as
 CIFAR-10 (the paper's Table 6) when the name holds "cifar" but not "100" and the run has 10
 classes (or did not say), and as ImageNet (Tables 2-4) when it holds "imagenet" or "ilsvrc"
 and the run has 1000 classes (or did not say).

@@ -28,7 +28,7 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from orchestrator.report import paper, text
 
 ARTIFACT_PATH = "report"
-RESULT_HEADING = "#### Result"  # as a training run's description has it (orchestrator/run_record.py)
+RESULT_HEADING = "#### Result"  # as a training run's description has it (orchestrator/runs/run_record.py)
 BEST_TRIAL_TAG = "orch.sweep.best_trial"
 
 

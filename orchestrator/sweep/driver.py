@@ -14,9 +14,10 @@ import os
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cluster, preflight, terminal, tracking
+from orchestrator import cluster, preflight, terminal
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, SpecError
-from orchestrator.lifecycle import ACTIVE, driver_alive, driver_tags
+from orchestrator.runs import tracking
+from orchestrator.runs.lifecycle import ACTIVE, driver_alive, driver_tags
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec, load_sweep
 from orchestrator.sweep.trials import Trial, concurrency, expand

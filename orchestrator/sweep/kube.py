@@ -16,8 +16,9 @@ creates the next one (-rN) for the trials that did not finish.
 import os
 from dataclasses import dataclass
 
-from orchestrator import terminal, tracking
+from orchestrator import terminal
 from orchestrator.errors import JobFailed, OrchError, SpecError
+from orchestrator.runs import tracking
 from orchestrator.spec.schema import JobSpec
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec

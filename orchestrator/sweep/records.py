@@ -12,9 +12,9 @@ import tempfile
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, last_line
-from orchestrator.lifecycle import SWEEP_TRIAL_TAG
+from orchestrator.runs import tracking
+from orchestrator.runs.lifecycle import SWEEP_TRIAL_TAG
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.trials import Trial, from_json
 

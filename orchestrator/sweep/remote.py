@@ -9,8 +9,8 @@ import shlex
 
 import click
 
-from orchestrator import tracking
 from orchestrator.errors import JobFailed, last_line
+from orchestrator.runs import tracking
 from orchestrator.sweep import records
 from orchestrator.targets import ray_cluster
 

@@ -15,8 +15,9 @@ from ray import tune
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator import terminal, tracking
+from orchestrator import terminal
 from orchestrator.errors import OrchError
+from orchestrator.runs import tracking
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.trials import Trial, from_json, resources
@@ -83,7 +84,7 @@ def _continue(uri: str, child, trial: Trial) -> None:
 
 
 def _trial_tags(plan: dict) -> dict:
-    from orchestrator.lifecycle import driver_tags
+    from orchestrator.runs.lifecycle import driver_tags
 
     return {"orch.target": plan["target"], **driver_tags()}
 

@@ -34,8 +34,8 @@ from orchestrator.errors import OrchError, SpecError
 )
 def entrypoint(run_id, tracking_uri, spec_file, spec_b64, resume):
     """Train RUN_ID's job on the Ray cluster this process runs in."""
-    from orchestrator import tracking
     from orchestrator.progress import format_summary
+    from orchestrator.runs import tracking
 
     _stop_on_sigterm()
     tracking.quiet_mlflow()
@@ -101,8 +101,8 @@ def _record_driver(uri: str, run_id: str, tags: dict | None = None) -> None:
     """Tag who drives the run (this process, on this Ray node), with `tags`."""
     import ray
 
-    from orchestrator import tracking
-    from orchestrator.lifecycle import driver_tags
+    from orchestrator.runs import tracking
+    from orchestrator.runs.lifecycle import driver_tags
 
     node = {"orch.driver_node_id": ray.get_runtime_context().get_node_id()}
     tracking.set_tags(uri, run_id, {**driver_tags(), **node, **(tags or {})})

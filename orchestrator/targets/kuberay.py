@@ -38,7 +38,7 @@ def submit_k8s(
 ):
     """Validate, then print the RayJob (dry run: nothing is created, not even an MLflow run) or
     create the run and the RayJob and, unless detached, follow it to its end."""
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
 
     uri = tracking.tracking_uri(spec)
     pods, pod_uri, namespace = prepare(spec, uri, namespace or spec.cluster.kubernetes.namespace)
@@ -122,7 +122,7 @@ def launch(
     """Create the MLflow run (or take `run_id`, a run `orch resume` reopened for its `resume`-th
     RayJob, whose entrypoint continues it), then the RayJob; a RayJob the API refuses ends the
     run FAILED. Returns the run id and the RayJob's name."""
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
     from orchestrator.targets.local import checkpoint_dir
 
     if run_id is None:
@@ -146,7 +146,7 @@ def launch(
 def create(api, body: dict, *, uri: str, run_id: str) -> str:
     """Create the RayJob `body` for the MLflow run `run_id` (a job's run, or a sweep's parent);
     one the API refuses ends the run FAILED and raises a one-line OrchError. Returns its name."""
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
 
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
@@ -161,7 +161,7 @@ def create(api, body: dict, *, uri: str, run_id: str) -> str:
 def settle(api, namespace: str, name: str, *, uri: str, run_id: str, detach: bool, poll_s: float = 5.0):
     """What `orch submit` and `orch resume` return for a created RayJob: detached, the run as it
     stands; else follow() it to its end."""
-    from orchestrator.outcome import read_outcome
+    from orchestrator.runs.outcome import read_outcome
 
     if detach:
         return read_outcome(uri, run_id, status="RUNNING")
@@ -171,7 +171,7 @@ def settle(api, namespace: str, name: str, *, uri: str, run_id: str, detach: boo
 def follow(api, namespace: str, name: str, *, uri: str, run_id: str, poll_s: float = 5.0):
     """Print each change of the RayJob's status until it ends, then settle the MLflow run.
     Ctrl-C stops following only: the job runs on."""
-    from orchestrator.outcome import read_outcome
+    from orchestrator.runs.outcome import read_outcome
 
     try:
         state = wait(api, namespace, name, poll_s=poll_s)
@@ -203,8 +203,8 @@ def finish(uri: str, run_id: str, state: dict):
     it could), then report the run as MLflow has it. A failed run raises JobFailed."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
-    from orchestrator.outcome import read_outcome
+    from orchestrator.runs import tracking
+    from orchestrator.runs.outcome import read_outcome
 
     status, cause = ended_as(state)
     tracking.end_if_running(uri, run_id, status, None if status == "FINISHED" else cause)

@@ -8,23 +8,14 @@ import threading
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator import (
-    cluster,
-    interruptions,
-    preflight,
-    restart,
-    run_record,
-    startup_trace,
-    telemetry,
-    terminal,
-    tracking,
-)
+from orchestrator import cluster, interruptions, preflight, restart, startup_trace, terminal
 from orchestrator.best import BestRule
 from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import JobFailed, JobInterrupted
-from orchestrator.lifecycle import driver_tags
-from orchestrator.outcome import JobOutcome, read_outcome
 from orchestrator.progress import EpochPrinter
+from orchestrator.runs import run_record, telemetry, tracking
+from orchestrator.runs.lifecycle import driver_tags
+from orchestrator.runs.outcome import JobOutcome, read_outcome
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train import faults, notices
 from orchestrator.train.entry import train_worker

@@ -81,7 +81,7 @@ def submit_remote(
     cannot run is refused in the time it takes to ask the cluster.
     """
     address, uri = check_cluster(spec, address)
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
     from orchestrator.targets.local import checkpoint_dir
 
     jobs = client(address)
@@ -104,7 +104,7 @@ def check_cluster(spec: JobSpec, address: str, uri: str | None = None) -> tuple[
     address = connect(address)
     nodes = alive_nodes(address)
     cluster.check_resources(spec.scaling, nodes, where=f"the Ray cluster at {address}")
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
 
     uri = uri or tracking.tracking_uri(spec)
     preflight.check_multi_node(spec, uri, len(nodes))
@@ -170,7 +170,7 @@ def submit_job(jobs, spec: JobSpec, uri: str, run_id: str, address: str, resume:
     """Submit the run's job (Ray uploads the working_dir) and tag its id: the run's first job, or
     with `resume` = N its Nth resume, whose entrypoint continues the run from its checkpoint. The
     run ends FAILED (KILLED on Ctrl-C) if that does not happen."""
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
 
     job_id = ray_job_id(spec, run_id, resume)
     try:
@@ -199,7 +199,7 @@ def submit_job(jobs, spec: JobSpec, uri: str, run_id: str, address: str, resume:
 def settle(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, *, detach: bool, progress_to_stderr: bool):
     """What `orch submit` and `orch resume` return for a submitted job: detached, the run as it
     stands (SUBMITTED until the job runs); else follow() it to its end."""
-    from orchestrator.outcome import read_outcome
+    from orchestrator.runs.outcome import read_outcome
 
     if detach:
         state = jobs.get_job_status(job_id)
@@ -213,9 +213,9 @@ def follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to_
     job (one that could not start never ends its run itself)."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
-    from orchestrator.outcome import read_outcome
     from orchestrator.progress import EpochPrinter
+    from orchestrator.runs import tracking
+    from orchestrator.runs.outcome import read_outcome
 
     done = set(tracking.epoch_history(uri, run_id))
     printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr, skip=done)

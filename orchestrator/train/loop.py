@@ -31,9 +31,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data_pipeline import ResolutionSchedule, build_train_loader, build_val_loader, read_dataset_info
 from data_pipeline.geometry import eval_style
-from orchestrator import ray_internals, startup_trace, telemetry
+from orchestrator import ray_internals, startup_trace
 from orchestrator.best import BestRule
 from orchestrator.models import build_model
+from orchestrator.runs import telemetry
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train import distributed as dist
 from orchestrator.train import faults

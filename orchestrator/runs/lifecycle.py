@@ -18,9 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.best import BestRule
 from orchestrator.errors import OrchError, last_line
-from orchestrator.outcome import planned_epochs
-from orchestrator.run_lookup import find_run
-from orchestrator.tracking import best_metrics
+from orchestrator.runs.outcome import planned_epochs
+from orchestrator.runs.run_lookup import find_run
+from orchestrator.runs.tracking import best_metrics
 from orchestrator.train.checkpoint import describe, list_checkpoints
 
 ACTIVE = "RUNNING"

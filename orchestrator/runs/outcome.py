@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import BEST_METRICS, EPOCH_METRICS
+from orchestrator.runs.tracking import BEST_METRICS, EPOCH_METRICS
 
 SHOWN_METRICS = ("epoch",) + EPOCH_METRICS + tuple(f"best_{key}" for key in BEST_METRICS)
 

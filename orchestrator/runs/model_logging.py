@@ -26,7 +26,7 @@ from mlflow.types import Schema, TensorSpec
 
 from orchestrator.evaluation.checkpoints import fetch, is_uri, read_meta, verify_checksums
 from orchestrator.models import build_model
-from orchestrator.tracking import EPOCH_METRICS
+from orchestrator.runs.tracking import EPOCH_METRICS
 from orchestrator.train.checkpoint import load_model_state
 
 EXAMPLE_IMAGES = 2

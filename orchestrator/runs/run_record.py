@@ -1,7 +1,7 @@
 """What a researcher sees of a run in the MLflow dashboard besides its metrics and params: the
 training and validation data as the run's dataset inputs, a description of what ran (the run's
 note, `mlflow.note.content`, which the UI renders as Markdown) with the result appended at the
-end, and a finished run's best checkpoint as a logged model (orchestrator/model_logging.py).
+end, and a finished run's best checkpoint as a logged model (orchestrator/runs/model_logging.py).
 
 targets.local.drive records it, where the data is read: on this machine for a local run, in
 the job's entrypoint on the cluster for `--address` and Kubernetes runs (it runs drive too).
@@ -26,9 +26,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 from data_pipeline import num_samples, read_dataset_info
 from data_pipeline.info import DatasetInfo
-from orchestrator import model_logging, tracking
 from orchestrator.best import BestRule
 from orchestrator.models import arch_info, build_model, count_parameters
+from orchestrator.runs import model_logging, tracking
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train.loop import resolve_precision
 from orchestrator.train.schedule import describe_lr, scaled_lr
