@@ -16,7 +16,8 @@ import click
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cluster, preflight, ray_internals, terminal
+from orchestrator import cluster, preflight, ray_internals
+from orchestrator.console import terminal
 from orchestrator.errors import OrchError, SpecError
 from orchestrator.restart import RestartPoint, record_warning, restart_point
 from orchestrator.runs import tracking

@@ -87,7 +87,7 @@ def logs(run, follow, interval, uri, output):
     output), then its status."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.progress import format_epoch, logged_epochs
+    from orchestrator.console.progress import format_epoch, logged_epochs
 
     uri = _uri(uri)
     found = find_run(uri, run)

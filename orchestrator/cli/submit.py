@@ -10,8 +10,9 @@ import json
 import click
 import yaml
 
-from orchestrator import startup_trace, terminal
+from orchestrator import startup_trace
 from orchestrator.cli.options import output_option, set_option, target_options
+from orchestrator.console import terminal
 from orchestrator.spec import load_spec
 from orchestrator.targets import jobs_address
 
@@ -93,7 +94,7 @@ def _import_trainer(spec):
 
 
 def _print_outcome(outcome, output: str) -> None:
-    from orchestrator.progress import format_summary
+    from orchestrator.console.progress import format_summary
 
     click.echo(json.dumps(outcome.as_json()) if output == "json" else format_summary(outcome))
 

@@ -14,7 +14,8 @@ import os
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cluster, preflight, terminal
+from orchestrator import cluster, preflight
+from orchestrator.console import terminal
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, SpecError
 from orchestrator.runs import tracking
 from orchestrator.runs.lifecycle import ACTIVE, driver_alive, driver_tags

@@ -16,7 +16,7 @@ creates the next one (-rN) for the trials that did not finish.
 import os
 from dataclasses import dataclass
 
-from orchestrator import terminal
+from orchestrator.console import terminal
 from orchestrator.errors import JobFailed, OrchError, SpecError
 from orchestrator.runs import tracking
 from orchestrator.spec.schema import JobSpec

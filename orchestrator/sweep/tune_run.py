@@ -15,7 +15,7 @@ from ray import tune
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator import terminal
+from orchestrator.console import terminal
 from orchestrator.errors import OrchError
 from orchestrator.runs import tracking
 from orchestrator.sweep import records

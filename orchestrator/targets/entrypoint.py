@@ -34,7 +34,7 @@ from orchestrator.errors import OrchError, SpecError
 )
 def entrypoint(run_id, tracking_uri, spec_file, spec_b64, resume):
     """Train RUN_ID's job on the Ray cluster this process runs in."""
-    from orchestrator.progress import format_summary
+    from orchestrator.console.progress import format_summary
     from orchestrator.runs import tracking
 
     _stop_on_sigterm()

@@ -8,11 +8,12 @@ import threading
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator import cluster, interruptions, preflight, restart, startup_trace, terminal
+from orchestrator import cluster, interruptions, preflight, restart, startup_trace
 from orchestrator.best import BestRule
+from orchestrator.console import terminal
+from orchestrator.console.progress import EpochPrinter
 from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import JobFailed, JobInterrupted
-from orchestrator.progress import EpochPrinter
 from orchestrator.runs import run_record, telemetry, tracking
 from orchestrator.runs.lifecycle import driver_tags
 from orchestrator.runs.outcome import JobOutcome, read_outcome

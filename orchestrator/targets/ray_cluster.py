@@ -213,7 +213,7 @@ def follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to_
     job (one that could not start never ends its run itself)."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.progress import EpochPrinter
+    from orchestrator.console.progress import EpochPrinter
     from orchestrator.runs import tracking
     from orchestrator.runs.outcome import read_outcome
 

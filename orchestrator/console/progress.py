@@ -1,5 +1,5 @@
 """What a person reads while a job runs: one line per epoch, a progress line inside each epoch
-(orchestrator/terminal.py, on stderr), then a summary.
+(orchestrator/console/terminal.py, on stderr), then a summary.
 
 The driver learns of each epoch and step from MLflow, where the controller and rank 0 log them,
 so these lines show exactly what the run recorded.
@@ -12,8 +12,16 @@ import time
 import click
 from mlflow.tracking import MlflowClient
 
+from orchestrator.console.terminal import (
+    STEPS_TAG,
+    LiveLine,
+    StepRate,
+    duration,
+    format_progress,
+    newest_point,
+    orch_program,
+)
 from orchestrator.runs.tracking import epoch_history, tracking_uri
-from orchestrator.terminal import STEPS_TAG, LiveLine, StepRate, duration, format_progress, newest_point, orch_program
 
 _FIELDS = ("train_loss", "val_top1_error", "val_top5_error", "train_images_per_second", "epoch_seconds")
 _OPTIONAL = ("data_wait_fraction",)
