@@ -9,10 +9,10 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import cluster, preflight
+from orchestrator import cluster
 from orchestrator.epoch_logger import worker_placement
 from orchestrator.errors import ResourceError, SpecError, last_line
-from orchestrator.spec import load_spec
+from orchestrator.spec import load_spec, preflight
 from orchestrator.spec.schema import ScalingSpec
 from orchestrator.targets import entrypoint, ray_cluster
 

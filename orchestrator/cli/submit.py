@@ -50,7 +50,7 @@ def submit(spec_path, overrides, target, address, namespace, image, detach, dry_
             spec, spec_path, namespace=namespace, image=image, dry_run=dry_run, detach=detach, output=output
         )
     elif dry_run:
-        from orchestrator.preflight import plan, tell_warnings
+        from orchestrator.spec.preflight import plan, tell_warnings
 
         checked = plan(spec, require_data=False)
         tell_warnings(checked)
@@ -72,7 +72,8 @@ def _run_here(spec, spec_path: str, progress_to_stderr: bool):
     imports the trainer and opens the MLflow store."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from orchestrator import cluster, preflight
+    from orchestrator import cluster
+    from orchestrator.spec import preflight
 
     preflight.tell_warnings(preflight.plan(spec))
     startup_trace.mark("driver: spec and data checked")

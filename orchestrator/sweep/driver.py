@@ -14,11 +14,12 @@ import os
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cluster, preflight
+from orchestrator import cluster
 from orchestrator.console import terminal
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, SpecError
 from orchestrator.runs import tracking
 from orchestrator.runs.lifecycle import ACTIVE, driver_alive, driver_tags
+from orchestrator.spec import preflight
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec, load_sweep
 from orchestrator.sweep.trials import Trial, concurrency, expand

@@ -74,7 +74,8 @@ def read_spec(spec_file: str | None, spec_b64: str | None):
 
 def train(spec, uri: str, run):
     """Check the job against this cluster, record where it is driven from, and train."""
-    from orchestrator import cluster, preflight
+    from orchestrator import cluster
+    from orchestrator.spec import preflight
     from orchestrator.targets.local import checkpoint_dir, drive
 
     preflight.tell_warnings(preflight.plan(spec))  # the spec and its data, checked where the data is read

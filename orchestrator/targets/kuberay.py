@@ -55,7 +55,7 @@ def submit_k8s(
 def prepare(spec: JobSpec, uri: str, namespace: str) -> tuple[JobSpec, str, str]:
     """The spec as the pods see it (paths on the data volume, their MLflow URI; its model
     checked), that URI, and the namespace, checked."""
-    from orchestrator import preflight
+    from orchestrator.spec import preflight
 
     namespace = _namespace(namespace)
     pods = manifest.pod_spec(spec)
@@ -67,7 +67,7 @@ def prepare(spec: JobSpec, uri: str, namespace: str) -> tuple[JobSpec, str, str]
 
 def check_launchable(uri: str, namespace: str, image: str | None) -> None:
     """A RayJob needs a training image, and its run must live in an MLflow store the pods reach."""
-    from orchestrator import preflight
+    from orchestrator.spec import preflight
 
     if not image:
         raise SpecError(

@@ -170,7 +170,7 @@ def pod_spec(spec: JobSpec, cwd: str | None = None) -> JobSpec:
 def pod_tracking_uri(k8s: KubernetesSpec, submit_uri: str) -> str:
     """MLflow as the pods reach it: cluster.kubernetes.tracking_uri, else the submitter's URI when
     it names a server off this machine, else the in-cluster Service of k8s/mlflow.yaml."""
-    from orchestrator.preflight import is_local_store
+    from orchestrator.spec.preflight import is_local_store
 
     if k8s.tracking_uri:
         if is_local_store(k8s.tracking_uri) or _loopback(k8s.tracking_uri):

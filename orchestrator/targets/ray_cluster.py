@@ -31,8 +31,9 @@ from pathlib import Path
 import click
 import requests
 
-from orchestrator import cluster, preflight, ray_internals
+from orchestrator import cluster, ray_internals
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, last_line
+from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec
 
 TIMEOUT_S = (3.0, 30.0)  # connect, read
