@@ -97,7 +97,7 @@ def main():
             ],
         )
 
-    from orchestrator import cluster
+    from orchestrator.targets import cluster
 
     started = time.perf_counter()
     cluster.connect()

@@ -16,7 +16,7 @@ import click
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cluster, ray_internals
+from orchestrator import ray_internals
 from orchestrator.console import terminal
 from orchestrator.errors import OrchError, SpecError
 from orchestrator.restart import RestartPoint, record_warning, restart_point
@@ -26,7 +26,7 @@ from orchestrator.runs.outcome import JobOutcome
 from orchestrator.runs.run_lookup import find_run
 from orchestrator.spec import preflight
 from orchestrator.spec.load import parse_override, set_dotted, spec_from_dict
-from orchestrator.targets import jobs_address, kuberay, ray_cluster
+from orchestrator.targets import cluster, jobs_address, kuberay, ray_cluster
 from orchestrator.targets import kuberay_manifest as manifest
 from orchestrator.targets.local import drive
 from orchestrator.train.checkpoint import (

@@ -9,12 +9,11 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import cluster
 from orchestrator.epoch_logger import worker_placement
 from orchestrator.errors import ResourceError, SpecError, last_line
 from orchestrator.spec import load_spec, preflight
 from orchestrator.spec.schema import ScalingSpec
-from orchestrator.targets import entrypoint, ray_cluster
+from orchestrator.targets import cluster, entrypoint, ray_cluster
 
 from test_submit import DEMO
 

@@ -72,8 +72,8 @@ def _run_here(spec, spec_path: str, progress_to_stderr: bool):
     imports the trainer and opens the MLflow store."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from orchestrator import cluster
     from orchestrator.spec import preflight
+    from orchestrator.targets import cluster
 
     preflight.tell_warnings(preflight.plan(spec))
     startup_trace.mark("driver: spec and data checked")

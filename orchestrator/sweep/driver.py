@@ -14,7 +14,6 @@ import os
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cluster
 from orchestrator.console import terminal
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, SpecError
 from orchestrator.runs import tracking
@@ -23,7 +22,7 @@ from orchestrator.spec import preflight
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec, load_sweep
 from orchestrator.sweep.trials import Trial, concurrency, expand
-from orchestrator.targets import jobs_address
+from orchestrator.targets import cluster, jobs_address
 from orchestrator.train.faults import FAULT_VARIABLE
 
 

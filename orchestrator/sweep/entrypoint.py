@@ -20,12 +20,12 @@ def entrypoint(parent_run_id, tracking_uri):
     """Run the sweep PARENT_RUN_ID's unfinished trials on the Ray cluster this process runs in."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import cluster
     from orchestrator.runs import tracking
     from orchestrator.runs.lifecycle import driver_tags
     from orchestrator.sweep import records
     from orchestrator.sweep.driver import drive_sweep
     from orchestrator.sweep.spec import SweepSpec
+    from orchestrator.targets import cluster
 
     tracking.quiet_mlflow()
     try:

@@ -74,8 +74,8 @@ def read_spec(spec_file: str | None, spec_b64: str | None):
 
 def train(spec, uri: str, run):
     """Check the job against this cluster, record where it is driven from, and train."""
-    from orchestrator import cluster
     from orchestrator.spec import preflight
+    from orchestrator.targets import cluster
     from orchestrator.targets.local import checkpoint_dir, drive
 
     preflight.tell_warnings(preflight.plan(spec))  # the spec and its data, checked where the data is read
@@ -90,8 +90,8 @@ def train(spec, uri: str, run):
 def continue_run(spec, uri: str, run):
     """Continue a run `orch resume` reopened, as a local resume does (orchestrator.resume), here
     where its checkpoint folder and data are."""
-    from orchestrator import cluster
     from orchestrator.resume import continue_here
+    from orchestrator.targets import cluster
 
     cluster.connect()
     _record_driver(uri, run.info.run_id)

@@ -8,7 +8,7 @@ import threading
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator import cluster, interruptions, restart, startup_trace
+from orchestrator import interruptions, restart, startup_trace
 from orchestrator.best import BestRule
 from orchestrator.console import terminal
 from orchestrator.console.progress import EpochPrinter
@@ -19,6 +19,7 @@ from orchestrator.runs.lifecycle import driver_tags
 from orchestrator.runs.outcome import JobOutcome, read_outcome
 from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec
+from orchestrator.targets import cluster
 from orchestrator.train import faults, notices
 from orchestrator.train.entry import train_worker
 

@@ -31,10 +31,11 @@ from pathlib import Path
 import click
 import requests
 
-from orchestrator import cluster, ray_internals
+from orchestrator import ray_internals
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, last_line
 from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec
+from orchestrator.targets import cluster
 
 TIMEOUT_S = (3.0, 30.0)  # connect, read
 STOP_WAIT_S = 60  # how long Ray lets the entrypoint end the run KILLED after `ray job stop`
