@@ -9,11 +9,11 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.epoch_logger import worker_placement
 from orchestrator.errors import ResourceError, SpecError, last_line
 from orchestrator.spec import load_spec, preflight
 from orchestrator.spec.schema import ScalingSpec
 from orchestrator.targets import cluster, entrypoint, ray_cluster
+from orchestrator.train.epoch_logger import worker_placement
 
 from test_submit import DEMO
 

@@ -70,7 +70,7 @@ def status(run, uri, output):
             click.echo(f"{key.replace('_', ' '):<20} {_pct(value) if key.startswith('best_') else value}")
     for w in info["workers"] or []:
         click.echo(f"{'worker ' + str(w['rank']):<20} {w['hostname']} (node {w['node_id'][:12]})")
-    from orchestrator.interruptions import preemption_lines
+    from orchestrator.train.interruptions import preemption_lines
 
     for line in preemption_lines(info["preemption_log"]):
         click.echo(line)

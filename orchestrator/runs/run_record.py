@@ -243,7 +243,7 @@ def result_text(run, best: dict, rule: BestRule) -> str:
 
 def _interruptions(tags: dict) -> list[str]:
     """The run's preemptions, one line each, and its failures' count (none: no line)."""
-    from orchestrator.interruptions import preemption_lines
+    from orchestrator.train.interruptions import preemption_lines
 
     lines = [f"- {line}" for line in preemption_lines(json.loads(tags.get("orch.preemption_log", "[]")))]
     failures = int(tags.get("orch.failures", "0"))

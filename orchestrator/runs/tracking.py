@@ -2,7 +2,7 @@
 artifact), tagging and ending it, and reading its epoch metrics back.
 
 One run per job, created by the driver before anything trains; the Ray Train controller logs
-the epochs into it (orchestrator.epoch_logger); it always ends FINISHED, FAILED or KILLED.
+the epochs into it (orchestrator.train.epoch_logger); it always ends FINISHED, FAILED or KILLED.
 """
 
 import json

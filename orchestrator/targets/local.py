@@ -8,11 +8,10 @@ import threading
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator import interruptions, restart, startup_trace
+from orchestrator import restart, startup_trace
 from orchestrator.best import BestRule
 from orchestrator.console import terminal
 from orchestrator.console.progress import EpochPrinter
-from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import JobFailed, JobInterrupted
 from orchestrator.runs import run_record, telemetry, tracking
 from orchestrator.runs.lifecycle import driver_tags
@@ -20,8 +19,9 @@ from orchestrator.runs.outcome import JobOutcome, read_outcome
 from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec
 from orchestrator.targets import cluster
-from orchestrator.train import faults, notices
+from orchestrator.train import faults, interruptions, notices
 from orchestrator.train.entry import train_worker
+from orchestrator.train.epoch_logger import EpochLogger
 
 
 def run_local(

@@ -2,7 +2,7 @@
 
 Per epoch: train on this rank's shard, evaluate every validation sample once across ranks,
 rank 0 writes a checkpoint, and every rank calls `ray.train.report` (a barrier). MLflow
-logging happens on the Ray Train controller (orchestrator.epoch_logger), once per epoch.
+logging happens on the Ray Train controller (orchestrator.train.epoch_logger), once per epoch.
 
 Every training.notice_every_n_steps steps, every rank checks for notices (train/notices.py): a
 preemption (Ray's drain notice, or a SIGTERM to a worker) writes a step checkpoint

@@ -1,7 +1,7 @@
 """The Ray Train controller's callback that logs each epoch into the job's MLflow run exactly once.
 
 It runs on the controller (never on a rank), after every `ray.train.report`. What interrupts a
-run (preemptions, failures) is recorded beside it by orchestrator/interruptions.py. MLflow is
+run (preemptions, failures) is recorded beside it by orchestrator/train/interruptions.py. MLflow is
 imported at the first report, not when the controller unpickles its callbacks: the controller
 starts before the workers, and its imports would hold them up.
 """
