@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator import ray_internals
 from orchestrator.console import terminal
 from orchestrator.errors import OrchError, SpecError
-from orchestrator.restart import RestartPoint, record_warning, restart_point
+from orchestrator.recovery.restart import RestartPoint, record_warning, restart_point
 from orchestrator.runs import tracking
 from orchestrator.runs.lifecycle import ACTIVE, driver_alive, driver_tags
 from orchestrator.runs.outcome import JobOutcome
@@ -118,7 +118,7 @@ def continue_here(
 
 
 def pick_checkpoint(uri: str, run_id: str, run_dir: str | None) -> str:
-    """The checkpoint the run continues from, as orchestrator/restart.py chooses it for every
+    """The checkpoint the run continues from, as orchestrator/recovery/restart.py chooses it for every
     path: the newest that verifies, an epoch's or a step's. Newer damaged ones are set aside (so
     neither Ray nor a later resume takes them), told and recorded on the run: the one change a
     resume makes before its other checks."""

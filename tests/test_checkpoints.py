@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import OrchError
-from orchestrator.restart import restart_point
+from orchestrator.recovery.restart import restart_point
 from orchestrator.runs import lifecycle, run_lookup
 from orchestrator.train import interruptions
 from orchestrator.train.checkpoint import (

@@ -24,10 +24,10 @@ from PIL import Image
 
 from orchestrator.errors import OrchError
 from orchestrator.evaluation import evaluate
-from orchestrator.evaluation.checkpoints import CheckpointError, resolve
 from orchestrator.evaluation.runner import Placement, choose_placement
 from orchestrator.evaluation.tta import default_scales, five_crops, make_protocol
 from orchestrator.models import build_model
+from orchestrator.recovery.checkpoints import CheckpointError, resolve
 from orchestrator.train.checkpoint import load_meta, load_model_state
 
 from eval_fixtures import CLASSES, fake_run, make_checkpoint, run_orch, write_dataset

@@ -1,6 +1,6 @@
-"""Evaluating checkpoints: exact metrics under the paper's test-time protocols, and ensembles.
+"""Evaluating checkpoints: exact metrics under the paper's test-time protocols, and ensembles. A RUN
+or CHECKPOINT becomes a checkpoint on this machine, checksums checked, in orchestrator/recovery/checkpoints.py.
 
-checkpoints  RUN (id or name) or CHECKPOINT (directory) -> a checkpoint, checksums checked
 tta          the protocols: none, flip, 10crop, multiscale
 scoring      view averaging, combining members (softmax, logits, vote), exact counts
 loading      a worker's shard of the validation set as raw batches

@@ -16,8 +16,8 @@ import time
 import psutil
 from mlflow.tracking import MlflowClient
 
-from orchestrator.best import BestRule
 from orchestrator.errors import OrchError, last_line
+from orchestrator.recovery.best import BestRule
 from orchestrator.runs.outcome import planned_epochs
 from orchestrator.runs.run_lookup import find_run
 from orchestrator.runs.tracking import best_metrics
@@ -272,7 +272,7 @@ def job_log_chunks(uri: str, run, follow: bool, interval: float = 2.0):
 
 def _best(uri: str, run) -> dict:
     """best_val_top1_error and best_val_top5_error: as logged at the run's end, or while it goes
-    on, read at the best epoch so far by the run's rule (orchestrator/best.py)."""
+    on, read at the best epoch so far by the run's rule (orchestrator/recovery/best.py)."""
     logged = {k: run.data.metrics[k] for k in ("best_val_top1_error", "best_val_top5_error") if k in run.data.metrics}
     if len(logged) < 2 and run.data.metrics:
         params = run.data.params  # the flattened spec: checkpoint.metric, checkpoint.mode

@@ -24,8 +24,8 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-from orchestrator.evaluation.checkpoints import fetch, is_uri, read_meta, verify_checksums
 from orchestrator.models import build_model
+from orchestrator.recovery.checkpoints import fetch, is_uri, read_meta, verify_checksums
 from orchestrator.runs.tracking import EPOCH_METRICS
 from orchestrator.train.checkpoint import load_model_state
 

@@ -26,8 +26,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 from data_pipeline import num_samples, read_dataset_info
 from data_pipeline.info import DatasetInfo
-from orchestrator.best import BestRule
 from orchestrator.models import arch_info, build_model, count_parameters
+from orchestrator.recovery.best import BestRule
 from orchestrator.runs import model_logging, tracking
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train.loop import resolve_precision

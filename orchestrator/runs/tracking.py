@@ -16,7 +16,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from orchestrator.best import BestRule
+from orchestrator.recovery.best import BestRule
 from orchestrator.spec import JobSpec, flatten
 
 EPOCH_METRICS = (
@@ -134,7 +134,7 @@ def epoch_history(uri: str, run_id: str, key: str = "val_top1_error") -> dict[in
 
 def log_best(uri: str, run_id: str, rule: BestRule) -> dict:
     """Log best_epoch and best_<metric> for the error metrics, read at the epoch the run's rule
-    chooses (orchestrator/best.py), and return them."""
+    chooses (orchestrator/recovery/best.py), and return them."""
     best = best_metrics(uri, run_id, rule)
     if best:
         MlflowClient(uri).log_batch(run_id, metrics=[Metric(k, v, now_ms(), 0) for k, v in best.items()])

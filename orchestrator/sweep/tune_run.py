@@ -72,7 +72,7 @@ def _continue(uri: str, child, trial: Trial) -> None:
     """A child an earlier attempt left (stopped or failed): on from its restart point, or from
     the start when it saved no checkpoint, in the same run."""
     from orchestrator import resume
-    from orchestrator.restart import restart_point
+    from orchestrator.recovery.restart import restart_point
     from orchestrator.targets.local import checkpoint_dir, drive
 
     run_id = child.info.run_id
@@ -145,7 +145,7 @@ class SweepWatch(Callback):
         terminal.say(f"{self._name(trial)}: {status}")
 
     def _early_stopped(self, child, trial: Trial) -> str:
-        from orchestrator.best import BestRule
+        from orchestrator.recovery.best import BestRule
 
         run_id, epoch = child.info.run_id, child.data.tags.get("orch.epoch", "?")
         tracking.log_best(self.uri, run_id, BestRule.of(trial.spec.checkpoint))

@@ -8,11 +8,12 @@ import threading
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator import restart, startup_trace
-from orchestrator.best import BestRule
+from orchestrator import startup_trace
 from orchestrator.console import terminal
 from orchestrator.console.progress import EpochPrinter
 from orchestrator.errors import JobFailed, JobInterrupted
+from orchestrator.recovery import restart
+from orchestrator.recovery.best import BestRule
 from orchestrator.runs import run_record, telemetry, tracking
 from orchestrator.runs.lifecycle import driver_tags
 from orchestrator.runs.outcome import JobOutcome, read_outcome
@@ -202,8 +203,8 @@ def root_cause(exc: BaseException) -> str:
 
 
 def _best_checkpoint(run_dir: str) -> str | None:
-    """The run's best kept checkpoint by its rule (orchestrator/best.py), as evaluate picks it."""
-    from orchestrator.evaluation.checkpoints import CheckpointError, pick
+    """The run's best kept checkpoint by its rule (orchestrator/recovery/best.py), as evaluate picks it."""
+    from orchestrator.recovery.checkpoints import CheckpointError, pick
 
     try:
         return str(pick(run_dir, "best", run_dir))

@@ -29,7 +29,7 @@ ENDED_WITH_ERROR = ("RestartingState", "ReschedulingState", "ErroredState")
 
 def recorder(uri: str, run_id: str):
     """The controller-side callback for a trainer of run `run_id` (tracked in `uri`); put it after
-    orchestrator.restart's keeper, which decides the checkpoint a new worker group gets."""
+    orchestrator.recovery.restart's keeper, which decides the checkpoint a new worker group gets."""
     group_callback, _ = ray_internals.callback_bases()
     controller_callback = ray_internals.controller_callback_base()
 

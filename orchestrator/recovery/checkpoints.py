@@ -2,7 +2,7 @@
 checkpoint on this machine, its checksums checked.
 
 A run's checkpoints are the `epoch_NNNN/` directories under its `orch.checkpoint_dir` tag.
-`best` is chosen by the run's rule (orchestrator/best.py: its checkpoint.metric and mode); `latest`
+`best` is chosen by the run's rule (orchestrator/recovery/best.py: its checkpoint.metric and mode); `latest`
 the highest epoch. A directory holding meta.json is a checkpoint; one holding `epoch_NNNN/`
 directories is treated like a run's checkpoint dir.
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from orchestrator.best import BestRule
 from orchestrator.errors import OrchError
+from orchestrator.recovery.best import BestRule
 from orchestrator.runs.run_lookup import find_run, list_runs, store_exists
 from orchestrator.train.checkpoint import (
     CHECKSUMS_FILE,

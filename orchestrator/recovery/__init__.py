@@ -1,0 +1,1 @@
+"""Which checkpoint: the rule for best, where a run continues (restart point), a run's best or latest checkpoint."""
