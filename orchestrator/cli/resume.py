@@ -30,7 +30,7 @@ def resume(run, overrides, target, address, namespace, image, detach, uri, outpu
     (`orch sweep`) runs the trials that did not finish, each from its own latest checkpoint.
     """
     from orchestrator.console.progress import format_summary
-    from orchestrator.resume import resume_run, sweep_parent
+    from orchestrator.targets.resume import resume_run, sweep_parent
 
     parent = sweep_parent(uri, run)
     if parent is not None:

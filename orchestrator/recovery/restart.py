@@ -4,7 +4,7 @@ restores.
 - Ray Train restarting a failed worker group: `RestartPointKeeper`, a callback on Ray Train's
   controller, runs it just before Ray hands its latest checkpoint to the new workers, so Ray
   hands the checkpoint it chose;
-- `orch resume`: the resume path runs it before the new trainer starts (orchestrator/resume.py);
+- `orch resume`: the resume path runs it before the new trainer starts (orchestrator/targets/resume.py);
 - a step checkpoint (preemption, `orch stop --save`, checkpoint.every_n_steps) is one more
   checkpoint in the run's folder, chosen like the others: the newest that verifies.
 

@@ -71,8 +71,8 @@ def run_trial(config: dict, plan: dict) -> None:
 def _continue(uri: str, child, trial: Trial) -> None:
     """A child an earlier attempt left (stopped or failed): on from its restart point, or from
     the start when it saved no checkpoint, in the same run."""
-    from orchestrator import resume
     from orchestrator.recovery.restart import restart_point
+    from orchestrator.targets import resume
     from orchestrator.targets.local import checkpoint_dir, drive
 
     run_id = child.info.run_id

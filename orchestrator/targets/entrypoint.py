@@ -6,7 +6,7 @@
 It trains an MLflow run the submitter created, with the same code as a local run
 (targets.local.drive), so a remote run records exactly what a local one does. With --resume
 (`orch resume`: the submitter reopened the run) it continues the run from the checkpoint
-orchestrator.resume.continue_here picks in the run's folder, which the cluster sees. Inside a
+orchestrator.targets.resume.continue_here picks in the run's folder, which the cluster sees. Inside a
 Ray job, ray.init() joins the job's cluster. Exit codes and errors are the CLI's: one line on
 stderr; a problem found here also ends the run FAILED with it.
 """
@@ -88,10 +88,10 @@ def train(spec, uri: str, run):
 
 
 def continue_run(spec, uri: str, run):
-    """Continue a run `orch resume` reopened, as a local resume does (orchestrator.resume), here
+    """Continue a run `orch resume` reopened, as a local resume does (orchestrator.targets.resume), here
     where its checkpoint folder and data are."""
-    from orchestrator.resume import continue_here
     from orchestrator.targets import cluster
+    from orchestrator.targets.resume import continue_here
 
     cluster.connect()
     _record_driver(uri, run.info.run_id)
