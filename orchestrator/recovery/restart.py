@@ -19,10 +19,10 @@ import logging
 from dataclasses import dataclass, field
 
 from orchestrator import ray_internals
+from orchestrator.tags import RESTORE_WARNING_TAG
 from orchestrator.train.checkpoint import latest_good, open_location
 
 logger = logging.getLogger(__name__)
-WARNING_TAG = "orch.restore_warning"
 
 
 @dataclass
@@ -117,4 +117,4 @@ def record_warning(uri: str, run_id: str, warning: str) -> None:
     """The run's orch.restore_warning tag (the epoch printer tells it)."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(uri).set_tag(run_id, WARNING_TAG, warning[:5000])
+    MlflowClient(uri).set_tag(run_id, RESTORE_WARNING_TAG, warning[:5000])

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.recovery.best import BestRule
 from orchestrator.spec import JobSpec, flatten
+from orchestrator.tags import ERROR_TAG, SPEC_FILE_TAG
 
 EPOCH_METRICS = (
     "train_loss",
@@ -107,7 +108,7 @@ def quiet_mlflow() -> None:
 def end_run(uri: str, run_id: str, status: str, error: str | None = None) -> None:
     client = MlflowClient(uri)
     if error:
-        client.set_tag(run_id, "orch.error", error[:5000])
+        client.set_tag(run_id, ERROR_TAG, error[:5000])
     client.set_terminated(run_id, status=status)
 
 
@@ -157,7 +158,7 @@ def best_metrics(uri: str, run_id: str, rule: BestRule) -> dict:
 
 def _tags(spec_path: str | None) -> dict:
     tags = {f"version.{pkg}": _version(pkg) for pkg in ("torch", "ray", "ffcv", "mlflow")}
-    tags["orch.spec_file"] = os.path.abspath(spec_path) if spec_path else "(none)"
+    tags[SPEC_FILE_TAG] = os.path.abspath(spec_path) if spec_path else "(none)"
     commit = _git_commit(Path(spec_path).parent if spec_path else Path.cwd())
     if commit:
         tags["mlflow.source.git.commit"] = commit

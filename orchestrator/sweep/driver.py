@@ -22,6 +22,7 @@ from orchestrator.spec import preflight
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec, load_sweep
 from orchestrator.sweep.trials import Trial, concurrency, expand
+from orchestrator.tags import ERROR_TAG, RAY_ADDRESS_TAG, RESUMES_TAG, STOP_TAG, TARGET_TAG
 from orchestrator.targets import cluster, jobs_address
 from orchestrator.train.faults import FAULT_VARIABLE
 
@@ -59,11 +60,11 @@ def run_sweep(
         from orchestrator.sweep import remote
 
         address, uri = remote.check(trials, address, uri)
-        tags = {"orch.target": "ray", "orch.ray_address": address}
+        tags = {TARGET_TAG: "ray", RAY_ADDRESS_TAG: address}
     else:
         check_trials(trials)
         uri = tracking.tracking_uri(trials[0].spec, uri)
-        tags = {"orch.target": "local", **driver_tags()}
+        tags = {TARGET_TAG: "local", **driver_tags()}
     parent_id = records.create_parent(uri, sweep, trials, os.path.abspath(path), tags)
     terminal.say(f"sweep {parent_id}: {len(trials)} trials")
     if address:
@@ -84,8 +85,8 @@ def resume_sweep(found: tuple) -> dict:
     left = pending(uri, parent_id, trials)
     if not left:
         raise OrchError(f"sweep {parent_id}: every trial has finished; nothing to resume")
-    target = parent.data.tags.get("orch.target")
-    address = parent.data.tags.get("orch.ray_address") if target == "ray" else None
+    target = parent.data.tags.get(TARGET_TAG)
+    address = parent.data.tags.get(RAY_ADDRESS_TAG) if target == "ray" else None
     if address:
         from orchestrator.sweep import remote
 
@@ -106,16 +107,14 @@ def resume_sweep(found: tuple) -> dict:
 def reopen(uri: str, parent, tags: dict) -> int:
     """Mark a stopped sweep's parent RUNNING again, its last error and a stop request it carried
     out cleared, with `tags`; returns the number of this resume (orch.resumes counts them)."""
-    from orchestrator.train.notices import STOP_TAG
-
     parent_id = parent.info.run_id
     client = MlflowClient(uri)
     client.update_run(parent_id, status=ACTIVE)
-    for key in ("orch.error", STOP_TAG):
+    for key in (ERROR_TAG, STOP_TAG):
         if key in parent.data.tags:
             client.delete_tag(parent_id, key)
-    resumes = int(parent.data.tags.get("orch.resumes", "0")) + 1
-    tracking.set_tags(uri, parent_id, {"orch.resumes": resumes, **tags})
+    resumes = int(parent.data.tags.get(RESUMES_TAG, "0")) + 1
+    tracking.set_tags(uri, parent_id, {RESUMES_TAG: resumes, **tags})
     return resumes
 
 

@@ -23,11 +23,11 @@ from orchestrator.spec.schema import JobSpec
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.trials import Trial, resources
+from orchestrator.tags import K8S_IMAGE_TAG, K8S_NAMESPACE_TAG, TARGET_TAG
 from orchestrator.targets import kuberay
 from orchestrator.targets import kuberay_manifest as manifest
 
 DEFAULT_CONCURRENCY = 1  # max_concurrent_trials when a k8s sweep does not say
-IMAGE_TAG = "orch.k8s_image"
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,8 @@ def recorded(uri: str, parent, sweep: SweepSpec, trials: list[Trial]) -> KubeSwe
         trials,
         uri,
         trials[0].spec.tracking.tracking_uri,
-        tags.get("orch.k8s_namespace") or k8s.namespace,
-        tags.get(IMAGE_TAG) or k8s.image,
+        tags.get(K8S_NAMESPACE_TAG) or k8s.namespace,
+        tags.get(K8S_IMAGE_TAG) or k8s.image,
     )
 
 
@@ -144,7 +144,7 @@ def submit(
     job = prepare(sweep, trials, tracking.tracking_uri(trials[0].spec, uri), namespace, image)
     kuberay.check_launchable(job.uri, job.namespace, job.image)
     api = api or kuberay.api_client()
-    tags = {"orch.target": "k8s", "orch.k8s_namespace": job.namespace, IMAGE_TAG: job.image}
+    tags = {TARGET_TAG: "k8s", K8S_NAMESPACE_TAG: job.namespace, K8S_IMAGE_TAG: job.image}
     parent_id = records.create_parent(job.uri, job.sweep, job.trials, os.path.abspath(path), tags)
     terminal.say(f"sweep {parent_id}: {len(trials)} trials")
     name = launch(api, job, parent_id, pending=len(trials))

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import OrchError, SpecError
+from orchestrator.tags import CHECKPOINT_DIR_TAG, DRIVER_NODE_TAG
 
 
 @click.command()
@@ -82,8 +83,8 @@ def train(spec, uri: str, run):
     cluster.connect()
     cluster.check_resources(spec.scaling)
     run_id = run.info.run_id
-    run_dir = run.data.tags.get("orch.checkpoint_dir") or checkpoint_dir(spec, run_id)
-    _record_driver(uri, run_id, {"orch.checkpoint_dir": run_dir})
+    run_dir = run.data.tags.get(CHECKPOINT_DIR_TAG) or checkpoint_dir(spec, run_id)
+    _record_driver(uri, run_id, {CHECKPOINT_DIR_TAG: run_dir})
     return drive(spec, uri, run_id, run_dir)
 
 
@@ -105,7 +106,7 @@ def _record_driver(uri: str, run_id: str, tags: dict | None = None) -> None:
     from orchestrator.runs import tracking
     from orchestrator.runs.lifecycle import driver_tags
 
-    node = {"orch.driver_node_id": ray.get_runtime_context().get_node_id()}
+    node = {DRIVER_NODE_TAG: ray.get_runtime_context().get_node_id()}
     tracking.set_tags(uri, run_id, {**driver_tags(), **node, **(tags or {})})
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from orchestrator.errors import JobFailed, OrchError, SpecError
 from orchestrator.spec.schema import JobSpec
+from orchestrator.tags import CHECKPOINT_DIR_TAG, ERROR_TAG, K8S_NAMESPACE_TAG, RAYJOB_TAG, TARGET_TAG
 from orchestrator.targets import kuberay_manifest as manifest
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
@@ -83,7 +84,7 @@ def check_launchable(uri: str, namespace: str, image: str | None) -> None:
 
 def job_tags(namespace: str, name: str) -> dict:
     """The run's tags that name its RayJob, which `orch status/logs/stop` follow."""
-    return {"orch.target": "k8s", "orch.k8s_namespace": namespace, "orch.rayjob": name}
+    return {TARGET_TAG: "k8s", K8S_NAMESPACE_TAG: namespace, RAYJOB_TAG: name}
 
 
 def print_manifest(pods: JobSpec, image: str | None, pod_uri: str, namespace: str, output: str) -> None:
@@ -129,7 +130,7 @@ def launch(
         run_id = tracking.start_run(pods, spec_path, uri)
         tags = {
             **job_tags(namespace, manifest.rayjob_name(pods.name, run_id)),
-            "orch.checkpoint_dir": checkpoint_dir(pods, run_id),
+            CHECKPOINT_DIR_TAG: checkpoint_dir(pods, run_id),
         }
         tracking.set_tags(uri, run_id, tags)
     body = manifest.rayjob_manifest(
@@ -210,7 +211,7 @@ def finish(uri: str, run_id: str, state: dict):
     tracking.end_if_running(uri, run_id, status, None if status == "FINISHED" else cause)
     run = MlflowClient(uri).get_run(run_id)
     if run.info.status == "FAILED":
-        cause = run.data.tags.get("orch.error") or state["message"] or "see orch logs"
+        cause = run.data.tags.get(ERROR_TAG) or state["message"] or "see orch logs"
         raise JobFailed(f"run {run_id} FAILED: {cause.strip().splitlines()[0]}")
     return read_outcome(uri, run_id)
 
@@ -331,9 +332,9 @@ def _api_error(exc: Exception, doing: str) -> OrchError:
 
 def _job_ref(run) -> tuple[str, str]:
     tags = run.data.tags
-    if "orch.rayjob" not in tags:
+    if RAYJOB_TAG not in tags:
         raise OrchError(f"run {run.info.run_id} was not submitted to Kubernetes (no orch.rayjob tag)")
-    return tags.get("orch.k8s_namespace", "default"), tags["orch.rayjob"]
+    return tags.get(K8S_NAMESPACE_TAG, "default"), tags[RAYJOB_TAG]
 
 
 def _namespace(value: str) -> str:

@@ -19,6 +19,7 @@ from orchestrator.runs.lifecycle import driver_tags
 from orchestrator.runs.outcome import JobOutcome, read_outcome
 from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec
+from orchestrator.tags import BEST_CHECKPOINT_TAG, CHECKPOINT_DIR_TAG, TARGET_TAG
 from orchestrator.targets import cluster
 from orchestrator.train import faults, interruptions, notices
 from orchestrator.train.entry import train_worker
@@ -42,7 +43,7 @@ def run_local(
     uri = tracking.tracking_uri(spec)
     run_id = tracking.start_run(spec, spec_path, uri)
     tracking.set_tags(
-        uri, run_id, {"orch.checkpoint_dir": checkpoint_dir(spec, run_id), "orch.target": "local", **driver_tags()}
+        uri, run_id, {CHECKPOINT_DIR_TAG: checkpoint_dir(spec, run_id), TARGET_TAG: "local", **driver_tags()}
     )
     startup_trace.mark("driver: run created")
     return drive(spec, uri, run_id, checkpoint_dir(spec, run_id), progress_to_stderr=progress_to_stderr)
@@ -99,7 +100,7 @@ def drive(
                 tracking.end_run(uri, run_id, status, error)
     best_checkpoint = _best_checkpoint(run_dir) if result is not None else None
     if best_checkpoint:
-        tracking.set_tags(uri, run_id, {"orch.best_checkpoint": best_checkpoint})
+        tracking.set_tags(uri, run_id, {BEST_CHECKPOINT_TAG: best_checkpoint})
     run_record.finish(spec, uri, run_id, status, best_checkpoint)  # the result; a FINISHED run's model
     if status == "KILLED":
         raise JobInterrupted(error)

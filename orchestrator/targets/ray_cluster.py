@@ -35,6 +35,7 @@ from orchestrator import ray_internals
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, last_line
 from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec
+from orchestrator.tags import CHECKPOINT_DIR_TAG, ERROR_TAG, RAY_ADDRESS_TAG, RAY_JOB_ID_TAG, TARGET_TAG
 from orchestrator.targets import cluster
 
 TIMEOUT_S = (3.0, 30.0)  # connect, read
@@ -91,7 +92,7 @@ def submit_remote(
     tracking.set_tags(
         uri,
         run_id,
-        {"orch.target": "ray", "orch.ray_address": address, "orch.checkpoint_dir": checkpoint_dir(spec, run_id)},
+        {TARGET_TAG: "ray", RAY_ADDRESS_TAG: address, CHECKPOINT_DIR_TAG: checkpoint_dir(spec, run_id)},
     )
     job_id = submit_job(jobs, spec, uri, run_id, address)
     return settle(jobs, job_id, spec, uri, run_id, detach=detach, progress_to_stderr=progress_to_stderr)
@@ -115,7 +116,7 @@ def check_cluster(spec: JobSpec, address: str, uri: str | None = None) -> tuple[
 
 def job_tags(address: str, job_id: str) -> dict:
     """The run's tags that name its Ray job, which `orch status/logs/stop` follow."""
-    return {"orch.target": "ray", "orch.ray_address": address, "orch.ray_job_id": job_id}
+    return {TARGET_TAG: "ray", RAY_ADDRESS_TAG: address, RAY_JOB_ID_TAG: job_id}
 
 
 def ray_job_id(spec: JobSpec, run_id: str, resume: int = 0) -> str:
@@ -182,7 +183,7 @@ def submit_job(jobs, spec: JobSpec, uri: str, run_id: str, address: str, resume:
             runtime_env=runtime_env(spec, uri),
             metadata={"orch.run_id": run_id},
         )
-        tracking.set_tags(uri, run_id, {"orch.ray_job_id": job_id})
+        tracking.set_tags(uri, run_id, {RAY_JOB_ID_TAG: job_id})
     except KeyboardInterrupt:
         tracking.end_run(uri, run_id, "KILLED", "interrupted while submitting the Ray job")
         raise JobInterrupted(f"run {run_id} interrupted while submitting: marked KILLED") from None
@@ -241,7 +242,7 @@ def follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to_
     if result.status == "KILLED":
         raise JobInterrupted(f"run {run_id} was stopped (Ray job {job_id} {state}): marked KILLED, checkpoints kept")
     if result.status != "FINISHED":
-        error = MlflowClient(uri).get_run(run_id).data.tags.get("orch.error", "")
+        error = MlflowClient(uri).get_run(run_id).data.tags.get(ERROR_TAG, "")
         raise JobFailed(
             f"run {run_id} {result.status}: {last_line(error, 'no cause recorded')} "
             f"(`orch logs {run_id}` has the job's output)"
@@ -384,7 +385,7 @@ def unreachable(address: str, why: str) -> OrchError:
 
 def _job_of(run):
     tags = run.data.tags
-    address, job_id = tags.get("orch.ray_address"), tags.get("orch.ray_job_id")
+    address, job_id = tags.get(RAY_ADDRESS_TAG), tags.get(RAY_JOB_ID_TAG)
     if not address or not job_id:
         raise OrchError(
             f"run {run.info.run_id} has no Ray job recorded (tags orch.ray_address, "

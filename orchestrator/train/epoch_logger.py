@@ -10,6 +10,8 @@ import json
 
 from ray.train import UserCallback
 
+from orchestrator.tags import EPOCH_TAG, LATEST_CHECKPOINT_TAG, RESTORED_FROM_TAG, STEP_CHECKPOINT_TAG, WORKERS_TAG
+
 
 class EpochLogger(UserCallback):
     """Runs on the Ray Train controller after every `ray.train.report`.
@@ -39,21 +41,21 @@ class EpochLogger(UserCallback):
         report = metrics[0]
         epoch = int(report["epoch"])
         if checkpoint is not None:
-            client.set_tag(self.run_id, "orch.latest_checkpoint", checkpoint.path)
+            client.set_tag(self.run_id, LATEST_CHECKPOINT_TAG, checkpoint.path)
         if report.get("restored_from"):
-            client.set_tag(self.run_id, "orch.restored_from", str(report["restored_from"])[:5000])
+            client.set_tag(self.run_id, RESTORED_FROM_TAG, str(report["restored_from"])[:5000])
         workers = worker_placement(metrics)
         if workers:
-            client.set_tag(self.run_id, "workers", json.dumps(workers))
+            client.set_tag(self.run_id, WORKERS_TAG, json.dumps(workers))
         if report.get("report") == "step":  # a step checkpoint's or a stop's: no epoch to log
             if checkpoint is not None:
-                client.set_tag(self.run_id, "orch.step_checkpoint", checkpoint.path)
+                client.set_tag(self.run_id, STEP_CHECKPOINT_TAG, checkpoint.path)
             return
         if epoch in self._logged:
             return
         values = [Metric(k, float(report[k]), now_ms(), epoch) for k in EPOCH_METRICS if k in report]
         client.log_batch(self.run_id, metrics=values)
-        client.set_tag(self.run_id, "orch.epoch", str(epoch))
+        client.set_tag(self.run_id, EPOCH_TAG, str(epoch))
         self._logged.add(epoch)
 
 
