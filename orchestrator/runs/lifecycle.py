@@ -1,8 +1,8 @@
-"""The run lifecycle: who drives a run, what `orch runs`/`status`/`logs`/`stop`/`checkpoints`
-read and change.
+"""The run lifecycle: what `orch runs`/`status`/`logs`/`stop`/`checkpoints` read and change. Only
+the CLI imports this module: it reaches every target and the sweeps.
 
 A run's checkpoint folder is its orch.checkpoint_dir tag; a local run's driver (the `orch submit`
-or `orch resume` process) is the orch.driver_pid / orch.driver_host / orch.driver_started tags;
+or `orch resume` process) is the one its driver tags name (orchestrator/runs/driver.py);
 a remote run's job is reached through the target its orch.target tag names (targets.ray_cluster
 for a Ray job, targets.kuberay for a RayJob).
 """
@@ -10,14 +10,13 @@ for a Ray job, targets.kuberay for a RayJob).
 import json
 import os
 import signal
-import socket
 import time
 
-import psutil
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import OrchError, last_line
 from orchestrator.recovery.best import BestRule
+from orchestrator.runs.driver import ACTIVE, driver_alive
 from orchestrator.runs.outcome import planned_epochs
 from orchestrator.runs.run_lookup import find_run
 from orchestrator.runs.tracking import best_metrics
@@ -25,7 +24,6 @@ from orchestrator.tags import (
     CHECKPOINT_DIR_TAG,
     DRIVER_HOST_TAG,
     DRIVER_PID_TAG,
-    DRIVER_STARTED_TAG,
     EPOCH_TAG,
     ERROR_TAG,
     FAILURES_TAG,
@@ -47,18 +45,6 @@ from orchestrator.tags import (
     is_trial,
 )
 from orchestrator.train.checkpoint import describe, list_checkpoints
-
-ACTIVE = "RUNNING"
-
-
-def driver_tags() -> dict:
-    """Who drives the run, so that `orch stop` from another shell can reach it (the start time
-    tells the driver from a later process that got the same pid)."""
-    return {
-        DRIVER_PID_TAG: os.getpid(),
-        DRIVER_HOST_TAG: socket.gethostname(),
-        DRIVER_STARTED_TAG: f"{psutil.Process().create_time():.2f}",
-    }
 
 
 def summary(run, uri: str) -> dict:
@@ -93,24 +79,6 @@ def checkpoints(run) -> list[dict]:
     if not root:
         raise OrchError(f"run {run.info.run_id} has no orch.checkpoint_dir tag: not started by orch")
     return [describe(location) for location in list_checkpoints(root)]
-
-
-def driver_alive(run) -> bool | None:
-    """Whether the run's driver process still runs: None when it runs on another host."""
-    tags = run.data.tags
-    pid = tags.get(DRIVER_PID_TAG)
-    if not pid or not pid.isdigit():
-        return False
-    if tags.get(DRIVER_HOST_TAG, socket.gethostname()) != socket.gethostname():
-        return None
-    try:
-        started = psutil.Process(int(pid)).create_time()
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True
-    recorded = tags.get(DRIVER_STARTED_TAG)
-    return recorded is None or abs(float(recorded) - started) < 1.0
 
 
 def stop(uri: str, ref: str, wait_s: float = 120.0, save: bool = False) -> dict:

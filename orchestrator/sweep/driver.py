@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.console import terminal
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, SpecError
 from orchestrator.runs import tracking
-from orchestrator.runs.lifecycle import ACTIVE, driver_alive, driver_tags
+from orchestrator.runs.driver import ACTIVE, driver_alive, driver_tags
 from orchestrator.spec import preflight
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec, load_sweep

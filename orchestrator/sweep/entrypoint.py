@@ -21,7 +21,7 @@ def entrypoint(parent_run_id, tracking_uri):
     from mlflow.tracking import MlflowClient
 
     from orchestrator.runs import tracking
-    from orchestrator.runs.lifecycle import driver_tags
+    from orchestrator.runs.driver import driver_tags
     from orchestrator.sweep import records
     from orchestrator.sweep.driver import drive_sweep
     from orchestrator.sweep.spec import SweepSpec

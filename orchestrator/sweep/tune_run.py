@@ -84,7 +84,7 @@ def _continue(uri: str, child, trial: Trial) -> None:
 
 
 def _trial_tags(plan: dict) -> dict:
-    from orchestrator.runs.lifecycle import driver_tags
+    from orchestrator.runs.driver import driver_tags
 
     return {TARGET_TAG: plan["target"], **driver_tags()}
 

@@ -104,7 +104,7 @@ def _record_driver(uri: str, run_id: str, tags: dict | None = None) -> None:
     import ray
 
     from orchestrator.runs import tracking
-    from orchestrator.runs.lifecycle import driver_tags
+    from orchestrator.runs.driver import driver_tags
 
     node = {DRIVER_NODE_TAG: ray.get_runtime_context().get_node_id()}
     tracking.set_tags(uri, run_id, {**driver_tags(), **node, **(tags or {})})

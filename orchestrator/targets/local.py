@@ -15,7 +15,7 @@ from orchestrator.errors import JobFailed, JobInterrupted
 from orchestrator.recovery import restart
 from orchestrator.recovery.best import BestRule
 from orchestrator.runs import run_record, telemetry, tracking
-from orchestrator.runs.lifecycle import driver_tags
+from orchestrator.runs.driver import driver_tags
 from orchestrator.runs.outcome import JobOutcome, read_outcome
 from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec

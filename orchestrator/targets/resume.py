@@ -21,7 +21,7 @@ from orchestrator.console import terminal
 from orchestrator.errors import OrchError, SpecError
 from orchestrator.recovery.restart import RestartPoint, record_warning, restart_point
 from orchestrator.runs import tracking
-from orchestrator.runs.lifecycle import ACTIVE, driver_alive, driver_tags
+from orchestrator.runs.driver import ACTIVE, driver_alive, driver_tags
 from orchestrator.runs.outcome import JobOutcome
 from orchestrator.runs.run_lookup import find_run
 from orchestrator.spec import preflight
