@@ -24,7 +24,7 @@ from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.trials import Trial, resources
 from orchestrator.tags import K8S_IMAGE_TAG, K8S_NAMESPACE_TAG, TARGET_TAG
-from orchestrator.targets import kuberay
+from orchestrator.targets import kuberay, naming
 from orchestrator.targets import kuberay_manifest as manifest
 
 DEFAULT_CONCURRENCY = 1  # max_concurrent_trials when a k8s sweep does not say
@@ -110,7 +110,7 @@ def rayjob(job: KubeSweep, parent_id: str, image: str, *, pending: int, resume: 
         tracking_uri=job.pod_uri,
         namespace=job.namespace,
         resume=resume,
-        command=manifest.sweep_entrypoint(parent_id, job.pod_uri),
+        command=naming.sweep_command(parent_id, job.pod_uri),
     )
 
 

@@ -5,14 +5,12 @@ Tune (sweep.driver.drive_sweep, as a local sweep does). The parent's tags name t
 `orch status/logs/stop PARENT` reach it; `orch resume PARENT` submits the next one (`-rN`).
 """
 
-import shlex
-
 import click
 
 from orchestrator.errors import JobFailed, last_line
 from orchestrator.runs import tracking
 from orchestrator.sweep import records
-from orchestrator.targets import ray_cluster
+from orchestrator.targets import naming, ray_cluster
 
 
 def check(trials, address: str, uri: str | None) -> tuple[str, str]:
@@ -25,11 +23,10 @@ def check(trials, address: str, uri: str | None) -> tuple[str, str]:
 def submit(uri: str, parent_id: str, trials, address: str, resume: int = 0, detach: bool = False) -> dict:
     """Submit the sweep's job (its `resume`-th) and, unless `detach`, follow its output to its end."""
     jobs = ray_cluster.client(address)
-    job_id = f"{trials[0].spec.name}-sweep-{parent_id[:8]}" + (f"-r{resume}" if resume else "")
-    command = [ray_cluster.cluster_python(address), "-m", "orchestrator.sweep.entrypoint", "--parent-run-id", parent_id]
+    job_id = naming.sweep_job_id(trials[0].spec, parent_id, resume)
     try:
         jobs.submit_job(
-            entrypoint=shlex.join([*command, "--tracking-uri", uri]),
+            entrypoint=naming.sweep_command(parent_id, uri, python=ray_cluster.cluster_python(address)),
             submission_id=job_id,
             runtime_env=ray_cluster.runtime_env(trials[0].spec, uri),
             metadata={"orch.run_id": parent_id},

@@ -42,7 +42,8 @@ def run_trial(config: dict, plan: dict) -> None:
     stopped. An error ends the child run FAILED and is not raised: the child's status is the
     record, and Tune goes on. Nothing is returned (a last result without the scheduler's metric
     would be refused)."""
-    from orchestrator.targets.local import checkpoint_dir, drive
+    from orchestrator.targets.local import drive
+    from orchestrator.targets.naming import checkpoint_dir
     from orchestrator.train.faults import FAULT_VARIABLE
 
     tracking.quiet_mlflow()
@@ -73,7 +74,8 @@ def _continue(uri: str, child, trial: Trial) -> None:
     the start when it saved no checkpoint, in the same run."""
     from orchestrator.recovery.restart import restart_point
     from orchestrator.targets import resume
-    from orchestrator.targets.local import checkpoint_dir, drive
+    from orchestrator.targets.local import drive
+    from orchestrator.targets.naming import checkpoint_dir
 
     run_id = child.info.run_id
     run_dir = child.data.tags.get(CHECKPOINT_DIR_TAG) or checkpoint_dir(trial.spec, run_id)

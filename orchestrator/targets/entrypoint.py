@@ -77,7 +77,8 @@ def train(spec, uri: str, run):
     """Check the job against this cluster, record where it is driven from, and train."""
     from orchestrator.spec import preflight
     from orchestrator.targets import cluster
-    from orchestrator.targets.local import checkpoint_dir, drive
+    from orchestrator.targets.local import drive
+    from orchestrator.targets.naming import checkpoint_dir
 
     preflight.tell_warnings(preflight.plan(spec))  # the spec and its data, checked where the data is read
     cluster.connect()

@@ -19,6 +19,7 @@ from orchestrator.errors import JobFailed, OrchError, SpecError
 from orchestrator.spec.schema import JobSpec
 from orchestrator.tags import CHECKPOINT_DIR_TAG, ERROR_TAG, K8S_NAMESPACE_TAG, RAYJOB_TAG, TARGET_TAG
 from orchestrator.targets import kuberay_manifest as manifest
+from orchestrator.targets.naming import checkpoint_dir
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 TERMINAL = ("Complete", "Failed", "ValidationFailed")  # jobDeploymentStatus values KubeRay never leaves
@@ -124,7 +125,6 @@ def launch(
     RayJob, whose entrypoint continues it), then the RayJob; a RayJob the API refuses ends the
     run FAILED. Returns the run id and the RayJob's name."""
     from orchestrator.runs import tracking
-    from orchestrator.targets.local import checkpoint_dir
 
     if run_id is None:
         run_id = tracking.start_run(pods, spec_path, uri)

@@ -21,6 +21,7 @@ from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec
 from orchestrator.tags import BEST_CHECKPOINT_TAG, CHECKPOINT_DIR_TAG, TARGET_TAG
 from orchestrator.targets import cluster
+from orchestrator.targets.naming import checkpoint_dir
 from orchestrator.train import faults, interruptions, notices
 from orchestrator.train.entry import train_worker
 from orchestrator.train.epoch_logger import EpochLogger
@@ -119,15 +120,6 @@ def stop_message(result, run_id: str) -> str | None:
         f"run {run_id} stopped by `{metrics['stopped_by']}` in epoch {metrics['epoch']} after "
         f"{metrics['batches']} batches: marked KILLED; `orch resume {run_id}` continues from {saved}"
     )
-
-
-def ray_run_name(spec: JobSpec, run_id: str) -> str:
-    return f"{spec.name}-{run_id[:8]}"
-
-
-def checkpoint_dir(spec: JobSpec, run_id: str) -> str:
-    """Where Ray Train puts this run's checkpoints (epoch_NNNN directories)."""
-    return f"{spec.checkpoint.storage.rstrip('/')}/{ray_run_name(spec, run_id)}"
 
 
 def build_trainer(

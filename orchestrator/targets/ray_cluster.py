@@ -15,14 +15,11 @@ address would hang or reach another cluster instead of failing in seconds.
 """
 
 import asyncio
-import base64
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import re
-import shlex
 import sys
 import time
 import urllib.parse
@@ -36,7 +33,7 @@ from orchestrator.errors import JobFailed, JobInterrupted, OrchError, last_line
 from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec
 from orchestrator.tags import CHECKPOINT_DIR_TAG, ERROR_TAG, RAY_ADDRESS_TAG, RAY_JOB_ID_TAG, TARGET_TAG
-from orchestrator.targets import cluster
+from orchestrator.targets import cluster, naming
 
 TIMEOUT_S = (3.0, 30.0)  # connect, read
 STOP_WAIT_S = 60  # how long Ray lets the entrypoint end the run KILLED after `ray job stop`
@@ -85,14 +82,13 @@ def submit_remote(
     """
     address, uri = check_cluster(spec, address)
     from orchestrator.runs import tracking
-    from orchestrator.targets.local import checkpoint_dir
 
     jobs = client(address)
     run_id = tracking.start_run(spec, spec_path, uri)
     tracking.set_tags(
         uri,
         run_id,
-        {TARGET_TAG: "ray", RAY_ADDRESS_TAG: address, CHECKPOINT_DIR_TAG: checkpoint_dir(spec, run_id)},
+        {TARGET_TAG: "ray", RAY_ADDRESS_TAG: address, CHECKPOINT_DIR_TAG: naming.checkpoint_dir(spec, run_id)},
     )
     job_id = submit_job(jobs, spec, uri, run_id, address)
     return settle(jobs, job_id, spec, uri, run_id, detach=detach, progress_to_stderr=progress_to_stderr)
@@ -119,17 +115,9 @@ def job_tags(address: str, job_id: str) -> dict:
     return {TARGET_TAG: "ray", RAY_ADDRESS_TAG: address, RAY_JOB_ID_TAG: job_id}
 
 
-def ray_job_id(spec: JobSpec, run_id: str, resume: int = 0) -> str:
-    """The Ray job's submission id: `{name}-{run8}`, and `-rN` for the run's Nth resume (Ray never
-    takes an id twice)."""
-    from orchestrator.targets.local import ray_run_name
-
-    return ray_run_name(spec, run_id) + (f"-r{resume}" if resume else "")
-
-
 def entrypoint_command(run_id: str, uri: str, address: str, resume: bool = False) -> str:
-    command = [cluster_python(address), "-m", "orchestrator.targets.entrypoint", "--run-id", run_id]
-    return shlex.join([*command, "--tracking-uri", uri, *(["--resume"] if resume else [])])
+    """The job's driver command, with the Python the cluster at `address` runs (cluster_python)."""
+    return naming.train_command(run_id, uri, python=cluster_python(address), resume=resume)
 
 
 def cluster_python(address: str) -> str:
@@ -152,7 +140,7 @@ def runtime_env(spec: JobSpec, uri: str) -> dict:
     from orchestrator.train.faults import FAULT_VARIABLE
 
     env_vars = {
-        "ORCH_SPEC_B64": base64.b64encode(json.dumps(spec.model_dump(mode="json")).encode()).decode(),
+        "ORCH_SPEC_B64": naming.encoded_spec(spec),
         "MLFLOW_TRACKING_URI": uri,
         "PYTHONUNBUFFERED": "1",  # epoch lines reach the job's log as they are printed
         "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S),  # Ray's default, 3 s, is too short to end the run
@@ -175,7 +163,7 @@ def submit_job(jobs, spec: JobSpec, uri: str, run_id: str, address: str, resume:
     run ends FAILED (KILLED on Ctrl-C) if that does not happen."""
     from orchestrator.runs import tracking
 
-    job_id = ray_job_id(spec, run_id, resume)
+    job_id = naming.ray_job_id(spec, run_id, resume)
     try:
         jobs.submit_job(
             entrypoint=entrypoint_command(run_id, uri, address, resume=bool(resume)),

@@ -41,7 +41,7 @@ from orchestrator.tags import (
     TARGET_TAG,
     is_sweep,
 )
-from orchestrator.targets import cluster, jobs_address, kuberay, ray_cluster
+from orchestrator.targets import cluster, jobs_address, kuberay, naming, ray_cluster
 from orchestrator.targets import kuberay_manifest as manifest
 from orchestrator.targets.local import drive
 from orchestrator.train.checkpoint import (
@@ -207,7 +207,7 @@ def _resume_on_ray(uri: str, run, spec, overrides, address: str, detach: bool, p
     check_epochs_left(run_id, logged_epoch(run) + 1, spec)
     jobs = ray_cluster.client(address)
     resume = _next_resume(run)
-    _reopen(uri, run, spec, overrides, ray_cluster.job_tags(address, ray_cluster.ray_job_id(spec, run_id, resume)))
+    _reopen(uri, run, spec, overrides, ray_cluster.job_tags(address, naming.ray_job_id(spec, run_id, resume)))
     job_id = ray_cluster.submit_job(jobs, spec, uri, run_id, address, resume=resume)
     return ray_cluster.settle(jobs, job_id, spec, uri, run_id, detach=detach, progress_to_stderr=progress_to_stderr)
 
