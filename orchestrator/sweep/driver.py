@@ -12,8 +12,6 @@ import contextlib
 import logging
 import os
 
-from mlflow.tracking import MlflowClient
-
 from orchestrator.console import terminal
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, SpecError
 from orchestrator.runs import tracking
@@ -22,7 +20,7 @@ from orchestrator.spec import preflight
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec, load_sweep
 from orchestrator.sweep.trials import Trial, concurrency, expand
-from orchestrator.tags import ERROR_TAG, RAY_ADDRESS_TAG, RESUMES_TAG, STOP_TAG, TARGET_TAG
+from orchestrator.tags import RAY_ADDRESS_TAG, TARGET_TAG
 from orchestrator.targets import cluster, jobs_address
 from orchestrator.train.faults import FAULT_VARIABLE
 
@@ -97,25 +95,11 @@ def resume_sweep(found: tuple) -> dict:
         return kube.resume(uri, parent, sweep, trials, left)
     else:
         check_trials([t for t in trials if t.index in left])
-    resumes = reopen(uri, parent, {} if address else driver_tags())
+    resumes = records.reopen(uri, parent, {} if address else driver_tags())
     terminal.say(f"sweep {parent_id}: resuming {len(left)} of {len(trials)} trials")
     if address:
         return remote.submit(uri, parent_id, trials, address, resume=resumes)
     return drive_sweep(uri, parent_id, sweep, trials)
-
-
-def reopen(uri: str, parent, tags: dict) -> int:
-    """Mark a stopped sweep's parent RUNNING again, its last error and a stop request it carried
-    out cleared, with `tags`; returns the number of this resume (orch.resumes counts them)."""
-    parent_id = parent.info.run_id
-    client = MlflowClient(uri)
-    client.update_run(parent_id, status=ACTIVE)
-    for key in (ERROR_TAG, STOP_TAG):
-        if key in parent.data.tags:
-            client.delete_tag(parent_id, key)
-    resumes = int(parent.data.tags.get(RESUMES_TAG, "0")) + 1
-    tracking.set_tags(uri, parent_id, {RESUMES_TAG: resumes, **tags})
-    return resumes
 
 
 def pending(uri: str, parent_id: str, trials: list[Trial]) -> list[int]:

@@ -156,13 +156,11 @@ def submit(
 def resume(uri: str, parent, sweep: SweepSpec, trials: list[Trial], left: list[int], *, api=None, poll_s=5.0) -> dict:
     """`orch resume PARENT` of a k8s sweep: reopen the parent and create its next RayJob (-rN),
     whose entrypoint runs the trials `left`; follow it to its end."""
-    from orchestrator.sweep.driver import reopen
-
     job = recorded(uri, parent, sweep, trials)
     kuberay.check_launchable(uri, job.namespace, job.image)
     api = api or kuberay.api_client()
     parent_id = parent.info.run_id
-    resumes = reopen(uri, parent, {})
+    resumes = records.reopen(uri, parent, {})
     terminal.say(f"sweep {parent_id}: resuming {len(left)} of {len(trials)} trials")
     name = launch(api, job, parent_id, pending=len(left), resume=resumes)
     return follow(api, job, parent_id, name, poll_s=poll_s)

@@ -15,6 +15,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, last_line
 from orchestrator.runs import tracking
+from orchestrator.runs.driver import ACTIVE
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.trials import Trial, from_json
 from orchestrator.tags import (
@@ -22,7 +23,9 @@ from orchestrator.tags import (
     KIND_TAG,
     OVERRIDES_TAG,
     PARENT_TAG,
+    RESUMES_TAG,
     SPEC_FILE_TAG,
+    STOP_TAG,
     SWEEP,
     SWEEP_TRIALS_TAG,
     SWEEP_VARIED_TAG,
@@ -114,6 +117,20 @@ def end_running_children(uri: str, parent_id: str, status: str, why: str) -> lis
     for run_id in ended:
         tracking.end_run(uri, run_id, status, why)
     return ended
+
+
+def reopen(uri: str, parent, tags: dict) -> int:
+    """Mark a stopped sweep's parent RUNNING again, its last error and a stop request it carried
+    out cleared, with `tags`; returns the number of this resume (orch.resumes counts them)."""
+    parent_id = parent.info.run_id
+    client = MlflowClient(uri)
+    client.update_run(parent_id, status=ACTIVE)
+    for key in (ERROR_TAG, STOP_TAG):
+        if key in parent.data.tags:
+            client.delete_tag(parent_id, key)
+    resumes = int(parent.data.tags.get(RESUMES_TAG, "0")) + 1
+    tracking.set_tags(uri, parent_id, {RESUMES_TAG: resumes, **tags})
+    return resumes
 
 
 def outcome(uri: str, parent_id: str, trials: list[Trial]) -> dict:
