@@ -46,6 +46,12 @@ def read_outcome(uri: str, run_id: str, status: str | None = None) -> JobOutcome
     )
 
 
+def ended_with_job(job_status) -> str:
+    """The status of a run whose Ray job ended without ending it (its entrypoint died, or never
+    ran): KILLED when the job was stopped (`ray job stop`, `orch stop`, Ctrl-C), else FAILED."""
+    return "KILLED" if str(job_status) == "STOPPED" else "FAILED"
+
+
 def planned_epochs(run) -> int | None:
     """The epochs the run trains to: its spec's training.epochs, or what a resume raised it to."""
     epochs = run.data.tags.get(EPOCHS_TAG) or run.data.params.get("training.epochs")

@@ -9,6 +9,7 @@ import click
 
 from orchestrator.errors import JobFailed, last_line
 from orchestrator.runs import tracking
+from orchestrator.runs.outcome import ended_with_job
 from orchestrator.sweep import records
 from orchestrator.targets import naming, ray_cluster
 
@@ -54,7 +55,6 @@ def follow(uri: str, parent_id: str, trials, jobs, job_id: str) -> dict:
         jobs.stop_job(job_id)
         ray_cluster.wait(jobs, job_id, timeout_s=ray_cluster.STOP_WAIT_S + 15)
         state = "STOPPED"
-    ended = "KILLED" if str(state) == "STOPPED" else "FAILED"
     records.end_running_children(uri, parent_id, "KILLED", f"the sweep's Ray job {job_id} ended {state}")
-    tracking.end_if_running(uri, parent_id, ended, f"the sweep's Ray job {job_id} ended {state}")
+    tracking.end_if_running(uri, parent_id, ended_with_job(state), f"the sweep's Ray job {job_id} ended {state}")
     return records.settled(uri, parent_id, trials)

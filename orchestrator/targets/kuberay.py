@@ -23,7 +23,6 @@ from orchestrator.targets.naming import checkpoint_dir
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 TERMINAL = ("Complete", "Failed", "ValidationFailed")  # jobDeploymentStatus values KubeRay never leaves
-_RUN_STATUS = {"SUCCEEDED": "FINISHED", "STOPPED": "KILLED"}  # any other end is FAILED
 
 
 def submit_k8s(
@@ -219,7 +218,12 @@ def finish(uri: str, run_id: str, state: dict):
 def ended_as(state: dict) -> tuple[str, str]:
     """The status a run whose RayJob ended in `state` gets when its entrypoint could not end it
     (FINISHED, KILLED or FAILED), and the cause to record."""
-    status = _RUN_STATUS.get(state["jobStatus"], "FAILED") if state["found"] else "KILLED"
+    from orchestrator.runs.outcome import ended_with_job
+
+    if not state["found"]:  # deleted: `orch stop`, or its TTL
+        status = "KILLED"
+    else:
+        status = "FINISHED" if state["jobStatus"] == "SUCCEEDED" else ended_with_job(state["jobStatus"])
     return status, state["message"] or f"RayJob {state['rayjob']} ended {state['jobDeploymentStatus']}"
 
 

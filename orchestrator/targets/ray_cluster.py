@@ -206,7 +206,7 @@ def follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to_
 
     from orchestrator.console.progress import EpochPrinter
     from orchestrator.runs import tracking
-    from orchestrator.runs.outcome import read_outcome
+    from orchestrator.runs.outcome import ended_with_job, read_outcome
 
     done = set(tracking.epoch_history(uri, run_id))
     printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr, skip=done)
@@ -223,9 +223,7 @@ def follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to_
         ) from None
     finally:
         printer.stop()
-    tracking.end_if_running(
-        uri, run_id, "KILLED" if str(state) == "STOPPED" else "FAILED", lambda: _job_failure(jobs, job_id)
-    )
+    tracking.end_if_running(uri, run_id, ended_with_job(state), lambda: _job_failure(jobs, job_id))
     result = read_outcome(uri, run_id)
     if result.status == "KILLED":
         raise JobInterrupted(f"run {run_id} was stopped (Ray job {job_id} {state}): marked KILLED, checkpoints kept")
