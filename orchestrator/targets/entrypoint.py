@@ -38,7 +38,7 @@ def entrypoint(run_id, tracking_uri, spec_file, spec_b64, resume):
     from orchestrator.console.progress import format_summary
     from orchestrator.runs import tracking
 
-    _stop_on_sigterm()
+    stop_on_sigterm()
     tracking.quiet_mlflow()
     run = _running_run(tracking_uri, run_id)
     try:
@@ -124,9 +124,13 @@ def _running_run(uri: str, run_id: str):
     return run
 
 
-def _stop_on_sigterm() -> None:
-    """`ray job stop` and a deleted pod send SIGTERM: handle it as Ctrl-C, so that Ray Train's
-    SIGINT handler aborts the workers and drive() ends the run KILLED instead of leaving it RUNNING."""
+def stop_on_sigterm() -> None:
+    """`ray job stop` and a deleted pod send the entrypoint SIGTERM: take it as Ctrl-C, through
+    whatever SIGINT handler is in place when it comes, so that the run ends KILLED instead of
+    being left RUNNING. Both entrypoints install it; ray.init() replaces it with Ray's own
+    (sys.exit), so where it is installed says how long it holds: the trainer's entrypoint
+    installs it first (SIGTERM before Ray is joined; after, Ray's SystemExit, which drive() ends
+    KILLED as well), the sweep's after ray.init (Tune takes SIGINT as "stop the trials")."""
 
     def handler(signum, frame):
         on_sigint = signal.getsignal(signal.SIGINT)
