@@ -233,9 +233,11 @@ def build_val_loader(
     device: str = "cpu",
     channels_last: bool = True,
     in_memory: bool = True,
+    crop_ratio: float = geometry.VAL_CROP_RATIO,
 ) -> ValLoader:
-    """imagenet and paper: the shorter side to resolution/0.875 and the center resolution
-    square (data_pipeline.geometry); cifar: the stored image.
+    """imagenet and paper: the shorter side to resolution/crop_ratio and the center resolution
+    square (data_pipeline.geometry: validation's 0.875; test-time augmentation's 10-crop and
+    multi-scale read the whole shorter side, 1.0); cifar: the stored image.
 
     Shards with val_shard, not FFCV's distributed ordering, which pads with repeated samples.
     """
@@ -251,7 +253,7 @@ def build_val_loader(
         from data_pipeline.augment import crop_decoder
 
         res = resolution or DEFAULT_RESOLUTION
-        decoder = crop_decoder((res, res), geometry.center_crop, ratio=geometry.VAL_CROP_RATIO)
+        decoder = crop_decoder((res, res), geometry.center_crop, ratio=crop_ratio)
     else:
         res = _one_size(reader, path)
         decoder = SimpleRGBImageDecoder()
