@@ -12,14 +12,13 @@ a truncated run's); the others are listed as skipped with their status and the r
 import json
 from dataclasses import dataclass, field
 
-from mlflow.tracking import MlflowClient
-
 from orchestrator.errors import OrchError
 from orchestrator.report.configs import dataset_name
 from orchestrator.runs.run_lookup import find_run
+from orchestrator.runs.tracking import epoch_history
 from orchestrator.tags import EARLY_STOPPED_TAG, ENSEMBLE, KIND_TAG, OVERRIDES_TAG, is_sweep
 
-CURVES = ("val_top1_error", "val_top5_error", "train_top1_error", "train_top5_error")
+CURVES = ("val_top1_error", "val_top5_error", "train_top1_error", "train_top5_error")  # step = epoch
 
 
 @dataclass
@@ -115,7 +114,7 @@ def _add_runs(uri: str, collected: Collected, runs: list) -> None:
         elif tags.get(KIND_TAG) == ENSEMBLE:
             collected.ensembles.append(run)
         else:
-            history = histories(uri, info.run_id)
+            history = {key: epoch_history(uri, info.run_id, key) for key in CURVES}
             if not history["val_top1_error"]:
                 raise OrchError(
                     f"run {info.run_id} ({info.run_name}) has no val_top1_error history: it is not a training "
@@ -125,12 +124,6 @@ def _add_runs(uri: str, collected: Collected, runs: list) -> None:
             collected.trained.append(
                 TrainedRun(info.run_id, info.run_name, params, metrics, tags, history, dataset_name(run))
             )
-
-
-def histories(uri: str, run_id: str) -> dict:
-    """{metric: {epoch: value}} of the per-epoch error metrics, as logged (step = epoch)."""
-    client = MlflowClient(uri)
-    return {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in CURVES}
 
 
 def _statuses(skipped: list[dict]) -> str:
