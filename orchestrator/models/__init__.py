@@ -1,20 +1,25 @@
-"""The ResNet paper's networks (He et al., 2015): build one by name with `build_model`."""
+"""The ResNet paper's networks (He et al., 2015): build one by name with `build_model`.
 
-from orchestrator.models.complexity import count_macs, count_parameters
-from orchestrator.models.registry import (
-    ArchInfo,
-    arch_info,
-    build_model,
-    default_input_size,
-    list_archs,
-)
+Importing this package imports nothing but itself: each name loads its module when first used,
+so that orchestrator.models.names (what a name says) serves `orch report` without torch.
+"""
 
-__all__ = [
-    "ArchInfo",
-    "arch_info",
-    "build_model",
-    "count_macs",
-    "count_parameters",
-    "default_input_size",
-    "list_archs",
-]
+from importlib import import_module
+
+_HOMES = {
+    "ArchInfo": "registry",
+    "arch_info": "registry",
+    "build_model": "registry",
+    "default_input_size": "registry",
+    "list_archs": "registry",
+    "count_macs": "complexity",
+    "count_parameters": "complexity",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'orchestrator.models' has no attribute {name!r}")
+    return getattr(import_module(f"orchestrator.models.{_HOMES[name]}"), name)
