@@ -57,14 +57,6 @@ EXCLUDES = [
     "/bench",
 ]
 _ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-# "Uploading package ...", "Ignoring upload ... .gitignore", "Directory '.venv' is now ignored by
-# default" (orch leaves it out anyway): news to nobody who runs `orch submit`.
-_CHATTY_LOGGERS = {
-    "ray.dashboard.modules.dashboard_sdk": logging.WARNING,
-    "ray.dashboard.modules.job.sdk": logging.WARNING,
-    "ray._private.runtime_env.packaging": logging.WARNING,
-    "ray._private.runtime_env.working_dir": logging.ERROR,
-}
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 
@@ -282,7 +274,7 @@ def client(address: str):
     """Ray's JobSubmissionClient for `address`, whatever $RAY_ADDRESS says."""
     from ray.job_submission import JobSubmissionClient
 
-    for name, level in _CHATTY_LOGGERS.items():
+    for name, level in ray_internals.JOB_SUBMISSION_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     with _without_env(_ADDRESS_VARIABLES):
         try:
