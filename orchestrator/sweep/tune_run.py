@@ -80,7 +80,7 @@ def _continue(uri: str, child, trial: Trial) -> None:
     run_id = child.info.run_id
     run_dir = child.data.tags.get(CHECKPOINT_DIR_TAG) or checkpoint_dir(trial.spec, run_id)
     good = restart_point(run_dir).location
-    resume._reopen(uri, child, trial.spec, (), {TARGET_TAG: child.data.tags.get(TARGET_TAG, "local")}, good)
+    resume.reopen_run(uri, child, trial.spec, (), {TARGET_TAG: child.data.tags.get(TARGET_TAG, "local")}, good)
     tracking.set_tags(uri, run_id, {CHECKPOINT_DIR_TAG: run_dir, **({RESUMED_FROM_TAG: good} if good else {})})
     drive(trial.spec, uri, run_id, run_dir, resume_from=good, callbacks=(EpochsToTune(),), watch=False)
 

@@ -123,7 +123,7 @@ def continue_here(
     cluster.connect()
     cluster.check_resources(spec.scaling)
     if reopen:
-        _reopen(uri, run, spec, overrides, {TARGET_TAG: "local"}, good)
+        reopen_run(uri, run, spec, overrides, {TARGET_TAG: "local"}, good)
     tracking.set_tags(uri, run_id, {RESUMED_FROM_TAG: good, **driver_tags()})
     return drive(spec, uri, run_id, run_dir, resume_from=good, progress_to_stderr=progress_to_stderr)
 
@@ -181,7 +181,7 @@ def relaunch_on_k8s(uri: str, run, pods, overrides, *, pod_uri: str, namespace: 
     check_epochs_left(run_id, logged_epoch(run) + 1, pods)
     resume = _next_resume(run)
     name = manifest.rayjob_name(pods.name, run_id, resume)
-    _reopen(uri, run, pods, overrides, kuberay.job_tags(namespace, name))
+    reopen_run(uri, run, pods, overrides, kuberay.job_tags(namespace, name))
     kuberay.launch(
         pods, None, uri=uri, pod_uri=pod_uri, namespace=namespace, image=image, api=api, run_id=run_id, resume=resume
     )
@@ -207,7 +207,7 @@ def _resume_on_ray(uri: str, run, spec, overrides, address: str, detach: bool, p
     check_epochs_left(run_id, logged_epoch(run) + 1, spec)
     jobs = ray_cluster.client(address)
     resume = _next_resume(run)
-    _reopen(uri, run, spec, overrides, ray_cluster.job_tags(address, naming.ray_job_id(spec, run_id, resume)))
+    reopen_run(uri, run, spec, overrides, ray_cluster.job_tags(address, naming.ray_job_id(spec, run_id, resume)))
     job_id = ray_cluster.submit_job(jobs, spec, uri, run_id, address, resume=resume)
     return ray_cluster.settle(jobs, job_id, spec, uri, run_id, detach=detach, progress_to_stderr=progress_to_stderr)
 
@@ -272,7 +272,7 @@ def _next_resume(run) -> int:
     return int(run.data.tags.get(RESUMES_TAG, "0")) + 1
 
 
-def _reopen(uri: str, run, spec, overrides, job: dict, good: str | None = None) -> None:
+def reopen_run(uri: str, run, spec, overrides, job: dict, good: str | None = None) -> None:
     """Mark the run RUNNING for its next resume: the new spec, tags naming the job it continues
     as (`job`: orch.target and that target's tags; another target's are dropped), and
     resumes/resume_N.json: the overrides, the previous job, the new one, and the checkpoint it
