@@ -20,7 +20,7 @@ from orchestrator.errors import OrchError
 from orchestrator.runs import tracking
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec
-from orchestrator.sweep.trials import Trial, from_json, resources
+from orchestrator.sweep.trials import Trial, from_json
 from orchestrator.tags import CHECKPOINT_DIR_TAG, EARLY_STOPPED_TAG, EPOCH_TAG, RESUMED_FROM_TAG, STOP_TAG, TARGET_TAG
 
 TIME_ATTR = "epochs_done"  # what Tune counts a trial's progress in: whole epochs
@@ -186,7 +186,3 @@ def build_tuner(
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
         ),
     )
-
-
-def describe_resources(trial: Trial) -> str:
-    return ", ".join(f"{v:g} {k}" for k, v in resources(trial.spec).items())
