@@ -30,7 +30,7 @@ def submit(uri: str, parent_id: str, trials, address: str, resume: int = 0, deta
             entrypoint=naming.sweep_command(parent_id, uri, python=ray_cluster.cluster_python(address)),
             submission_id=job_id,
             runtime_env=ray_cluster.runtime_env(trials[0].spec, uri),
-            metadata={"orch.run_id": parent_id},
+            metadata=naming.job_metadata(parent_id),
         )
     except Exception as exc:
         tracking.end_run(uri, parent_id, "FAILED", f"submitting the Ray job failed: {exc}")

@@ -1,6 +1,6 @@
 """The names a job gets wherever it runs, and the command a cluster runs for it: Ray Train's run
-name and the run's checkpoint folder, the ids of its Ray jobs (a run's, a sweep's, a RayJob's),
-and the entrypoints' command lines with the spec they carry. Pure functions of the spec and the
+name and the run's checkpoint folder, the ids and metadata of its Ray jobs (a run's, a
+sweep's, a RayJob's), and the entrypoints' command lines with the spec they carry. Pure functions of the spec and the
 run id, imported by every target, `orch resume` and the sweeps: a job is named here only.
 """
 
@@ -42,6 +42,12 @@ def rayjob_job_id(run_id: str) -> str:
     """The Ray job id of a RayJob's driver: names the MLflow run in Ray's dashboard and the
     driver's log file."""
     return f"orch-{run_id}"
+
+
+def job_metadata(run_id: str) -> dict:
+    """A Ray job's metadata: the MLflow run it trains (a sweep's job: its parent run), which
+    Ray's dashboard shows beside the job."""
+    return {"orch.run_id": run_id}
 
 
 def encoded_spec(spec) -> str:

@@ -161,7 +161,7 @@ def submit_job(jobs, spec: JobSpec, uri: str, run_id: str, address: str, resume:
             entrypoint=entrypoint_command(run_id, uri, address, resume=bool(resume)),
             submission_id=job_id,
             runtime_env=runtime_env(spec, uri),
-            metadata={"orch.run_id": run_id},
+            metadata=naming.job_metadata(run_id),
         )
         tracking.set_tags(uri, run_id, {RAY_JOB_ID_TAG: job_id})
     except KeyboardInterrupt:
