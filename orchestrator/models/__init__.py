@@ -1,25 +1,21 @@
 """The ResNet paper's networks (He et al., 2015): build one by name with `build_model`.
 
-Importing this package imports nothing but itself: each name loads its module when first used,
-so that orchestrator.models.names (what a name says) serves `orch report` without torch.
+The names below are imported when first used: the registry and the complexity counts import
+torch, which orchestrator.models.names (what an architecture's name says) spares `orch report`.
 """
 
-from importlib import import_module
-
-_HOMES = {
-    "ArchInfo": "registry",
-    "arch_info": "registry",
-    "build_model": "registry",
-    "default_input_size": "registry",
-    "list_archs": "registry",
-    "count_macs": "complexity",
-    "count_parameters": "complexity",
-}
-
-__all__ = sorted(_HOMES)
+_REGISTRY = ("ArchInfo", "arch_info", "build_model", "default_input_size", "list_archs")
+_COMPLEXITY = ("count_macs", "count_parameters")
+__all__ = sorted(_REGISTRY + _COMPLEXITY)
 
 
 def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'orchestrator.models' has no attribute {name!r}")
-    return getattr(import_module(f"orchestrator.models.{_HOMES[name]}"), name)
+    if name in _REGISTRY:
+        from orchestrator.models import registry
+
+        return getattr(registry, name)
+    if name in _COMPLEXITY:
+        from orchestrator.models import complexity
+
+        return getattr(complexity, name)
+    raise AttributeError(f"module 'orchestrator.models' has no attribute {name!r}")
