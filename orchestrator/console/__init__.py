@@ -1,1 +1,3 @@
-"""What a person reads on the terminal while a job runs: stage lines, the progress line, epoch lines, the summary."""
+"""What a person reads on the terminal while a job runs: stage lines, progress and epoch lines, the summary.
+May import: runs (tracking: the epochs a run logged).
+"""

@@ -1,5 +1,8 @@
-"""Evaluating checkpoints: exact metrics under the paper's test-time protocols, and ensembles. A RUN
-or CHECKPOINT becomes a checkpoint on this machine, checksums checked, in orchestrator/recovery/checkpoints.py.
+"""Evaluating checkpoints: exact metrics under the paper's test-time protocols, and ensembles.
+May import: models, data_pipeline, train, runs, recovery, targets (cluster: connecting to Ray).
+
+A RUN or CHECKPOINT becomes a checkpoint on this machine, checksums checked, in
+orchestrator/recovery/checkpoints.py.
 
 tta          the protocols: none, flip, 10crop, multiscale
 scoring      view averaging, combining members (softmax, logits, vote), exact counts

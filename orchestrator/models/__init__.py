@@ -1,4 +1,5 @@
 """The ResNet paper's networks (He et al., 2015): build one by name with `build_model`.
+May import: nothing but the leaves.
 
 The names below are imported when first used: the registry and the complexity counts import
 torch, which orchestrator.models.names (what an architecture's name says) spares `orch report`.

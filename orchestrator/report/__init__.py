@@ -1,4 +1,5 @@
 """`orch report`: a sweep's (or a list of runs') results as the paper shows them.
+May import: runs, sweep (records: which runs are a sweep's trials).
 
     build_report(uri, "PARENT_RUN_ID")            # a sweep: its FINISHED trial runs
     build_report(uri, "RUN1,RUN2,ENSEMBLE_RUN")   # training runs, and ensemble runs
