@@ -3,6 +3,12 @@ artifact), tagging and ending it, and reading its epoch metrics back.
 
 One run per job, created by the driver before anything trains; the Ray Train controller logs
 the epochs into it (orchestrator.train.epoch_logger); it always ends FINISHED, FAILED or KILLED.
+What a run records, from here: params (the resolved spec, flattened) and spec.json; the epoch
+metrics (EPOCH_METRICS) and best_* (log_best, by orchestrator/recovery/best.py's rule); its tags,
+one key a line in orchestrator/tags.py; dataset inputs, description and logged model
+(orchestrator/runs/run_record.py, model_logging.py); system metrics (orchestrator/runs/telemetry.py);
+step metrics (orchestrator/train/step_metrics.py); preemptions and failures
+(orchestrator/train/interruptions.py).
 """
 
 import json
