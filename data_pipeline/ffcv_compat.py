@@ -18,7 +18,8 @@ Two of FFCV's Compiler methods are replaced when it is imported:
 
 Besides: the .beton header's layout, a Reader's fields and their metadata, a Loader's epoch and
 traversal order (a resumed epoch skips batches), the writer's worker loop (data_pipeline.beton's
-checked writer) and the resized-crop decoder's code (data_pipeline.augment's keyed crops).
+checked writer) and its resize, and the resized-crop decoder's code (data_pipeline.augment's
+keyed crops).
 """
 
 import ctypes
@@ -293,6 +294,14 @@ def _get_alive(q, processes, fname):
             return q.get(timeout=0.5)
         except queue.Empty:
             _raise_if_failed(processes, fname)
+
+
+def writer_resize(image: np.ndarray, max_resolution: int | None) -> np.ndarray:
+    """The image as FFCV's writer stores it: its longer side shrunk to max_resolution
+    (ffcv.fields.rgb_image.resizer, which RGBImageField applies before encoding)."""
+    from ffcv.fields.rgb_image import resizer
+
+    return resizer(image, max_resolution)
 
 
 # --- the resized-crop decoder's code -----------------------------------------------------------
