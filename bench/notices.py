@@ -57,7 +57,7 @@ def check_latency(checks: int) -> float:
 
 def images_per_second(spec) -> float:
     """A run through orch, as `orch submit` trains it: mean images/s of the epochs after the first."""
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
     from orchestrator.targets.local import run_local
 
     outcome = run_local(spec, progress_to_stderr=True)
@@ -97,7 +97,7 @@ def main():
             ],
         )
 
-    from orchestrator import cluster
+    from orchestrator.targets import cluster
 
     started = time.perf_counter()
     cluster.connect()

@@ -60,7 +60,7 @@ def bare(spec, epochs: int, label: str) -> list[float]:
 
 
 def through_orch(spec) -> list[float]:
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
     from orchestrator.targets.local import run_local
 
     outcome = run_local(spec, progress_to_stderr=True)

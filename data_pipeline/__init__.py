@@ -1,8 +1,10 @@
-"""FFCV datasets for orch: writers (`orch data prepare`), inspection and the training loaders.
+"""FFCV datasets for orch: writers (`orch data prepare`), inspection, crop geometry and the training loaders.
+May import: nothing of orchestrator but its leaves (errors).
 
 Importing this package imports nothing but itself: each name loads its module when first
 used, so ffcv and numba (seconds of start-up), PIL and tqdm load only where they are needed,
-and `data_pipeline.loaders` imports on a machine with torch alone (bench/gpu.py).
+and `data_pipeline.loaders` imports on a machine with torch alone (bench/gpu.py). Every FFCV
+internal orch relies on is in ffcv_compat.py.
 """
 
 from importlib import import_module

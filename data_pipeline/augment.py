@@ -13,12 +13,12 @@ after ffcv_compat.import_ffcv().
 from dataclasses import replace
 
 import numpy as np
-from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
-from ffcv.libffcv import imdecode, resize_crop
+from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
+from data_pipeline.ffcv_compat import keyed_resized_crop
 from data_pipeline.rng import STAGE_KEYS, sample_key, uniform
 
 
@@ -93,37 +93,6 @@ def crop_decoder(output_size, crop, scale=None, ratio=None):
             return crop
 
         def generate_code(self):
-            return _keyed_decode(self.memory_read, crop, self.scale, self.ratio)
+            return keyed_resized_crop(self.memory_read, crop, self.scale, self.ratio)
 
     return KeyedCropDecoder()
-
-
-def _keyed_decode(mem_read, crop, scale, ratio):
-    """FFCV 1.0.2's ResizedCropRGBImageDecoder.generate_code, the crop keyed by the image."""
-    jpg = IMAGE_MODES["jpg"]
-    my_range = Compiler.get_iterator()
-    imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
-    crop_c = Compiler.compile(crop)
-    scale = np.array(scale if scale is not None else (1.0, 1.0), dtype=np.float64)
-    ratio = np.array(ratio if ratio is not None else (1.0, 1.0), dtype=np.float64)
-
-    def decode(batch_indices, my_storage, metadata, storage_state):
-        key = np.random.randint(0, STAGE_KEYS)
-        destination, temp_storage = my_storage
-        for dst_ix in my_range(len(batch_indices)):
-            source_ix = batch_indices[dst_ix]
-            field = metadata[source_ix]
-            image_data = mem_read(field["data_ptr"], storage_state)
-            height, width = np.uint32(field["height"]), np.uint32(field["width"])
-            if field["mode"] == jpg:
-                temp_buffer = temp_storage[dst_ix]
-                imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
-                temp_buffer = temp_buffer.reshape(-1)[: 3 * height * width].reshape(height, width, 3)
-            else:
-                temp_buffer = image_data.reshape(height, width, 3)
-            i, j, h, w = crop_c(height, width, scale, ratio, sample_key(key, source_ix))
-            resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
-        return destination[: len(batch_indices)]
-
-    decode.is_parallel = True
-    return decode

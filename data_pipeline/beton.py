@@ -1,32 +1,13 @@
 """Reading .beton headers and writing .beton files (fields `image`: RGBImageField, `label`: IntField)."""
 
-import ctypes
 import multiprocessing
-import os
-import queue
-import sys
-import time
-from multiprocessing.queues import Queue
 from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.ffcv_compat import import_ffcv, memory_allocator
+from data_pipeline.ffcv_compat import FORMAT_VERSION, HEADER, checked_writer_class, fields, import_ffcv
 from orchestrator.errors import DataError
 
-# FFCV 1.0.2's file header (ffcv.types.HeaderType), repeated here so that reading a header
-# does not import ffcv and numba (seconds) in commands that only need the sample count.
-_HEADER = np.dtype(
-    [
-        ("version", "<u2"),
-        ("num_fields", "<u2"),
-        ("page_size", "<u4"),
-        ("num_samples", "<u8"),
-        ("alloc_table_ptr", "<u8"),
-    ],
-    align=True,
-)
-_VERSION = 2
 MIN_PAGE_SIZE = 1 << 21
 # The writer's processes come from a fork server, never forked from the caller: `orch data
 # prepare` may run where MLflow, Ray or numba hold threads, and a child forked while another
@@ -48,12 +29,12 @@ def read_header(path) -> np.void:
     if not path.is_file():
         raise _not_a_beton(path, "it is a folder")
     size = path.stat().st_size
-    if size < _HEADER.itemsize:
+    if size < HEADER.itemsize:
         raise _not_a_beton(path, f"{size} bytes is shorter than the header")
-    header = np.fromfile(path, dtype=_HEADER, count=1)[0]
+    header = np.fromfile(path, dtype=HEADER, count=1)[0]
     page_size = int(header["page_size"])
-    if int(header["version"]) != _VERSION:
-        raise _not_a_beton(path, f"format version {int(header['version'])}, expected {_VERSION}")
+    if int(header["version"]) != FORMAT_VERSION:
+        raise _not_a_beton(path, f"format version {int(header['version'])}, expected {FORMAT_VERSION}")
     if not 1 <= int(header["num_fields"]) <= 256 or page_size < MIN_PAGE_SIZE or page_size & (page_size - 1):
         raise _not_a_beton(path, "its header is invalid")
     if int(header["alloc_table_ptr"]) > size:
@@ -82,20 +63,15 @@ def image_and_label_fields(reader, path) -> tuple[str, str]:
     """Names of the RGB image field and the integer label field of a reader's file."""
     from ffcv.fields import IntField, RGBImageField
 
-    images = [n for n, h in reader.handlers.items() if isinstance(h, RGBImageField)]
-    labels = [n for n, h in reader.handlers.items() if isinstance(h, IntField)]
+    images = [n for n, h in fields(reader).items() if isinstance(h, RGBImageField)]
+    labels = [n for n, h in fields(reader).items() if isinstance(h, IntField)]
     if not images or not labels:
         raise DataError(
-            f"{path}: has fields {list(reader.handlers)}; orch needs an RGB image field and an int "
+            f"{path}: has fields {list(fields(reader))}; orch needs an RGB image field and an int "
             "label field, as `orch data prepare` writes them"
         )
     label = "label" if "label" in labels else labels[0]
     return images[0], label
-
-
-def field_metadata(reader, name: str) -> np.ndarray:
-    """Per-sample metadata of one field (image: mode/width/height; int: the value)."""
-    return reader.metadata[f"f{reader.field_names.index(name)}"]
 
 
 def page_size_for(max_sample_bytes: int) -> int:
@@ -116,7 +92,7 @@ def write_beton(
     import_ffcv()
     from ffcv.fields import IntField
 
-    writer_cls = _checked_writer_class()
+    writer_cls = checked_writer_class(writer_context())
     writer = writer_cls(
         str(path),
         {"image": image_field, "label": IntField()},
@@ -127,93 +103,8 @@ def write_beton(
     writer.from_indexed_dataset(dataset, chunksize=chunksize)
 
 
-def _checked_writer_class():
-    from ffcv.writer import DatasetWriter
-
-    class CheckedWriter(DatasetWriter):
-        """DatasetWriter whose main loop notices dead workers.
-
-        FFCV's own loop waits for the sample counter to reach the total, so a worker that
-        raises (an unreadable image, a sample larger than a page) hangs the write forever.
-        """
-
-        desc = "writing"
-
-        def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
-            self.num_samples = num_samples
-            self.prepare()
-            try:
-                self._run_workers(queue_content, work_fn, extra_worker_args)
-            finally:
-                self.metadata_sm.close()
-                self.metadata_sm.unlink()
-
-        def _run_workers(self, queue_content, work_fn, extra_worker_args):
-            from tqdm import tqdm
-
-            context = writer_context()
-            work: Queue = context.Queue()
-            for todo in queue_content:
-                work.put(todo)
-            for _ in range(self.num_workers):
-                work.put(None)
-            allocations: Queue = context.Queue()
-            done = context.Value(ctypes.c_uint64, 0)
-            allocator = memory_allocator(self.fname, self.data_region_start, self.page_size, context)
-            args = (
-                work,
-                self.metadata_sm,
-                self.metadata_type,
-                self.fields,
-                allocator,
-                done,
-                allocations,
-                *extra_worker_args,
-            )
-            processes = [context.Process(target=work_fn, args=args, daemon=True) for _ in range(self.num_workers)]
-            try:
-                for p in processes:
-                    p.start()
-                with tqdm(total=self.num_samples, desc=self.desc, unit="img", file=sys.stderr) as bar:
-                    while bar.n < self.num_samples:
-                        _raise_if_failed(processes, self.fname)
-                        if done.value > bar.n:
-                            bar.update(done.value - bar.n)
-                        time.sleep(0.05)
-                table = []
-                for _ in processes:
-                    table.extend(_get_alive(allocations, processes, self.fname))
-                for p in processes:
-                    p.join()
-            finally:
-                for p in processes:
-                    if p.is_alive():
-                        p.terminate()
-                        p.join()
-            self.finalize(table)
-
-    return CheckedWriter
-
-
 def writer_context():
     """The multiprocessing context the writer's processes start in (WRITER_START)."""
     context = multiprocessing.get_context(WRITER_START)
     context.set_forkserver_preload(_WRITER_PRELOAD)
     return context
-
-
-def _raise_if_failed(processes, fname) -> None:
-    for p in processes:
-        if p.exitcode not in (None, 0):
-            raise DataError(
-                f"writing {os.path.basename(fname)} failed: a writer process exited with code "
-                f"{p.exitcode} (its error is printed above)"
-            )
-
-
-def _get_alive(q: Queue, processes, fname):
-    while True:
-        try:
-            return q.get(timeout=0.5)
-        except queue.Empty:
-            _raise_if_failed(processes, fname)

@@ -107,13 +107,6 @@ def paper_scale_bounds(short_side_min: int, short_side_max: int) -> tuple[float,
     return short_side_min / PAPER_CROP, short_side_max / PAPER_CROP
 
 
-def lighting_shift(alphas: np.ndarray) -> np.ndarray:
-    """AlexNet's PCA lighting: per image, the RGB shift eigvec @ (alpha * eigval) on the 0-255
-    scale, for alphas of shape (N, 3) drawn from N(0, std). Returns (N, 3)."""
-    eigvec = np.asarray(LIGHTING_EIGVEC)
-    return 255.0 * (np.asarray(alphas) * np.asarray(LIGHTING_EIGVAL)) @ eigvec.T
-
-
 def five_crop_corners(height: int, width: int, size: int) -> list[tuple[int, int]]:
     """(top, left) of 10-crop's four corner crops and its center crop, each size x size."""
     top, left = round((height - size) / 2), round((width - size) / 2)

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data_pipeline.beton import field_metadata, image_and_label_fields, open_reader, page_size_for, write_beton
-from data_pipeline.ffcv_compat import import_ffcv
+from data_pipeline.beton import image_and_label_fields, open_reader, page_size_for, write_beton
+from data_pipeline.ffcv_compat import field_metadata, import_ffcv, writer_resize
 from data_pipeline.info import CLASSES_FILE, INFO_FILE, ChannelStats, dataset_json
 from data_pipeline.inspection import side_summary
 from data_pipeline.staging import StagedOutput, check_out_dir
@@ -129,10 +129,8 @@ def _check(task):
         return " ".join(f"{type(exc).__name__}: {exc}".split()), None
     if not with_stats:
         return None, None
-    from ffcv.fields.rgb_image import resizer  # the writer's own resize: stats of what is stored
-
     stats = ChannelStats()
-    stats.add(resizer(image, max_resolution))
+    stats.add(writer_resize(image, max_resolution))  # stats of what is stored
     return None, (stats.sums, stats.squares, stats.count)
 
 

@@ -4,9 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.beton import field_metadata, image_and_label_fields, open_reader
-
-_MODES = {0: "jpg", 1: "raw"}  # ffcv.fields.rgb_image.IMAGE_MODES
+from data_pipeline.beton import image_and_label_fields, open_reader
+from data_pipeline.ffcv_compat import IMAGE_MODES, field_metadata, fields
 
 
 def inspect_beton(path) -> dict:
@@ -15,13 +14,13 @@ def inspect_beton(path) -> dict:
     image_field, label_field = image_and_label_fields(reader, path)
     images = field_metadata(reader, image_field)
     labels = field_metadata(reader, label_field)
-    modes = {name: int(np.count_nonzero(images["mode"] == code)) for code, name in _MODES.items()}
+    modes = {name: int(np.count_nonzero(images["mode"] == code)) for code, name in IMAGE_MODES.items()}
     return {
         "path": str(path),
         "num_samples": int(reader.num_samples),
         "num_classes": int(len(np.unique(labels))),
         "label_range": [int(labels.min()), int(labels.max())] if len(labels) else None,
-        "fields": {name: type(handler).__name__ for name, handler in reader.handlers.items()},
+        "fields": {name: type(handler).__name__ for name, handler in fields(reader).items()},
         "height": _min_median_max(images["height"]),
         "width": _min_median_max(images["width"]),
         **side_summary(images),

@@ -13,9 +13,9 @@ moved first and normalized in torch, since FFCV's GPU NormalizeImage needs cupy.
 import numpy as np
 import torch
 
-from data_pipeline import geometry
-from data_pipeline.beton import field_metadata, image_and_label_fields, num_samples, open_reader
-from data_pipeline.ffcv_compat import import_ffcv, loader_threads
+from data_pipeline import ffcv_compat, geometry
+from data_pipeline.beton import image_and_label_fields, num_samples, open_reader
+from data_pipeline.ffcv_compat import field_metadata, import_ffcv, loader_threads
 from data_pipeline.rng import epoch_key, mix, normals
 from data_pipeline.schedule import ResolutionSchedule, val_shard
 from orchestrator.errors import DataError
@@ -90,15 +90,15 @@ class TrainLoader(_Batches):
         self.resolution: int = resolution
         self.batch_size: int = loader.batch_size
         self._skip = 0
-        _skip_batches_of(loader, lambda: self._skip)
+        ffcv_compat.skip_first_batches(loader, lambda: self._skip)
 
     def __iter__(self):
         if self._lighting is None:
             yield from super().__iter__()
             return
-        key, size = epoch_key(self._loader.seed, self._loader.next_epoch), self.batch_size
+        key, size = epoch_key(*ffcv_compat.next_epoch_seed(self._loader)), self.batch_size
         for batch, (images, labels) in enumerate(super().__iter__(), start=self._skip):
-            indices = self._loader.orch_order[batch * size : (batch + 1) * size]
+            indices = ffcv_compat.epoch_order(self._loader)[batch * size : (batch + 1) * size]
             yield self._lighting(images, key, indices), labels
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -108,25 +108,12 @@ class TrainLoader(_Batches):
         uninterrupted epoch drew for the batches that follow."""
         if not 0 <= skip_batches < len(self):
             raise ValueError(f"skip_batches must be in [0, {len(self)}), got {skip_batches}")
-        self._loader.next_epoch = epoch
+        ffcv_compat.set_next_epoch(self._loader, epoch)
         self._skip = skip_batches
         if self._schedule is not None:
             self.resolution = self._schedule.at(epoch)
             # Buffers are sized from the decoder's state at the start of every epoch (ffcv-imagenet does this).
             self._decoder.output_size = (self.resolution, self.resolution)
-
-
-def _skip_batches_of(loader, skip) -> None:
-    """Make an ffcv Loader's next pass leave out its first skip() batches: its traversal order
-    (which depends only on seed and epoch) loses them, and FFCV's drop_last slice is kept. The
-    whole epoch's order stays readable as loader.orch_order (the images of each batch)."""
-    sample_order = loader.next_traversal_order
-
-    def next_traversal_order():
-        order = loader.orch_order = sample_order()
-        return order[skip() * loader.batch_size : len(loader) * loader.batch_size]
-
-    loader.next_traversal_order = next_traversal_order
 
 
 class ValLoader(_Batches):
@@ -233,9 +220,11 @@ def build_val_loader(
     device: str = "cpu",
     channels_last: bool = True,
     in_memory: bool = True,
+    crop_ratio: float = geometry.VAL_CROP_RATIO,
 ) -> ValLoader:
-    """imagenet and paper: the shorter side to resolution/0.875 and the center resolution
-    square (data_pipeline.geometry); cifar: the stored image.
+    """imagenet and paper: the shorter side to resolution/crop_ratio and the center resolution
+    square (data_pipeline.geometry: validation's 0.875; test-time augmentation's 10-crop and
+    multi-scale read the whole shorter side, 1.0); cifar: the stored image.
 
     Shards with val_shard, not FFCV's distributed ordering, which pads with repeated samples.
     """
@@ -251,7 +240,7 @@ def build_val_loader(
         from data_pipeline.augment import crop_decoder
 
         res = resolution or DEFAULT_RESOLUTION
-        decoder = crop_decoder((res, res), geometry.center_crop, ratio=geometry.VAL_CROP_RATIO)
+        decoder = crop_decoder((res, res), geometry.center_crop, ratio=crop_ratio)
     else:
         res = _one_size(reader, path)
         decoder = SimpleRGBImageDecoder()
@@ -300,10 +289,11 @@ def _ffcv_loader(path, reader, image_ops, device, mean, std, *, num_workers, **l
         normalize = NormalizeImage(np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64), np.float32)
         image_ops = image_ops + [normalize, ToTensor(), ToTorchImage(channels_last=True)]
         label_ops = [IntDecoder(), ToTensor(), Squeeze(1)]  # Squeeze(1): a batch of one stays 1-D
-    pipelines = {name: None for name in reader.handlers}
+    names = list(ffcv_compat.fields(reader))
+    pipelines = {name: None for name in names}
     pipelines.update({image_field: image_ops, label_field: label_ops})
     loader = Loader(str(path), num_workers=loader_threads(num_workers), pipelines=pipelines, **loader_args)
-    image_first = reader.field_names.index(image_field) < reader.field_names.index(label_field)
+    image_first = names.index(image_field) < names.index(label_field)
     return loader, image_first
 
 

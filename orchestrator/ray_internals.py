@@ -19,6 +19,7 @@ tests/test_ray_internals.py calls each of them against the installed Ray.
   node drain), which a SIGTERM'd worker sets for itself so that Ray treats it as one.
 - Ray's internal key-value store in the GCS, through which a run's driver hands `orch stop --save`
   to its workers.
+- The names of Ray's loggers that orch quiets (token setup, the job submission client's).
 - The GCS's DrainNode call (what `ray drain-node`, autoscaler v2 and KubeRay make), with which a
   Kubernetes worker pod's preStop hook drains its own node for preemption.
 """
@@ -31,6 +32,15 @@ import ray
 
 CHECKPOINT_RECORD = "checkpoint_manager_snapshot.json"
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+# The job submission client's loggers, with the level that keeps them quiet: "Uploading package
+# ...", "Ignoring upload ... .gitignore", "Directory '.venv' is now ignored by default" (orch
+# leaves it out anyway) are news to nobody who runs `orch submit`.
+JOB_SUBMISSION_LOGGERS = {
+    "ray.dashboard.modules.dashboard_sdk": logging.WARNING,
+    "ray.dashboard.modules.job.sdk": logging.WARNING,
+    "ray._private.runtime_env.packaging": logging.WARNING,
+    "ray._private.runtime_env.working_dir": logging.ERROR,
+}
 _RECORD_LISTS = ("checkpoint_results", "checkpoint_report_indices")
 _PENDING_LISTS = ("pending_training_results", "pending_validation_specs")
 

@@ -52,7 +52,7 @@ def ray_cluster():
     in a subprocess."""
     import ray
 
-    from orchestrator import cluster
+    from orchestrator.targets import cluster
 
     cluster.connect()
     yield ray

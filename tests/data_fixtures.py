@@ -78,7 +78,8 @@ def leftovers(out: Path) -> list[str]:
 
 def stored_raw_image(beton: Path, index: int, shape=(28, 28, 3)) -> np.ndarray:
     """A raw-mode image's bytes, read straight from the file (no FFCV loader)."""
-    from data_pipeline.beton import field_metadata, open_reader
+    from data_pipeline.beton import open_reader
+    from data_pipeline.ffcv_compat import field_metadata
 
     meta = field_metadata(open_reader(beton), "image")[index]
     assert meta["mode"] == 1 and (meta["height"], meta["width"]) == shape[:2]

@@ -1,4 +1,4 @@
-"""One rule for "best" (orchestrator/best.py): checkpoint.metric under checkpoint.mode, ties to
+"""One rule for "best" (orchestrator/recovery/best.py): checkpoint.metric under checkpoint.mode, ties to
 the later epoch, used by the best_* metrics, `orch runs`, and `--checkpoint best`."""
 
 import json
@@ -7,12 +7,12 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from orchestrator.best import BestRule
 from orchestrator.errors import SpecError
-from orchestrator.evaluation.checkpoints import pick
-from orchestrator.lifecycle import summary
+from orchestrator.recovery.best import BestRule
+from orchestrator.recovery.checkpoints import pick
+from orchestrator.runs.lifecycle import summary
+from orchestrator.runs.tracking import best_metrics, log_best
 from orchestrator.spec import load_spec
-from orchestrator.tracking import best_metrics, log_best
 
 from eval_fixtures import run_orch
 from job_fixtures import DEMO

@@ -11,10 +11,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator import interruptions, lifecycle, run_lookup
-from orchestrator.epoch_logger import EpochLogger
 from orchestrator.errors import OrchError
-from orchestrator.restart import restart_point
+from orchestrator.recovery.restart import restart_point
+from orchestrator.runs import lifecycle, run_lookup
+from orchestrator.train import interruptions
 from orchestrator.train.checkpoint import (
     CHECKSUMS_FILE,
     DamagedCheckpoint,
@@ -26,6 +26,7 @@ from orchestrator.train.checkpoint import (
     save_checkpoint,
     verify,
 )
+from orchestrator.train.epoch_logger import EpochLogger
 
 
 def write_run_dir(root, errors=(30.0, 20.0, 25.0)):

@@ -15,14 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from orchestrator import cluster
+from orchestrator.targets import cluster
 
 from job_fixtures import ROOT
 
 PROBE = """
 import json, os, sys, urllib.request
 import ray
-from orchestrator import cluster
+from orchestrator.targets import cluster
 cluster.connect()
 context = ray.init(ignore_reinit_error=True)
 

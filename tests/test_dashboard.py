@@ -25,8 +25,8 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from orchestrator import model_logging, run_record, tracking
 from orchestrator.errors import SpecError
+from orchestrator.runs import model_logging, run_record, tracking
 from orchestrator.spec import load_spec
 
 from eval_fixtures import make_checkpoint

@@ -59,7 +59,8 @@ def test_dataset_json(written, idx):
     "split,index", [("train", 0), ("train", 12_345), ("train", 59_999), ("val", 0), ("val", 9_999)]
 )
 def test_pixels_and_labels_equal_idx(written, idx, split, index):
-    from data_pipeline.beton import field_metadata, open_reader
+    from data_pipeline.beton import open_reader
+    from data_pipeline.ffcv_compat import field_metadata
 
     out, _ = written
     beton = out / f"{split}.beton"

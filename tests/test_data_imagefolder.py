@@ -272,8 +272,8 @@ def test_defaults_keep_a_short_side_of_256_for_the_papers_protocols(tmp_path):
 def test_a_job_is_warned_when_its_resize_would_upsample_the_stored_images(prepared):
     """Images stored at 64 pixels, a job that validates at 224 (resize to 256) and trains with
     the paper's augmentation (256 to 480): both splits are named, before anything starts."""
-    from orchestrator.preflight import resolution_warnings
     from orchestrator.spec import load_spec
+    from orchestrator.spec.preflight import resolution_warnings
 
     out, _ = prepared
     job = Path(__file__).resolve().parent.parent / "jobs" / "resnet18_imagenet.yaml"

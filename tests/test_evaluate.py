@@ -24,10 +24,10 @@ from PIL import Image
 
 from orchestrator.errors import OrchError
 from orchestrator.evaluation import evaluate
-from orchestrator.evaluation.checkpoints import CheckpointError, resolve
 from orchestrator.evaluation.runner import Placement, choose_placement
 from orchestrator.evaluation.tta import default_scales, five_crops, make_protocol
 from orchestrator.models import build_model
+from orchestrator.recovery.checkpoints import CheckpointError, resolve
 from orchestrator.train.checkpoint import load_meta, load_model_state
 
 from eval_fixtures import CLASSES, fake_run, make_checkpoint, run_orch, write_dataset
@@ -317,7 +317,7 @@ def test_more_gpus_than_the_cluster_has_is_refused_before_any_task(ray_cluster, 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("tta", ["flip", "10crop"])  # build_val_loader's GPU path, then loading._whole_square's
+@pytest.mark.parametrize("tta", ["flip", "10crop"])  # build_val_loader's GPU path: 0.875 center, whole side
 def test_on_a_gpu_in_bf16_the_numbers_are_the_cpu_ones(ray_cluster, imagenet_ckpt, tta):
     cpu = evaluate(str(imagenet_ckpt), tta=tta, gpus=0, workers=1)
     gpu = evaluate(str(imagenet_ckpt), tta=tta, gpus=1)

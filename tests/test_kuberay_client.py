@@ -18,11 +18,11 @@ import pytest
 from kubernetes.client import ApiClient, Configuration
 from mlflow.tracking import MlflowClient
 
-from orchestrator import resume, tracking
 from orchestrator.cli.main import main
 from orchestrator.errors import JobFailed, OrchError
+from orchestrator.runs import tracking
 from orchestrator.spec import load_spec
-from orchestrator.targets import kuberay
+from orchestrator.targets import kuberay, resume
 from orchestrator.targets import kuberay_manifest as manifest
 
 ROOT = Path(__file__).resolve().parent.parent

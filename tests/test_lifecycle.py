@@ -8,9 +8,9 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import ray_internals
 from orchestrator.cli.main import main
+from orchestrator.runs.tracking import set_tags, start_run
 from orchestrator.spec import load_spec
 from orchestrator.targets.local import run_local
-from orchestrator.tracking import set_tags, start_run
 from orchestrator.train.checkpoint import list_checkpoints, load_meta, verify
 
 from eval_fixtures import run_orch
@@ -34,7 +34,7 @@ def test_restarts_and_resume_set_damaged_checkpoints_aside_and_retention_holds(
     ]
     spec = load_spec(DEMO, sets)
     # In epoch 2 the worker dies after epoch 1's checkpoint was damaged in storage: before Ray
-    # hands a checkpoint to the new workers, the controller's keeper (orchestrator/restart.py)
+    # hands a checkpoint to the new workers, the controller's keeper (orchestrator/recovery/restart.py)
     # renames it NAME.damaged and drops it from Ray's record; they continue from epoch 0's.
     monkeypatch.setenv("ORCH_TEST_FAULT", fault("kill", epoch=2, step=1, damage=True))
     outcome = run_local(spec, str(DEMO))

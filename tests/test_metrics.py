@@ -9,9 +9,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from orchestrator.train.metrics import EvalCounts, topk_correct, topk_hits
+from orchestrator.train.metrics import EvalCounts, topk_hits
 
 N, CLASSES = 1001, 10
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """`topk_hits` read back as Python ints."""
+    return [int(v) for v in topk_hits(logits, labels, ks).tolist()]
 
 
 def _data():

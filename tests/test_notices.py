@@ -7,8 +7,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import resume
 from orchestrator.spec import load_spec
+from orchestrator.targets import resume
 from orchestrator.train import notices
 from orchestrator.train.checkpoint import data_layout, layout_mismatch
 

@@ -24,7 +24,7 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from orchestrator import ray_internals
-from orchestrator.tracking import EPOCH_METRICS
+from orchestrator.runs.tracking import EPOCH_METRICS
 
 from job_fixtures import DEMO, SMALL_VAL, Notice, fault
 from remote_fixtures import RayNodes, all_runs, ended_runs, error_line, job_sets, orch, orch_in_parallel, wait_until

@@ -9,12 +9,11 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import cluster, preflight
-from orchestrator.epoch_logger import worker_placement
 from orchestrator.errors import ResourceError, SpecError, last_line
-from orchestrator.spec import load_spec
+from orchestrator.spec import load_spec, preflight
 from orchestrator.spec.schema import ScalingSpec
-from orchestrator.targets import entrypoint, ray_cluster
+from orchestrator.targets import cluster, entrypoint, ray_cluster
+from orchestrator.train.epoch_logger import worker_placement
 
 from test_submit import DEMO
 
@@ -172,7 +171,7 @@ def test_an_address_in_ray_address_does_not_replace_the_given_one(monkeypatch):
 
 def test_status_of_a_ray_run_whose_cluster_is_gone(spec, tmp_path, capsys):
     from orchestrator.cli.main import main
-    from orchestrator.tracking import set_tags, start_run
+    from orchestrator.runs.tracking import set_tags, start_run
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     run_id = start_run(spec, str(DEMO), uri)
@@ -219,7 +218,7 @@ def test_resume_on_an_unreachable_cluster_leaves_the_run_as_it_was(recorded, arg
     from mlflow.tracking import MlflowClient
 
     from orchestrator.cli.main import main
-    from orchestrator.tracking import end_run, set_tags, start_run
+    from orchestrator.runs.tracking import end_run, set_tags, start_run
 
     run_id = start_run(spec, str(DEMO), mlflow_uri)
     set_tags(mlflow_uri, run_id, {**recorded, "orch.epoch": 0, "orch.checkpoint_dir": spec.checkpoint.storage})

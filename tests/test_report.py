@@ -19,8 +19,8 @@ from orchestrator.errors import OrchError
 from orchestrator.report import build_report, build_rows, collect, verdicts
 from orchestrator.report.paper import compare
 from orchestrator.report.table import summarize
+from orchestrator.runs.tracking import _param_value
 from orchestrator.spec import flatten, load_spec
-from orchestrator.tracking import _param_value
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 FASHION = "/data/fashion-mnist/train.beton"
@@ -64,7 +64,7 @@ def cifar_params(arch, seed, train=FASHION, classes=10, **more) -> dict:
 
 
 def job_params(job: str, train: str, *sets: str) -> dict:
-    """The params a run of jobs/JOB.yaml (with --set SETS) logs, as orchestrator.tracking logs them."""
+    """The params a run of jobs/JOB.yaml (with --set SETS) logs, as orchestrator.runs.tracking logs them."""
     spec = load_spec(JOBS / f"{job}.yaml", [f"data.train={train}", *sets])
     return {k: _param_value(v) for k, v in flatten(spec.model_dump(mode="json")).items()}
 

@@ -106,8 +106,8 @@ def test_dry_run_with_data_shows_the_plan(fashion_mnist, in_tmp, monkeypatch):
 def test_the_file_the_spec_names_is_named_before_its_dataset_json(tmp_path):
     """No dataset.json beside a file that is not a .beton: the error is about the file."""
     from orchestrator.errors import DataError
-    from orchestrator.preflight import plan
     from orchestrator.spec import load_spec
+    from orchestrator.spec.preflight import plan
 
     fake = tmp_path / "train.beton"
     fake.write_text("not a beton")

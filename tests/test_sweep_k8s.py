@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 from test_k8s_manifests import validate
 from test_kuberay_client import FakeKube, rayjob, status
 
-from orchestrator import tracking
 from orchestrator.cli.main import main
+from orchestrator.runs import tracking
 from orchestrator.sweep import records
 from orchestrator.targets import kuberay
 from orchestrator.targets import kuberay_manifest as manifest

@@ -1,5 +1,5 @@
 """What a researcher reads: the summary `orch submit` and `orch resume` print, the progress line
-inside an epoch (orchestrator/terminal.py), and `orch ui`. No Ray and no training here; the
+inside an epoch (orchestrator/console/terminal.py), and `orch ui`. No Ray and no training here; the
 stage lines of a real `orch submit` are checked in tests/test_imagenet_path.py."""
 
 import sys
@@ -8,9 +8,9 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from orchestrator.outcome import JobOutcome
-from orchestrator.progress import EpochPrinter, format_summary
-from orchestrator.terminal import LiveLine, StepPoint, StepRate, format_progress, newest_point
+from orchestrator.console.progress import EpochPrinter, format_summary
+from orchestrator.console.terminal import LiveLine, StepPoint, StepRate, format_progress, newest_point
+from orchestrator.runs.outcome import JobOutcome
 
 METRICS = {
     "epoch": 2,
@@ -95,7 +95,7 @@ def test_on_a_terminal_the_progress_line_is_rewritten_in_place(capsys, monkeypat
     live.clear()
     err = capsys.readouterr().err
     assert err == "\repoch 1/3: step 10/600" + "\repoch 1/3: step 9" + " " * 5 + "\r" + " " * 17 + "\r"
-    monkeypatch.setattr("orchestrator.terminal._columns", lambda: 12)
+    monkeypatch.setattr("orchestrator.console.terminal._columns", lambda: 12)
     live.show("epoch 1/3: step 10/600")  # never wider than the terminal: a wrapped line cannot be rewritten
     assert capsys.readouterr().err == "\repoch 1/3: "
 

@@ -40,7 +40,7 @@ def report(runs, out_dir, uri, output):
     """
     from orchestrator.report import build_report
     from orchestrator.report.text import report_text
-    from orchestrator.tracking import quiet_mlflow, tracking_uri
+    from orchestrator.runs.tracking import quiet_mlflow, tracking_uri
 
     quiet_mlflow()
     outcome = build_report(tracking_uri(explicit=uri), runs, out_dir)

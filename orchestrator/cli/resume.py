@@ -29,8 +29,8 @@ def resume(run, overrides, target, address, namespace, image, detach, uri, outpu
     or --address moves a run, with the same meaning as in `orch submit`. A sweep's parent run
     (`orch sweep`) runs the trials that did not finish, each from its own latest checkpoint.
     """
-    from orchestrator.progress import format_summary
-    from orchestrator.resume import resume_run, sweep_parent
+    from orchestrator.console.progress import format_summary
+    from orchestrator.targets.resume import resume_run, sweep_parent
 
     parent = sweep_parent(uri, run)
     if parent is not None:

@@ -9,13 +9,13 @@ import time
 
 import click
 
-from orchestrator import lifecycle
 from orchestrator.cli.options import output_option, uri_option
-from orchestrator.run_lookup import find_run, list_runs
+from orchestrator.runs import lifecycle
+from orchestrator.runs.run_lookup import find_run, list_runs
 
 
 def _uri(uri):
-    from orchestrator.tracking import quiet_mlflow, tracking_uri
+    from orchestrator.runs.tracking import quiet_mlflow, tracking_uri
 
     quiet_mlflow()
     return tracking_uri(explicit=uri)
@@ -70,7 +70,7 @@ def status(run, uri, output):
             click.echo(f"{key.replace('_', ' '):<20} {_pct(value) if key.startswith('best_') else value}")
     for w in info["workers"] or []:
         click.echo(f"{'worker ' + str(w['rank']):<20} {w['hostname']} (node {w['node_id'][:12]})")
-    from orchestrator.interruptions import preemption_lines
+    from orchestrator.train.interruptions import preemption_lines
 
     for line in preemption_lines(info["preemption_log"]):
         click.echo(line)
@@ -87,7 +87,7 @@ def logs(run, follow, interval, uri, output):
     output), then its status."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.progress import format_epoch, logged_epochs
+    from orchestrator.console.progress import format_epoch, logged_epochs
 
     uri = _uri(uri)
     found = find_run(uri, run)

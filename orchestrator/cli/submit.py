@@ -10,8 +10,9 @@ import json
 import click
 import yaml
 
-from orchestrator import startup_trace, terminal
+from orchestrator import startup_trace
 from orchestrator.cli.options import output_option, set_option, target_options
+from orchestrator.console import terminal
 from orchestrator.spec import load_spec
 from orchestrator.targets import jobs_address
 
@@ -49,7 +50,7 @@ def submit(spec_path, overrides, target, address, namespace, image, detach, dry_
             spec, spec_path, namespace=namespace, image=image, dry_run=dry_run, detach=detach, output=output
         )
     elif dry_run:
-        from orchestrator.preflight import plan, tell_warnings
+        from orchestrator.spec.preflight import plan, tell_warnings
 
         checked = plan(spec, require_data=False)
         tell_warnings(checked)
@@ -71,7 +72,8 @@ def _run_here(spec, spec_path: str, progress_to_stderr: bool):
     imports the trainer and opens the MLflow store."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from orchestrator import cluster, preflight
+    from orchestrator.spec import preflight
+    from orchestrator.targets import cluster
 
     preflight.tell_warnings(preflight.plan(spec))
     startup_trace.mark("driver: spec and data checked")
@@ -85,7 +87,7 @@ def _run_here(spec, spec_path: str, progress_to_stderr: bool):
 
 
 def _import_trainer(spec):
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
     from orchestrator.targets.local import run_local
 
     tracking.open_store(tracking.tracking_uri(spec))
@@ -93,7 +95,7 @@ def _import_trainer(spec):
 
 
 def _print_outcome(outcome, output: str) -> None:
-    from orchestrator.progress import format_summary
+    from orchestrator.console.progress import format_summary
 
     click.echo(json.dumps(outcome.as_json()) if output == "json" else format_summary(outcome))
 

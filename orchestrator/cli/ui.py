@@ -19,7 +19,7 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 5000
 def ui(uri, host, port):
     """Serve MLflow's UI on the runs `orch submit` records, in the same store (--tracking-uri,
     else $MLFLOW_TRACKING_URI, else ./mlflow.db), until Ctrl-C."""
-    from orchestrator.tracking import tracking_uri
+    from orchestrator.runs.tracking import tracking_uri
 
     uri = tracking_uri(explicit=uri)
     if uri.startswith(("http://", "https://")):

@@ -1,6 +1,9 @@
 """Evaluating checkpoints: exact metrics under the paper's test-time protocols, and ensembles.
+May import: models, data_pipeline, train, runs, recovery, targets (cluster: connecting to Ray).
 
-checkpoints  RUN (id or name) or CHECKPOINT (directory) -> a checkpoint, checksums checked
+A RUN or CHECKPOINT becomes a checkpoint on this machine, checksums checked, in
+orchestrator/recovery/checkpoints.py.
+
 tta          the protocols: none, flip, 10crop, multiscale
 scoring      view averaging, combining members (softmax, logits, vote), exact counts
 loading      a worker's shard of the validation set as raw batches

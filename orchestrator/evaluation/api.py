@@ -13,11 +13,11 @@ from data_pipeline import num_samples, read_dataset_info
 from data_pipeline.geometry import eval_style
 from orchestrator.errors import DataError, OrchError
 from orchestrator.evaluation import records, runner
-from orchestrator.evaluation.checkpoints import CheckpointError, Member, resolve
 from orchestrator.evaluation.scoring import COMBINES, metrics_from_counts, parse_weights
 from orchestrator.evaluation.tta import make_protocol
 from orchestrator.models import build_model
-from orchestrator.tracking import tracking_uri
+from orchestrator.recovery.checkpoints import CheckpointError, Member, resolve
+from orchestrator.runs.tracking import tracking_uri
 from orchestrator.train.checkpoint import load_model_state
 
 DEFAULT_BATCH_SIZE = 128

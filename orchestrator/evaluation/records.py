@@ -18,7 +18,8 @@ import json
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import experiment_id, now_ms, quiet_mlflow
+from orchestrator.runs.tracking import experiment_id, now_ms, quiet_mlflow
+from orchestrator.tags import ENSEMBLE, ENSEMBLE_COMBINE_TAG, ENSEMBLE_MEMBERS_TAG, EVAL_TAG_PREFIX, KIND_TAG
 
 METRIC_KEYS = ("top1_error", "top5_error", "loss")
 
@@ -35,7 +36,7 @@ def log_evaluation(uri: str, run_id: str, outcome: dict) -> list[str]:
     described = {k: outcome[k] for k in keys}
     if "scales" in outcome:
         described["scales"] = outcome["scales"]
-    client.set_tag(run_id, f"orch.eval.{outcome['tta']}", json.dumps(described)[:5000])
+    client.set_tag(run_id, EVAL_TAG_PREFIX + outcome["tta"], json.dumps(described)[:5000])
     return sorted(values)
 
 
@@ -45,9 +46,9 @@ def record_ensemble(uri: str, experiment: str, run_name: str | None, outcome: di
     client = MlflowClient(uri)
     members, ens = outcome["members"], outcome["ensemble"]
     tags = {
-        "orch.ensemble.members": ",".join(m["run_id"] or m["checkpoint"] for m in members),
-        "orch.ensemble.combine": ens["combine"],
-        "orch.kind": "ensemble",
+        ENSEMBLE_MEMBERS_TAG: ",".join(m["run_id"] or m["checkpoint"] for m in members),
+        ENSEMBLE_COMBINE_TAG: ens["combine"],
+        KIND_TAG: ENSEMBLE,
     }
     run = client.create_run(
         experiment_id(client, experiment), run_name=run_name or _default_name(members, ens), tags=tags

@@ -17,12 +17,12 @@ import click
 import ray
 import torch
 
-from orchestrator import cluster
 from orchestrator.errors import OrchError
 from orchestrator.evaluation.loading import shard_batches
 from orchestrator.evaluation.scoring import Tally, mean_softmax_log
 from orchestrator.evaluation.tta import Protocol
 from orchestrator.models import build_model
+from orchestrator.targets import cluster
 
 
 class EvaluationFailed(OrchError):

@@ -104,7 +104,7 @@ class Tally:
 
 def batch_counts(scores: torch.Tensor, labels: torch.Tensor, with_loss: bool = True) -> torch.Tensor:
     """[correct@1, correct@5, n, loss_sum] of one batch as a float64 tensor on the scores' device:
-    topk_correct's counts (orchestrator.train.metrics), without reading them back to the host."""
+    topk_hits' counts (orchestrator.train.metrics), without reading them back to the host."""
     hits = scores.topk(min(5, scores.shape[1]), dim=1).indices.eq(labels.view(-1, 1))
     n = torch.full((), labels.numel(), dtype=torch.float64, device=scores.device)
     if with_loss:

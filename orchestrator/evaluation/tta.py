@@ -44,7 +44,6 @@ from data_pipeline.geometry import CIFAR_PADDING, VAL_CROP_RATIO
 from orchestrator.errors import OrchError
 
 PROTOCOLS = ("none", "flip", "10crop", "multiscale")
-IMAGENET_CROP_RATIO = VAL_CROP_RATIO  # the name evaluation.loading reads
 
 
 @dataclass(frozen=True)

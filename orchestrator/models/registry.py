@@ -5,7 +5,6 @@ cifar_resnet{6n+2} / cifar_plain{6n+2} for any n >= 1 (CIFAR-10, section 4.2).
 """
 
 import difflib
-import re
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -13,6 +12,7 @@ import torch.nn as nn
 from orchestrator.errors import SpecError
 from orchestrator.models.blocks import SHORTCUTS, STRIDE_IN, BasicBlock, Bottleneck
 from orchestrator.models.cifar import CifarResNet
+from orchestrator.models.names import default_shortcut, parse_arch
 from orchestrator.models.resnet import ResNet
 
 IMAGENET_LAYERS: dict[int, tuple[type[nn.Module], list[int]]] = {
@@ -24,9 +24,6 @@ IMAGENET_LAYERS: dict[int, tuple[type[nn.Module], list[int]]] = {
 }
 PAPER_CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 INPUT_SIZES = {"imagenet": 224, "cifar": 32}
-
-_IMAGENET_NAME = re.compile(r"(resnet|plain)([0-9]+)")
-_CIFAR_NAME = re.compile(r"cifar_(resnet|plain)([0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -43,10 +40,8 @@ class ArchInfo:
 
     @property
     def default_shortcut(self) -> str | None:
-        """The paper's choice: A on CIFAR, B on ImageNet; None (no shortcuts) for plain nets."""
-        if not self.residual:
-            return None
-        return "A" if self.family == "cifar" else "B"
+        """The paper's choice (orchestrator/models/names.py); None for plain nets."""
+        return default_shortcut(self.family, self.residual)
 
 
 def list_archs() -> list[str]:
@@ -59,18 +54,16 @@ def list_archs() -> list[str]:
 def arch_info(arch: str) -> ArchInfo:
     """What a name stands for; SpecError for an unknown name or a CIFAR depth that is not 6n+2."""
     name = arch if isinstance(arch, str) else ""
-    if match := _IMAGENET_NAME.fullmatch(name):
-        kind, depth = match[1], int(match[2])
-        if depth in IMAGENET_LAYERS:
-            return ArchInfo(name, "imagenet", kind == "resnet", depth, IMAGENET_LAYERS[depth][0])
-    if match := _CIFAR_NAME.fullmatch(name):
-        kind, depth = match[1], int(match[2])
+    family, residual, depth = parse_arch(name) or (None, None, None)
+    if family == "imagenet" and depth in IMAGENET_LAYERS:
+        return ArchInfo(name, family, residual, depth, IMAGENET_LAYERS[depth][0])
+    if family == "cifar":
         if depth < 8 or (depth - 2) % 6:
             raise SpecError(
-                f"{name}: a CIFAR net's depth must be 6n+2 with n >= 1 (cifar_{kind}{{6n+2}}: "
-                f"8, 14, 20, 32, 44, 56, 110, 1202, ...), got {depth}"
+                f"{name}: a CIFAR net's depth must be 6n+2 with n >= 1 (cifar_{'resnet' if residual else 'plain'}"
+                f"{{6n+2}}: 8, 14, 20, 32, 44, 56, 110, 1202, ...), got {depth}"
             )
-        return ArchInfo(name, "cifar", kind == "resnet", depth, BasicBlock)
+        return ArchInfo(name, family, residual, depth, BasicBlock)
     raise SpecError(f"unknown arch {arch!r}{_did_you_mean(name)}; known: {_known_names()}")
 
 
@@ -83,7 +76,7 @@ def build_model(arch: str, num_classes: int, **options) -> nn.Module:
     """Build `arch` with freshly initialized weights.
 
     Options (SpecError for an unknown one or a bad value):
-      shortcut            "A" | "B" | "C"; default "B" on ImageNet, "A" on CIFAR; residual nets only
+      shortcut            "A" | "B" | "C"; default the paper's (models/names.py); residual nets only
       stride_in           "v1" | "v1.5" (default): where a bottleneck strides; no effect on basic blocks
       zero_init_residual  bool, default False: zero the last BatchNorm of each residual branch
       in_channels         int, default 3

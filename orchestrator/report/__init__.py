@@ -1,4 +1,5 @@
 """`orch report`: a sweep's (or a list of runs') results as the paper shows them.
+May import: runs, sweep (records: which runs are a sweep's trials).
 
     build_report(uri, "PARENT_RUN_ID")            # a sweep: its FINISHED trial runs
     build_report(uri, "RUN1,RUN2,ENSEMBLE_RUN")   # training runs, and ensemble runs
@@ -17,6 +18,7 @@ from orchestrator.report.collect import Collected, collect
 from orchestrator.report.figures import plot_curves
 from orchestrator.report.table import build_rows
 from orchestrator.report.verdicts import verdicts
+from orchestrator.tags import REPORT_WARNING_TAG
 
 __all__ = ["build_report", "collect", "build_rows", "verdicts", "plot_curves"]
 
@@ -87,5 +89,5 @@ def report_sweep_end(uri: str, parent_id: str) -> str | None:
         return None
     except Exception as exc:  # the report is a courtesy at this point; the sweep's runs are the record
         reason = f"no report: {type(exc).__name__}: {exc}"
-        MlflowClient(uri).set_tag(parent_id, "orch.report_warning", reason[:5000])
+        MlflowClient(uri).set_tag(parent_id, REPORT_WARNING_TAG, reason[:5000])
         return reason

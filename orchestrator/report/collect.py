@@ -12,16 +12,13 @@ a truncated run's); the others are listed as skipped with their status and the r
 import json
 from dataclasses import dataclass, field
 
-from mlflow.tracking import MlflowClient
-
 from orchestrator.errors import OrchError
 from orchestrator.report.configs import dataset_name
-from orchestrator.run_lookup import find_run
+from orchestrator.runs.run_lookup import find_run
+from orchestrator.runs.tracking import epoch_history
+from orchestrator.tags import EARLY_STOPPED_TAG, ENSEMBLE, KIND_TAG, OVERRIDES_TAG, is_sweep
 
-KIND_TAG = "orch.kind"
-OVERRIDES_TAG = "orch.sweep.overrides"
-EARLY_STOPPED_TAG = "orch.sweep.early_stopped"
-CURVES = ("val_top1_error", "val_top5_error", "train_top1_error", "train_top5_error")
+CURVES = ("val_top1_error", "val_top5_error", "train_top1_error", "train_top5_error")  # step = epoch
 
 
 @dataclass
@@ -65,7 +62,7 @@ def collect(uri: str, refs) -> Collected:
     """The runs `refs` name: one sweep parent (its trials), or runs and ensembles."""
     names = parse_refs(refs)
     runs = [find_run(uri, ref) for ref in names]
-    sweeps = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
+    sweeps = [r for r in runs if is_sweep(r)]
     if sweeps and len(runs) > 1:
         raise OrchError(
             f"run {sweeps[0].info.run_id} is a sweep: report on it alone (orch report {sweeps[0].info.run_id})"
@@ -114,10 +111,10 @@ def _add_runs(uri: str, collected: Collected, runs: list) -> None:
         elif EARLY_STOPPED_TAG in tags:
             why = f"stopped early ({tags[EARLY_STOPPED_TAG]}): a truncated run, not averaged"
             collected.skipped.append(_skipped(run, why))
-        elif tags.get(KIND_TAG) == "ensemble":
+        elif tags.get(KIND_TAG) == ENSEMBLE:
             collected.ensembles.append(run)
         else:
-            history = histories(uri, info.run_id)
+            history = {key: epoch_history(uri, info.run_id, key) for key in CURVES}
             if not history["val_top1_error"]:
                 raise OrchError(
                     f"run {info.run_id} ({info.run_name}) has no val_top1_error history: it is not a training "
@@ -127,12 +124,6 @@ def _add_runs(uri: str, collected: Collected, runs: list) -> None:
             collected.trained.append(
                 TrainedRun(info.run_id, info.run_name, params, metrics, tags, history, dataset_name(run))
             )
-
-
-def histories(uri: str, run_id: str) -> dict:
-    """{metric: {epoch: value}} of the per-epoch error metrics, as logged (step = epoch)."""
-    client = MlflowClient(uri)
-    return {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in CURVES}
 
 
 def _statuses(skipped: list[dict]) -> str:

@@ -6,15 +6,16 @@ orch.sweep.overrides minus training.seed; for runs without that tag, the params 
 among the runs, leaving out the seed and what only names or places a run (NOISE_KEYS).
 
 The dataset is the name of the run's training dataset input ("cifar10-train" -> "cifar10",
-as orchestrator/run_record.py logs it), else the folder of its data.train file. It counts as
+as orchestrator/runs/run_record.py logs it), else the folder of its data.train file. It counts as
 CIFAR-10 (the paper's Table 6) when the name holds "cifar" but not "100" and the run has 10
 classes (or did not say), and as ImageNet (Tables 2-4) when it holds "imagenet" or "ilsvrc"
 and the run has 1000 classes (or did not say).
 """
 
 import json
-import re
 from pathlib import Path
+
+from orchestrator.models.names import default_shortcut, parse_arch
 
 SEED_KEY = "training.seed"
 # Keys that name a run, say where it ran or what was recorded: never what makes a configuration.
@@ -33,22 +34,19 @@ NOISE_KEYS = frozenset(
     }
 )
 NOISE_PREFIXES = ("tracking.", "cluster.")
-# The names of orchestrator/models/registry.py, parsed here because importing it imports torch.
-_ARCH = re.compile(r"(cifar_)?(resnet|plain)([0-9]+)")
 
 
 def describe_arch(params: dict) -> dict:
     """{arch, family, residual, depth, shortcut, name} of a run's model.arch (and its
-    model.options.shortcut, else the registry's default: A on CIFAR, B on ImageNet)."""
+    model.options.shortcut, else the paper's default, orchestrator/models/names.py)."""
     arch = params.get("model.arch", "?")
-    match = _ARCH.fullmatch(arch)
-    if not match:
+    parsed = parse_arch(arch)
+    if not parsed:
         return {"arch": arch, "family": None, "residual": None, "depth": None, "shortcut": None, "name": arch}
-    family = "cifar" if match[1] else "imagenet"
-    residual, depth = match[2] == "resnet", int(match[3])
+    family, residual, depth = parsed
     shortcut = None
     if residual:
-        shortcut = params.get("model.options.shortcut") or ("A" if family == "cifar" else "B")
+        shortcut = params.get("model.options.shortcut") or default_shortcut(family, residual)
     name = f"{'ResNet' if residual else 'plain'}-{depth}"
     return {"arch": arch, "family": family, "residual": residual, "depth": depth, "shortcut": shortcut, "name": name}
 

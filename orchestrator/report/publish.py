@@ -26,15 +26,15 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from orchestrator.report import paper, text
+from orchestrator.tags import BEST_TRIAL_TAG, KIND_TAG, REPORT, REPORT_RUNS_TAG
 
 ARTIFACT_PATH = "report"
-RESULT_HEADING = "#### Result"  # as a training run's description has it (orchestrator/run_record.py)
-BEST_TRIAL_TAG = "orch.sweep.best_trial"
+RESULT_HEADING = "#### Result"  # as a training run's description has it (orchestrator/runs/run_record.py)
 
 
 def create_report_run(uri: str, experiment_id: str, run_ids: list[str]) -> str:
     client = MlflowClient(uri)
-    tags = {"orch.kind": "report", "orch.report.runs": ",".join(run_ids)[:5000]}
+    tags = {KIND_TAG: REPORT, REPORT_RUNS_TAG: ",".join(run_ids)[:5000]}
     return client.create_run(experiment_id, run_name=f"report-{len(run_ids)}-runs", tags=tags).info.run_id
 
 

@@ -14,7 +14,8 @@ as the paper's within one epoch's steps.
 import ast
 import math
 
-STEPS_TAG = "orch.steps_per_epoch"
+from orchestrator.tags import STEPS_TAG
+
 TRAIN_IMAGES = {"cifar10": 50_000, "imagenet": 1_281_167}  # the paper's training sets
 ABOUT = 0.25  # the paper's "about 400 iterations" of warm-up: within a quarter
 

@@ -3,7 +3,7 @@
 All errors are in percent, as orch logs them. "final" is a run's value at its last logged epoch,
 the end of training: what the paper reports and what the report holds against it. "best-epoch
 val top-1" is a run's best_val_top1_error (read at the epoch its checkpoint rule chose,
-orchestrator/best.py), else the lowest val_top1_error it logged: an epoch chosen on the very set
+orchestrator/recovery/best.py), else the lowest val_top1_error it logged: an epoch chosen on the very set
 it is measured on (for CIFAR-10 and Fashion-MNIST their test set), so an optimistic number, shown
 under that label and never beside the paper's. The std is the sample std (ddof=1), None for n=1.
 """

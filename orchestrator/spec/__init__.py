@@ -1,4 +1,6 @@
-"""The job spec: schema, loading with overrides, and what follows from it."""
+"""The job spec: schema, loading with overrides, and the checks before a job starts (preflight).
+May import: models, data_pipeline, train (schedule: preflight describes the learning rate).
+"""
 
 from orchestrator.spec.load import flatten, load_spec, merge, read_layered, spec_from_dict
 from orchestrator.spec.schema import JobSpec

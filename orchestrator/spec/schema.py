@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.best import DEFAULT_METRIC, DEFAULT_MODE, RANKABLE
+from orchestrator.recovery.best import DEFAULT_METRIC, DEFAULT_MODE, RANKABLE
 
 # Paths a worker opens: made absolute when the spec is read (Ray workers run in another
 # directory) and placed on the data volume for Kubernetes pods.
@@ -183,7 +183,9 @@ class CheckpointSpec(_Section):
     storage: str = "checkpoints"
     shared: bool = Field(False, description="checkpoint.storage is on a filesystem every node mounts (NFS, a PVC)")
     num_to_keep: int | None = Field(None, ge=1, description="best by metric, plus the latest")
-    metric: Literal[RANKABLE] = Field(DEFAULT_METRIC, description="what 'best' means everywhere (orchestrator/best.py)")
+    metric: Literal[RANKABLE] = Field(
+        DEFAULT_METRIC, description="what 'best' means everywhere (orchestrator/recovery/best.py)"
+    )
     mode: Literal["min", "max"] = DEFAULT_MODE
     every_n_steps: int | None = Field(
         None,

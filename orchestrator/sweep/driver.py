@@ -12,15 +12,16 @@ import contextlib
 import logging
 import os
 
-from mlflow.tracking import MlflowClient
-
-from orchestrator import cluster, preflight, terminal, tracking
+from orchestrator.console import terminal
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, SpecError
-from orchestrator.lifecycle import ACTIVE, driver_alive, driver_tags
+from orchestrator.runs import tracking
+from orchestrator.runs.driver import ACTIVE, driver_alive, driver_tags
+from orchestrator.spec import preflight
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec, load_sweep
 from orchestrator.sweep.trials import Trial, concurrency, expand
-from orchestrator.targets import jobs_address
+from orchestrator.tags import RAY_ADDRESS_TAG, TARGET_TAG
+from orchestrator.targets import cluster, jobs_address
 from orchestrator.train.faults import FAULT_VARIABLE
 
 
@@ -57,11 +58,11 @@ def run_sweep(
         from orchestrator.sweep import remote
 
         address, uri = remote.check(trials, address, uri)
-        tags = {"orch.target": "ray", "orch.ray_address": address}
+        tags = {TARGET_TAG: "ray", RAY_ADDRESS_TAG: address}
     else:
         check_trials(trials)
         uri = tracking.tracking_uri(trials[0].spec, uri)
-        tags = {"orch.target": "local", **driver_tags()}
+        tags = {TARGET_TAG: "local", **driver_tags()}
     parent_id = records.create_parent(uri, sweep, trials, os.path.abspath(path), tags)
     terminal.say(f"sweep {parent_id}: {len(trials)} trials")
     if address:
@@ -82,8 +83,8 @@ def resume_sweep(found: tuple) -> dict:
     left = pending(uri, parent_id, trials)
     if not left:
         raise OrchError(f"sweep {parent_id}: every trial has finished; nothing to resume")
-    target = parent.data.tags.get("orch.target")
-    address = parent.data.tags.get("orch.ray_address") if target == "ray" else None
+    target = parent.data.tags.get(TARGET_TAG)
+    address = parent.data.tags.get(RAY_ADDRESS_TAG) if target == "ray" else None
     if address:
         from orchestrator.sweep import remote
 
@@ -94,27 +95,11 @@ def resume_sweep(found: tuple) -> dict:
         return kube.resume(uri, parent, sweep, trials, left)
     else:
         check_trials([t for t in trials if t.index in left])
-    resumes = reopen(uri, parent, {} if address else driver_tags())
+    resumes = records.reopen(uri, parent, {} if address else driver_tags())
     terminal.say(f"sweep {parent_id}: resuming {len(left)} of {len(trials)} trials")
     if address:
         return remote.submit(uri, parent_id, trials, address, resume=resumes)
     return drive_sweep(uri, parent_id, sweep, trials)
-
-
-def reopen(uri: str, parent, tags: dict) -> int:
-    """Mark a stopped sweep's parent RUNNING again, its last error and a stop request it carried
-    out cleared, with `tags`; returns the number of this resume (orch.resumes counts them)."""
-    from orchestrator.train.notices import STOP_TAG
-
-    parent_id = parent.info.run_id
-    client = MlflowClient(uri)
-    client.update_run(parent_id, status=ACTIVE)
-    for key in ("orch.error", STOP_TAG):
-        if key in parent.data.tags:
-            client.delete_tag(parent_id, key)
-    resumes = int(parent.data.tags.get("orch.resumes", "0")) + 1
-    tracking.set_tags(uri, parent_id, {"orch.resumes": resumes, **tags})
-    return resumes
 
 
 def pending(uri: str, parent_id: str, trials: list[Trial]) -> list[int]:

@@ -8,8 +8,6 @@ submitter created (or reopened) the parent; `ray job stop` sends SIGTERM, taken 
 Tune stops the trials and they are marked KILLED.
 """
 
-import signal
-
 import click
 
 
@@ -20,19 +18,20 @@ def entrypoint(parent_run_id, tracking_uri):
     """Run the sweep PARENT_RUN_ID's unfinished trials on the Ray cluster this process runs in."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import cluster, tracking
-    from orchestrator.lifecycle import driver_tags
+    from orchestrator.runs import tracking
+    from orchestrator.runs.driver import driver_tags
     from orchestrator.sweep import records
     from orchestrator.sweep.driver import drive_sweep
     from orchestrator.sweep.spec import SweepSpec
+    from orchestrator.targets import cluster
+    from orchestrator.targets.entrypoint import stop_on_sigterm
 
     tracking.quiet_mlflow()
     try:
         trials = records.recorded_trials(tracking_uri, parent_run_id)
         sweep = SweepSpec.model_validate(records.artifact_json(tracking_uri, parent_run_id, "sweep/sweep.json"))
         cluster.connect()
-        # After ray.init, which installs its own: Tune takes SIGINT as "stop the trials".
-        signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+        stop_on_sigterm()  # after ray.init, which installs its own: Tune takes SIGINT as "stop the trials"
         tracking.set_tags(tracking_uri, parent_run_id, driver_tags())
     except BaseException as exc:
         if MlflowClient(tracking_uri).get_run(parent_run_id).info.status == "RUNNING":

@@ -16,17 +16,18 @@ creates the next one (-rN) for the trials that did not finish.
 import os
 from dataclasses import dataclass
 
-from orchestrator import terminal, tracking
+from orchestrator.console import terminal
 from orchestrator.errors import JobFailed, OrchError, SpecError
+from orchestrator.runs import tracking
 from orchestrator.spec.schema import JobSpec
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.trials import Trial, resources
-from orchestrator.targets import kuberay
+from orchestrator.tags import K8S_IMAGE_TAG, K8S_NAMESPACE_TAG, TARGET_TAG
+from orchestrator.targets import kuberay, naming
 from orchestrator.targets import kuberay_manifest as manifest
 
 DEFAULT_CONCURRENCY = 1  # max_concurrent_trials when a k8s sweep does not say
-IMAGE_TAG = "orch.k8s_image"
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ def recorded(uri: str, parent, sweep: SweepSpec, trials: list[Trial]) -> KubeSwe
         trials,
         uri,
         trials[0].spec.tracking.tracking_uri,
-        tags.get("orch.k8s_namespace") or k8s.namespace,
-        tags.get(IMAGE_TAG) or k8s.image,
+        tags.get(K8S_NAMESPACE_TAG) or k8s.namespace,
+        tags.get(K8S_IMAGE_TAG) or k8s.image,
     )
 
 
@@ -109,7 +110,7 @@ def rayjob(job: KubeSweep, parent_id: str, image: str, *, pending: int, resume: 
         tracking_uri=job.pod_uri,
         namespace=job.namespace,
         resume=resume,
-        command=manifest.sweep_entrypoint(parent_id, job.pod_uri),
+        command=naming.sweep_command(parent_id, job.pod_uri),
     )
 
 
@@ -143,7 +144,7 @@ def submit(
     job = prepare(sweep, trials, tracking.tracking_uri(trials[0].spec, uri), namespace, image)
     kuberay.check_launchable(job.uri, job.namespace, job.image)
     api = api or kuberay.api_client()
-    tags = {"orch.target": "k8s", "orch.k8s_namespace": job.namespace, IMAGE_TAG: job.image}
+    tags = {TARGET_TAG: "k8s", K8S_NAMESPACE_TAG: job.namespace, K8S_IMAGE_TAG: job.image}
     parent_id = records.create_parent(job.uri, job.sweep, job.trials, os.path.abspath(path), tags)
     terminal.say(f"sweep {parent_id}: {len(trials)} trials")
     name = launch(api, job, parent_id, pending=len(trials))
@@ -155,13 +156,11 @@ def submit(
 def resume(uri: str, parent, sweep: SweepSpec, trials: list[Trial], left: list[int], *, api=None, poll_s=5.0) -> dict:
     """`orch resume PARENT` of a k8s sweep: reopen the parent and create its next RayJob (-rN),
     whose entrypoint runs the trials `left`; follow it to its end."""
-    from orchestrator.sweep.driver import reopen
-
     job = recorded(uri, parent, sweep, trials)
     kuberay.check_launchable(uri, job.namespace, job.image)
     api = api or kuberay.api_client()
     parent_id = parent.info.run_id
-    resumes = reopen(uri, parent, {})
+    resumes = records.reopen(uri, parent, {})
     terminal.say(f"sweep {parent_id}: resuming {len(left)} of {len(trials)} trials")
     name = launch(api, job, parent_id, pending=len(left), resume=resumes)
     return follow(api, job, parent_id, name, poll_s=poll_s)

@@ -11,15 +11,27 @@ import json
 import tempfile
 
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from orchestrator import tracking
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, last_line
-from orchestrator.lifecycle import SWEEP_TRIAL_TAG
+from orchestrator.runs import tracking
+from orchestrator.runs.driver import ACTIVE
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.trials import Trial, from_json
+from orchestrator.tags import (
+    ERROR_TAG,
+    KIND_TAG,
+    OVERRIDES_TAG,
+    PARENT_TAG,
+    RESUMES_TAG,
+    SPEC_FILE_TAG,
+    STOP_TAG,
+    SWEEP,
+    SWEEP_TRIALS_TAG,
+    SWEEP_VARIED_TAG,
+    TRIAL_TAG,
+)
 
-KIND_TAG, PARENT_TAG = "orch.kind", "mlflow.parentRunId"
-TRIAL_TAG, OVERRIDES_TAG = SWEEP_TRIAL_TAG, "orch.sweep.overrides"
 RESULT_KEYS = ("val_top1_error", "val_top5_error", "train_top1_error", "train_top5_error", "train_loss")
 RESULT_KEYS += ("best_val_top1_error", "best_val_top5_error", "best_epoch")
 
@@ -37,11 +49,11 @@ def create_parent(uri: str, sweep: SweepSpec, trials: list[Trial], sweep_file: s
         uri,
         run_id,
         {
-            KIND_TAG: "sweep",
-            "orch.sweep.trials": len(trials),
-            "orch.sweep.varied": json.dumps(varied),
-            "orch.spec_file": sweep_file,
-            "mlflow.note.content": f"Sweep of {len(trials)} trials of {job.name} over {', '.join(varied)}.",
+            KIND_TAG: SWEEP,
+            SWEEP_TRIALS_TAG: len(trials),
+            SWEEP_VARIED_TAG: json.dumps(varied),
+            SPEC_FILE_TAG: sweep_file,
+            MLFLOW_RUN_NOTE: f"Sweep of {len(trials)} trials of {job.name} over {', '.join(varied)}.",
             **tags,
         },
     )
@@ -61,10 +73,6 @@ def artifact_json(uri: str, parent_id: str, path: str):
             return json.loads(open(MlflowClient(uri).download_artifacts(parent_id, path, dst_path=tmp)).read())
         except Exception:
             raise OrchError(f"run {parent_id}: no {path} artifact: not a sweep's parent run") from None
-
-
-def is_sweep(run) -> bool:
-    return run.data.tags.get(KIND_TAG) == "sweep"
 
 
 def trial_runs(uri: str, parent_id: str) -> dict[int, list]:
@@ -111,6 +119,20 @@ def end_running_children(uri: str, parent_id: str, status: str, why: str) -> lis
     return ended
 
 
+def reopen(uri: str, parent, tags: dict) -> int:
+    """Mark a stopped sweep's parent RUNNING again, its last error and a stop request it carried
+    out cleared, with `tags`; returns the number of this resume (orch.resumes counts them)."""
+    parent_id = parent.info.run_id
+    client = MlflowClient(uri)
+    client.update_run(parent_id, status=ACTIVE)
+    for key in (ERROR_TAG, STOP_TAG):
+        if key in parent.data.tags:
+            client.delete_tag(parent_id, key)
+    resumes = int(parent.data.tags.get(RESUMES_TAG, "0")) + 1
+    tracking.set_tags(uri, parent_id, {RESUMES_TAG: resumes, **tags})
+    return resumes
+
+
 def outcome(uri: str, parent_id: str, trials: list[Trial]) -> dict:
     """{"parent_run_id", "status", "trials": [{"index", "run_id", "status", "overrides", "metrics"}]}."""
     runs = children(uri, parent_id)
@@ -138,6 +160,6 @@ def settled(uri: str, parent_id: str, trials: list[Trial]) -> dict:
     if result["status"] == "KILLED":
         raise JobInterrupted(f"sweep {parent_id} stopped; `orch resume {parent_id}` runs the trials left")
     if result["status"] != "FINISHED":
-        error = MlflowClient(uri).get_run(parent_id).data.tags.get("orch.error", "")
+        error = MlflowClient(uri).get_run(parent_id).data.tags.get(ERROR_TAG, "")
         raise JobFailed(f"sweep {parent_id} {result['status']}: {last_line(error, 'no cause recorded')}")
     return result

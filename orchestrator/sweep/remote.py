@@ -5,14 +5,13 @@ Tune (sweep.driver.drive_sweep, as a local sweep does). The parent's tags name t
 `orch status/logs/stop PARENT` reach it; `orch resume PARENT` submits the next one (`-rN`).
 """
 
-import shlex
-
 import click
 
-from orchestrator import tracking
 from orchestrator.errors import JobFailed, last_line
+from orchestrator.runs import tracking
+from orchestrator.runs.outcome import ended_with_job
 from orchestrator.sweep import records
-from orchestrator.targets import ray_cluster
+from orchestrator.targets import naming, ray_cluster
 
 
 def check(trials, address: str, uri: str | None) -> tuple[str, str]:
@@ -25,14 +24,13 @@ def check(trials, address: str, uri: str | None) -> tuple[str, str]:
 def submit(uri: str, parent_id: str, trials, address: str, resume: int = 0, detach: bool = False) -> dict:
     """Submit the sweep's job (its `resume`-th) and, unless `detach`, follow its output to its end."""
     jobs = ray_cluster.client(address)
-    job_id = f"{trials[0].spec.name}-sweep-{parent_id[:8]}" + (f"-r{resume}" if resume else "")
-    command = [ray_cluster.cluster_python(address), "-m", "orchestrator.sweep.entrypoint", "--parent-run-id", parent_id]
+    job_id = naming.sweep_job_id(trials[0].spec, parent_id, resume)
     try:
         jobs.submit_job(
-            entrypoint=shlex.join([*command, "--tracking-uri", uri]),
+            entrypoint=naming.sweep_command(parent_id, uri, python=ray_cluster.cluster_python(address)),
             submission_id=job_id,
             runtime_env=ray_cluster.runtime_env(trials[0].spec, uri),
-            metadata={"orch.run_id": parent_id},
+            metadata=naming.job_metadata(parent_id),
         )
     except Exception as exc:
         tracking.end_run(uri, parent_id, "FAILED", f"submitting the Ray job failed: {exc}")
@@ -57,7 +55,6 @@ def follow(uri: str, parent_id: str, trials, jobs, job_id: str) -> dict:
         jobs.stop_job(job_id)
         ray_cluster.wait(jobs, job_id, timeout_s=ray_cluster.STOP_WAIT_S + 15)
         state = "STOPPED"
-    ended = "KILLED" if str(state) == "STOPPED" else "FAILED"
     records.end_running_children(uri, parent_id, "KILLED", f"the sweep's Ray job {job_id} ended {state}")
-    tracking.end_if_running(uri, parent_id, ended, f"the sweep's Ray job {job_id} ended {state}")
+    tracking.end_if_running(uri, parent_id, ended_with_job(state), f"the sweep's Ray job {job_id} ended {state}")
     return records.settled(uri, parent_id, trials)

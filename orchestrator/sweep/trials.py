@@ -10,11 +10,11 @@ import random as stdlib_random
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import cluster
 from orchestrator.errors import SpecError
 from orchestrator.spec.load import read_layered, set_dotted, spec_from_dict
 from orchestrator.spec.schema import JobSpec
 from orchestrator.sweep.spec import SweepSpec
+from orchestrator.targets import cluster
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,13 @@ from ray import tune
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator import terminal, tracking
+from orchestrator.console import terminal
 from orchestrator.errors import OrchError
+from orchestrator.runs import tracking
 from orchestrator.sweep import records
 from orchestrator.sweep.spec import SweepSpec
-from orchestrator.sweep.trials import Trial, from_json, resources
+from orchestrator.sweep.trials import Trial, from_json
+from orchestrator.tags import CHECKPOINT_DIR_TAG, EARLY_STOPPED_TAG, EPOCH_TAG, RESUMED_FROM_TAG, STOP_TAG, TARGET_TAG
 
 TIME_ATTR = "epochs_done"  # what Tune counts a trial's progress in: whole epochs
 
@@ -40,9 +42,9 @@ def run_trial(config: dict, plan: dict) -> None:
     stopped. An error ends the child run FAILED and is not raised: the child's status is the
     record, and Tune goes on. Nothing is returned (a last result without the scheduler's metric
     would be refused)."""
-    from orchestrator.targets.local import checkpoint_dir, drive
+    from orchestrator.targets.local import drive
+    from orchestrator.targets.naming import checkpoint_dir
     from orchestrator.train.faults import FAULT_VARIABLE
-    from orchestrator.train.notices import STOP_TAG
 
     tracking.quiet_mlflow()
     if plan.get(FAULT_VARIABLE):  # the tests' fault hook, read here by drive() as `orch submit` reads it
@@ -58,7 +60,7 @@ def run_trial(config: dict, plan: dict) -> None:
             _continue(uri, child, trial)
             return
         run_dir = checkpoint_dir(trial.spec, run_id)
-        tracking.set_tags(uri, run_id, {"orch.checkpoint_dir": run_dir, **_trial_tags(plan)})
+        tracking.set_tags(uri, run_id, {CHECKPOINT_DIR_TAG: run_dir, **_trial_tags(plan)})
         drive(trial.spec, uri, run_id, run_dir, callbacks=(EpochsToTune(),), watch=False)
     except OrchError as exc:
         tracking.end_if_running(uri, run_id, "FAILED", str(exc))
@@ -70,22 +72,23 @@ def run_trial(config: dict, plan: dict) -> None:
 def _continue(uri: str, child, trial: Trial) -> None:
     """A child an earlier attempt left (stopped or failed): on from its restart point, or from
     the start when it saved no checkpoint, in the same run."""
-    from orchestrator import resume
-    from orchestrator.restart import restart_point
-    from orchestrator.targets.local import checkpoint_dir, drive
+    from orchestrator.recovery.restart import restart_point
+    from orchestrator.targets import resume
+    from orchestrator.targets.local import drive
+    from orchestrator.targets.naming import checkpoint_dir
 
     run_id = child.info.run_id
-    run_dir = child.data.tags.get("orch.checkpoint_dir") or checkpoint_dir(trial.spec, run_id)
+    run_dir = child.data.tags.get(CHECKPOINT_DIR_TAG) or checkpoint_dir(trial.spec, run_id)
     good = restart_point(run_dir).location
-    resume._reopen(uri, child, trial.spec, (), {"orch.target": child.data.tags.get("orch.target", "local")}, good)
-    tracking.set_tags(uri, run_id, {"orch.checkpoint_dir": run_dir, **({"orch.resumed_from": good} if good else {})})
+    resume.reopen_run(uri, child, trial.spec, (), {TARGET_TAG: child.data.tags.get(TARGET_TAG, "local")}, good)
+    tracking.set_tags(uri, run_id, {CHECKPOINT_DIR_TAG: run_dir, **({RESUMED_FROM_TAG: good} if good else {})})
     drive(trial.spec, uri, run_id, run_dir, resume_from=good, callbacks=(EpochsToTune(),), watch=False)
 
 
 def _trial_tags(plan: dict) -> dict:
-    from orchestrator.lifecycle import driver_tags
+    from orchestrator.runs.driver import driver_tags
 
-    return {"orch.target": plan["target"], **driver_tags()}
+    return {TARGET_TAG: plan["target"], **driver_tags()}
 
 
 class EarlyStopping(tune.schedulers.ASHAScheduler):
@@ -144,11 +147,11 @@ class SweepWatch(Callback):
         terminal.say(f"{self._name(trial)}: {status}")
 
     def _early_stopped(self, child, trial: Trial) -> str:
-        from orchestrator.best import BestRule
+        from orchestrator.recovery.best import BestRule
 
-        run_id, epoch = child.info.run_id, child.data.tags.get("orch.epoch", "?")
+        run_id, epoch = child.info.run_id, child.data.tags.get(EPOCH_TAG, "?")
         tracking.log_best(self.uri, run_id, BestRule.of(trial.spec.checkpoint))
-        tracking.set_tags(self.uri, run_id, {"orch.sweep.early_stopped": f"ASHA, after epoch {epoch}"})
+        tracking.set_tags(self.uri, run_id, {EARLY_STOPPED_TAG: f"ASHA, after epoch {epoch}"})
         tracking.end_run(self.uri, run_id, "FINISHED")
         return "FINISHED (stopped early by ASHA)"
 
@@ -183,7 +186,3 @@ def build_tuner(
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
         ),
     )
-
-
-def describe_resources(trial: Trial) -> str:
-    return ", ".join(f"{v:g} {k}" for k, v in resources(trial.spec).items())

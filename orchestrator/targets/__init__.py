@@ -1,7 +1,10 @@
-"""Where a job runs: the Ray this machine reaches, embedded when none runs (local.py); a Ray
-cluster through its Jobs API (ray_cluster.py); Kubernetes as a KubeRay RayJob (kuberay.py, its
-manifest in kuberay_manifest.py). Remote jobs run entrypoint.py on the cluster, which trains
-with the same code as a local run."""
+"""Where a job runs: the local Ray, a Ray cluster through its Jobs API, Kubernetes; and `orch resume`.
+May import: spec, train, runs, recovery, console.
+
+The Ray this machine reaches, embedded when none runs (local.py); a Ray cluster through its
+Jobs API (ray_cluster.py); Kubernetes as a KubeRay RayJob (kuberay.py, its manifest in
+kuberay_manifest.py). Remote jobs run entrypoint.py on the cluster, which trains with the same
+code as a local run. A job's names and commands are in naming.py, a leaf."""
 
 import os
 

@@ -6,7 +6,7 @@
 It trains an MLflow run the submitter created, with the same code as a local run
 (targets.local.drive), so a remote run records exactly what a local one does. With --resume
 (`orch resume`: the submitter reopened the run) it continues the run from the checkpoint
-orchestrator.resume.continue_here picks in the run's folder, which the cluster sees. Inside a
+orchestrator.targets.resume.continue_here picks in the run's folder, which the cluster sees. Inside a
 Ray job, ray.init() joins the job's cluster. Exit codes and errors are the CLI's: one line on
 stderr; a problem found here also ends the run FAILED with it.
 """
@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import OrchError, SpecError
+from orchestrator.tags import CHECKPOINT_DIR_TAG, DRIVER_NODE_TAG
 
 
 @click.command()
@@ -34,10 +35,10 @@ from orchestrator.errors import OrchError, SpecError
 )
 def entrypoint(run_id, tracking_uri, spec_file, spec_b64, resume):
     """Train RUN_ID's job on the Ray cluster this process runs in."""
-    from orchestrator import tracking
-    from orchestrator.progress import format_summary
+    from orchestrator.console.progress import format_summary
+    from orchestrator.runs import tracking
 
-    _stop_on_sigterm()
+    stop_on_sigterm()
     tracking.quiet_mlflow()
     run = _running_run(tracking_uri, run_id)
     try:
@@ -74,23 +75,25 @@ def read_spec(spec_file: str | None, spec_b64: str | None):
 
 def train(spec, uri: str, run):
     """Check the job against this cluster, record where it is driven from, and train."""
-    from orchestrator import cluster, preflight
-    from orchestrator.targets.local import checkpoint_dir, drive
+    from orchestrator.spec import preflight
+    from orchestrator.targets import cluster
+    from orchestrator.targets.local import drive
+    from orchestrator.targets.naming import checkpoint_dir
 
     preflight.tell_warnings(preflight.plan(spec))  # the spec and its data, checked where the data is read
     cluster.connect()
     cluster.check_resources(spec.scaling)
     run_id = run.info.run_id
-    run_dir = run.data.tags.get("orch.checkpoint_dir") or checkpoint_dir(spec, run_id)
-    _record_driver(uri, run_id, {"orch.checkpoint_dir": run_dir})
+    run_dir = run.data.tags.get(CHECKPOINT_DIR_TAG) or checkpoint_dir(spec, run_id)
+    _record_driver(uri, run_id, {CHECKPOINT_DIR_TAG: run_dir})
     return drive(spec, uri, run_id, run_dir)
 
 
 def continue_run(spec, uri: str, run):
-    """Continue a run `orch resume` reopened, as a local resume does (orchestrator.resume), here
+    """Continue a run `orch resume` reopened, as a local resume does (orchestrator.targets.resume), here
     where its checkpoint folder and data are."""
-    from orchestrator import cluster
-    from orchestrator.resume import continue_here
+    from orchestrator.targets import cluster
+    from orchestrator.targets.resume import continue_here
 
     cluster.connect()
     _record_driver(uri, run.info.run_id)
@@ -101,10 +104,10 @@ def _record_driver(uri: str, run_id: str, tags: dict | None = None) -> None:
     """Tag who drives the run (this process, on this Ray node), with `tags`."""
     import ray
 
-    from orchestrator import tracking
-    from orchestrator.lifecycle import driver_tags
+    from orchestrator.runs import tracking
+    from orchestrator.runs.driver import driver_tags
 
-    node = {"orch.driver_node_id": ray.get_runtime_context().get_node_id()}
+    node = {DRIVER_NODE_TAG: ray.get_runtime_context().get_node_id()}
     tracking.set_tags(uri, run_id, {**driver_tags(), **node, **(tags or {})})
 
 
@@ -121,9 +124,13 @@ def _running_run(uri: str, run_id: str):
     return run
 
 
-def _stop_on_sigterm() -> None:
-    """`ray job stop` and a deleted pod send SIGTERM: handle it as Ctrl-C, so that Ray Train's
-    SIGINT handler aborts the workers and drive() ends the run KILLED instead of leaving it RUNNING."""
+def stop_on_sigterm() -> None:
+    """`ray job stop` and a deleted pod send the entrypoint SIGTERM: take it as Ctrl-C, through
+    whatever SIGINT handler is in place when it comes, so that the run ends KILLED instead of
+    being left RUNNING. Both entrypoints install it; ray.init() replaces it with Ray's own
+    (sys.exit), so where it is installed says how long it holds: the trainer's entrypoint
+    installs it first (SIGTERM before Ray is joined; after, Ray's SystemExit, which drive() ends
+    KILLED as well), the sweep's after ray.init (Tune takes SIGINT as "stop the trials")."""
 
     def handler(signum, frame):
         on_sigint = signal.getsignal(signal.SIGINT)

@@ -17,11 +17,12 @@ import yaml
 
 from orchestrator.errors import JobFailed, OrchError, SpecError
 from orchestrator.spec.schema import JobSpec
+from orchestrator.tags import CHECKPOINT_DIR_TAG, ERROR_TAG, K8S_NAMESPACE_TAG, RAYJOB_TAG, TARGET_TAG
 from orchestrator.targets import kuberay_manifest as manifest
+from orchestrator.targets.naming import checkpoint_dir
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 TERMINAL = ("Complete", "Failed", "ValidationFailed")  # jobDeploymentStatus values KubeRay never leaves
-_RUN_STATUS = {"SUCCEEDED": "FINISHED", "STOPPED": "KILLED"}  # any other end is FAILED
 
 
 def submit_k8s(
@@ -38,7 +39,7 @@ def submit_k8s(
 ):
     """Validate, then print the RayJob (dry run: nothing is created, not even an MLflow run) or
     create the run and the RayJob and, unless detached, follow it to its end."""
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
 
     uri = tracking.tracking_uri(spec)
     pods, pod_uri, namespace = prepare(spec, uri, namespace or spec.cluster.kubernetes.namespace)
@@ -55,7 +56,7 @@ def submit_k8s(
 def prepare(spec: JobSpec, uri: str, namespace: str) -> tuple[JobSpec, str, str]:
     """The spec as the pods see it (paths on the data volume, their MLflow URI; its model
     checked), that URI, and the namespace, checked."""
-    from orchestrator import preflight
+    from orchestrator.spec import preflight
 
     namespace = _namespace(namespace)
     pods = manifest.pod_spec(spec)
@@ -67,7 +68,7 @@ def prepare(spec: JobSpec, uri: str, namespace: str) -> tuple[JobSpec, str, str]
 
 def check_launchable(uri: str, namespace: str, image: str | None) -> None:
     """A RayJob needs a training image, and its run must live in an MLflow store the pods reach."""
-    from orchestrator import preflight
+    from orchestrator.spec import preflight
 
     if not image:
         raise SpecError(
@@ -83,7 +84,7 @@ def check_launchable(uri: str, namespace: str, image: str | None) -> None:
 
 def job_tags(namespace: str, name: str) -> dict:
     """The run's tags that name its RayJob, which `orch status/logs/stop` follow."""
-    return {"orch.target": "k8s", "orch.k8s_namespace": namespace, "orch.rayjob": name}
+    return {TARGET_TAG: "k8s", K8S_NAMESPACE_TAG: namespace, RAYJOB_TAG: name}
 
 
 def print_manifest(pods: JobSpec, image: str | None, pod_uri: str, namespace: str, output: str) -> None:
@@ -122,14 +123,13 @@ def launch(
     """Create the MLflow run (or take `run_id`, a run `orch resume` reopened for its `resume`-th
     RayJob, whose entrypoint continues it), then the RayJob; a RayJob the API refuses ends the
     run FAILED. Returns the run id and the RayJob's name."""
-    from orchestrator import tracking
-    from orchestrator.targets.local import checkpoint_dir
+    from orchestrator.runs import tracking
 
     if run_id is None:
         run_id = tracking.start_run(pods, spec_path, uri)
         tags = {
             **job_tags(namespace, manifest.rayjob_name(pods.name, run_id)),
-            "orch.checkpoint_dir": checkpoint_dir(pods, run_id),
+            CHECKPOINT_DIR_TAG: checkpoint_dir(pods, run_id),
         }
         tracking.set_tags(uri, run_id, tags)
     body = manifest.rayjob_manifest(
@@ -146,7 +146,7 @@ def launch(
 def create(api, body: dict, *, uri: str, run_id: str) -> str:
     """Create the RayJob `body` for the MLflow run `run_id` (a job's run, or a sweep's parent);
     one the API refuses ends the run FAILED and raises a one-line OrchError. Returns its name."""
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
 
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
@@ -161,7 +161,7 @@ def create(api, body: dict, *, uri: str, run_id: str) -> str:
 def settle(api, namespace: str, name: str, *, uri: str, run_id: str, detach: bool, poll_s: float = 5.0):
     """What `orch submit` and `orch resume` return for a created RayJob: detached, the run as it
     stands; else follow() it to its end."""
-    from orchestrator.outcome import read_outcome
+    from orchestrator.runs.outcome import read_outcome
 
     if detach:
         return read_outcome(uri, run_id, status="RUNNING")
@@ -171,7 +171,7 @@ def settle(api, namespace: str, name: str, *, uri: str, run_id: str, detach: boo
 def follow(api, namespace: str, name: str, *, uri: str, run_id: str, poll_s: float = 5.0):
     """Print each change of the RayJob's status until it ends, then settle the MLflow run.
     Ctrl-C stops following only: the job runs on."""
-    from orchestrator.outcome import read_outcome
+    from orchestrator.runs.outcome import read_outcome
 
     try:
         state = wait(api, namespace, name, poll_s=poll_s)
@@ -203,14 +203,14 @@ def finish(uri: str, run_id: str, state: dict):
     it could), then report the run as MLflow has it. A failed run raises JobFailed."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
-    from orchestrator.outcome import read_outcome
+    from orchestrator.runs import tracking
+    from orchestrator.runs.outcome import read_outcome
 
     status, cause = ended_as(state)
     tracking.end_if_running(uri, run_id, status, None if status == "FINISHED" else cause)
     run = MlflowClient(uri).get_run(run_id)
     if run.info.status == "FAILED":
-        cause = run.data.tags.get("orch.error") or state["message"] or "see orch logs"
+        cause = run.data.tags.get(ERROR_TAG) or state["message"] or "see orch logs"
         raise JobFailed(f"run {run_id} FAILED: {cause.strip().splitlines()[0]}")
     return read_outcome(uri, run_id)
 
@@ -218,7 +218,12 @@ def finish(uri: str, run_id: str, state: dict):
 def ended_as(state: dict) -> tuple[str, str]:
     """The status a run whose RayJob ended in `state` gets when its entrypoint could not end it
     (FINISHED, KILLED or FAILED), and the cause to record."""
-    status = _RUN_STATUS.get(state["jobStatus"], "FAILED") if state["found"] else "KILLED"
+    from orchestrator.runs.outcome import ended_with_job
+
+    if not state["found"]:  # deleted: `orch stop`, or its TTL
+        status = "KILLED"
+    else:
+        status = "FINISHED" if state["jobStatus"] == "SUCCEEDED" else ended_with_job(state["jobStatus"])
     return status, state["message"] or f"RayJob {state['rayjob']} ended {state['jobDeploymentStatus']}"
 
 
@@ -331,9 +336,9 @@ def _api_error(exc: Exception, doing: str) -> OrchError:
 
 def _job_ref(run) -> tuple[str, str]:
     tags = run.data.tags
-    if "orch.rayjob" not in tags:
+    if RAYJOB_TAG not in tags:
         raise OrchError(f"run {run.info.run_id} was not submitted to Kubernetes (no orch.rayjob tag)")
-    return tags.get("orch.k8s_namespace", "default"), tags["orch.rayjob"]
+    return tags.get(K8S_NAMESPACE_TAG, "default"), tags[RAYJOB_TAG]
 
 
 def _namespace(value: str) -> str:

@@ -4,18 +4,16 @@ Pure functions of the spec, so `orch submit --target k8s --dry-run` prints exact
 submission creates, and tests validate it against KubeRay's CRD without a cluster.
 """
 
-import base64
-import json
 import math
 import os
 import posixpath
 import re
-import shlex
 from importlib import metadata
 from urllib.parse import urlparse
 
 from orchestrator.errors import SpecError
 from orchestrator.spec.schema import PATH_FIELDS, JobSpec, KubernetesSpec, ScalingSpec
+from orchestrator.targets import naming
 
 PLACEHOLDER_RUN_ID = "RUN_ID"
 PLACEHOLDER_IMAGE = "REPLACE_WITH_TRAINING_IMAGE"
@@ -55,7 +53,7 @@ def rayjob_manifest(
     """The RayJob: a head pod that runs orch's entrypoint (submitted over HTTP to its dashboard)
     and one fixed-size worker group; KubeRay deletes the cluster `ttl` seconds after the job ends.
     `resume` = N: the run's Nth resume, a RayJob of its own whose entrypoint continues the run.
-    `command`: another driver command than the trainer's (a sweep's: sweep_entrypoint())."""
+    `command`: another driver command than the trainer's (a sweep's: naming.sweep_command())."""
     k8s = spec.cluster.kubernetes
     name = rayjob_name(spec.name, run_id, resume)
     return {
@@ -68,15 +66,15 @@ def rayjob_manifest(
             "annotations": _annotations(spec, tracking_uri),
         },
         "spec": {
-            "entrypoint": command or entrypoint(spec, run_id, tracking_uri, resume=bool(resume)),
-            "jobId": job_id(run_id),
+            "entrypoint": command or _train_command(spec, run_id, tracking_uri, resume=bool(resume)),
+            "jobId": naming.rayjob_job_id(run_id),
             "submissionMode": "HTTPMode",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": k8s.ttl_seconds_after_finished,
             "rayClusterSpec": {
                 "rayVersion": metadata.version("ray"),
                 "enableInTreeAutoscaling": False,
-                "headGroupSpec": _head_group(k8s, image, tracking_uri, job_id(run_id)),
+                "headGroupSpec": _head_group(k8s, image, tracking_uri, naming.rayjob_job_id(run_id)),
                 "workerGroupSpecs": [
                     _worker_group(spec.scaling, k8s, image, tracking_uri, spec.training.termination_grace_s)
                 ],
@@ -90,32 +88,13 @@ def rayjob_name(spec_name: str, run_id: str, resume: int = 0) -> str:
     rule for RayJob names), at most MAX_RAYJOB_NAME characters."""
     base = re.sub(r"[^a-z0-9-]+", "-", spec_name.lower()).strip("-")
     base = re.sub(r"^[^a-z]+", "", base) or "orch"
-    suffix = re.sub(r"[^a-z0-9]+", "-", run_id[:8].lower()).strip("-") + (f"-r{resume}" if resume else "")
+    suffix = re.sub(r"[^a-z0-9]+", "-", run_id[:8].lower()).strip("-") + naming.resume_suffix(resume)
     return f"{base[: MAX_RAYJOB_NAME - len(suffix) - 1].rstrip('-')}-{suffix}"
 
 
-def job_id(run_id: str) -> str:
-    """The Ray job's submission id: names the MLflow run in Ray's dashboard and the driver's log file."""
-    return f"orch-{run_id}"
-
-
-def entrypoint(spec: JobSpec, run_id: str, tracking_uri: str, resume: bool = False) -> str:
-    """The driver command: orch's trainer attached to the MLflow run the submitting CLI created
-    (with `resume`, reopened: it continues from the run's checkpoint)."""
-    spec_b64 = base64.b64encode(json.dumps(spec.model_dump(mode="json")).encode()).decode()
-    return (
-        f"python -m orchestrator.targets.entrypoint --run-id {shlex.quote(run_id)} "
-        f"--tracking-uri {shlex.quote(tracking_uri)} --spec-b64 {spec_b64}" + (" --resume" if resume else "")
-    )
-
-
-def sweep_entrypoint(parent_id: str, tracking_uri: str) -> str:
-    """The driver command of a sweep's RayJob: the unfinished trials of the sweep whose parent
-    run is `parent_id`, on the Tune of the RayJob's own Ray cluster (orchestrator/sweep/entrypoint.py)."""
-    return (
-        f"python -m orchestrator.sweep.entrypoint --parent-run-id {shlex.quote(parent_id)} "
-        f"--tracking-uri {shlex.quote(tracking_uri)}"
-    )
+def _train_command(spec: JobSpec, run_id: str, tracking_uri: str, resume: bool) -> str:
+    """The trainer's driver command, with the spec in it (the RayJob's head reads no file of ours)."""
+    return naming.train_command(run_id, tracking_uri, spec_b64=naming.encoded_spec(spec), resume=resume)
 
 
 def worker_layout(scaling: ScalingSpec, gpus_per_node: int) -> dict:
@@ -170,7 +149,7 @@ def pod_spec(spec: JobSpec, cwd: str | None = None) -> JobSpec:
 def pod_tracking_uri(k8s: KubernetesSpec, submit_uri: str) -> str:
     """MLflow as the pods reach it: cluster.kubernetes.tracking_uri, else the submitter's URI when
     it names a server off this machine, else the in-cluster Service of k8s/mlflow.yaml."""
-    from orchestrator.preflight import is_local_store
+    from orchestrator.spec.preflight import is_local_store
 
     if k8s.tracking_uri:
         if is_local_store(k8s.tracking_uri) or _loopback(k8s.tracking_uri):

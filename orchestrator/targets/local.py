@@ -8,26 +8,23 @@ import threading
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator import (
-    cluster,
-    interruptions,
-    preflight,
-    restart,
-    run_record,
-    startup_trace,
-    telemetry,
-    terminal,
-    tracking,
-)
-from orchestrator.best import BestRule
-from orchestrator.epoch_logger import EpochLogger
+from orchestrator import startup_trace
+from orchestrator.console import terminal
+from orchestrator.console.progress import EpochPrinter
 from orchestrator.errors import JobFailed, JobInterrupted
-from orchestrator.lifecycle import driver_tags
-from orchestrator.outcome import JobOutcome, read_outcome
-from orchestrator.progress import EpochPrinter
+from orchestrator.recovery import restart
+from orchestrator.recovery.best import BestRule
+from orchestrator.runs import run_record, telemetry, tracking
+from orchestrator.runs.driver import driver_tags
+from orchestrator.runs.outcome import JobOutcome, read_outcome
+from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec
-from orchestrator.train import faults, notices
+from orchestrator.tags import BEST_CHECKPOINT_TAG, CHECKPOINT_DIR_TAG, TARGET_TAG
+from orchestrator.targets import cluster
+from orchestrator.targets.naming import checkpoint_dir
+from orchestrator.train import faults, interruptions, notices
 from orchestrator.train.entry import train_worker
+from orchestrator.train.epoch_logger import EpochLogger
 
 
 def run_local(
@@ -47,7 +44,7 @@ def run_local(
     uri = tracking.tracking_uri(spec)
     run_id = tracking.start_run(spec, spec_path, uri)
     tracking.set_tags(
-        uri, run_id, {"orch.checkpoint_dir": checkpoint_dir(spec, run_id), "orch.target": "local", **driver_tags()}
+        uri, run_id, {CHECKPOINT_DIR_TAG: checkpoint_dir(spec, run_id), TARGET_TAG: "local", **driver_tags()}
     )
     startup_trace.mark("driver: run created")
     return drive(spec, uri, run_id, checkpoint_dir(spec, run_id), progress_to_stderr=progress_to_stderr)
@@ -104,7 +101,7 @@ def drive(
                 tracking.end_run(uri, run_id, status, error)
     best_checkpoint = _best_checkpoint(run_dir) if result is not None else None
     if best_checkpoint:
-        tracking.set_tags(uri, run_id, {"orch.best_checkpoint": best_checkpoint})
+        tracking.set_tags(uri, run_id, {BEST_CHECKPOINT_TAG: best_checkpoint})
     run_record.finish(spec, uri, run_id, status, best_checkpoint)  # the result; a FINISHED run's model
     if status == "KILLED":
         raise JobInterrupted(error)
@@ -123,15 +120,6 @@ def stop_message(result, run_id: str) -> str | None:
         f"run {run_id} stopped by `{metrics['stopped_by']}` in epoch {metrics['epoch']} after "
         f"{metrics['batches']} batches: marked KILLED; `orch resume {run_id}` continues from {saved}"
     )
-
-
-def ray_run_name(spec: JobSpec, run_id: str) -> str:
-    return f"{spec.name}-{run_id[:8]}"
-
-
-def checkpoint_dir(spec: JobSpec, run_id: str) -> str:
-    """Where Ray Train puts this run's checkpoints (epoch_NNNN directories)."""
-    return f"{spec.checkpoint.storage.rstrip('/')}/{ray_run_name(spec, run_id)}"
 
 
 def build_trainer(
@@ -208,8 +196,8 @@ def root_cause(exc: BaseException) -> str:
 
 
 def _best_checkpoint(run_dir: str) -> str | None:
-    """The run's best kept checkpoint by its rule (orchestrator/best.py), as evaluate picks it."""
-    from orchestrator.evaluation.checkpoints import CheckpointError, pick
+    """The run's best kept checkpoint by its rule (orchestrator/recovery/best.py), as evaluate picks it."""
+    from orchestrator.recovery.checkpoints import CheckpointError, pick
 
     try:
         return str(pick(run_dir, "best", run_dir))

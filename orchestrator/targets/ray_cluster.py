@@ -15,14 +15,11 @@ address would hang or reach another cluster instead of failing in seconds.
 """
 
 import asyncio
-import base64
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import re
-import shlex
 import sys
 import time
 import urllib.parse
@@ -31,9 +28,12 @@ from pathlib import Path
 import click
 import requests
 
-from orchestrator import cluster, preflight, ray_internals
+from orchestrator import ray_internals
 from orchestrator.errors import JobFailed, JobInterrupted, OrchError, last_line
+from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec
+from orchestrator.tags import CHECKPOINT_DIR_TAG, ERROR_TAG, RAY_ADDRESS_TAG, RAY_JOB_ID_TAG, TARGET_TAG
+from orchestrator.targets import cluster, naming
 
 TIMEOUT_S = (3.0, 30.0)  # connect, read
 STOP_WAIT_S = 60  # how long Ray lets the entrypoint end the run KILLED after `ray job stop`
@@ -57,14 +57,6 @@ EXCLUDES = [
     "/bench",
 ]
 _ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-# "Uploading package ...", "Ignoring upload ... .gitignore", "Directory '.venv' is now ignored by
-# default" (orch leaves it out anyway): news to nobody who runs `orch submit`.
-_CHATTY_LOGGERS = {
-    "ray.dashboard.modules.dashboard_sdk": logging.WARNING,
-    "ray.dashboard.modules.job.sdk": logging.WARNING,
-    "ray._private.runtime_env.packaging": logging.WARNING,
-    "ray._private.runtime_env.working_dir": logging.ERROR,
-}
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 
@@ -81,15 +73,14 @@ def submit_remote(
     cannot run is refused in the time it takes to ask the cluster.
     """
     address, uri = check_cluster(spec, address)
-    from orchestrator import tracking
-    from orchestrator.targets.local import checkpoint_dir
+    from orchestrator.runs import tracking
 
     jobs = client(address)
     run_id = tracking.start_run(spec, spec_path, uri)
     tracking.set_tags(
         uri,
         run_id,
-        {"orch.target": "ray", "orch.ray_address": address, "orch.checkpoint_dir": checkpoint_dir(spec, run_id)},
+        {TARGET_TAG: "ray", RAY_ADDRESS_TAG: address, CHECKPOINT_DIR_TAG: naming.checkpoint_dir(spec, run_id)},
     )
     job_id = submit_job(jobs, spec, uri, run_id, address)
     return settle(jobs, job_id, spec, uri, run_id, detach=detach, progress_to_stderr=progress_to_stderr)
@@ -104,7 +95,7 @@ def check_cluster(spec: JobSpec, address: str, uri: str | None = None) -> tuple[
     address = connect(address)
     nodes = alive_nodes(address)
     cluster.check_resources(spec.scaling, nodes, where=f"the Ray cluster at {address}")
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
 
     uri = uri or tracking.tracking_uri(spec)
     preflight.check_multi_node(spec, uri, len(nodes))
@@ -113,20 +104,12 @@ def check_cluster(spec: JobSpec, address: str, uri: str | None = None) -> tuple[
 
 def job_tags(address: str, job_id: str) -> dict:
     """The run's tags that name its Ray job, which `orch status/logs/stop` follow."""
-    return {"orch.target": "ray", "orch.ray_address": address, "orch.ray_job_id": job_id}
-
-
-def ray_job_id(spec: JobSpec, run_id: str, resume: int = 0) -> str:
-    """The Ray job's submission id: `{name}-{run8}`, and `-rN` for the run's Nth resume (Ray never
-    takes an id twice)."""
-    from orchestrator.targets.local import ray_run_name
-
-    return ray_run_name(spec, run_id) + (f"-r{resume}" if resume else "")
+    return {TARGET_TAG: "ray", RAY_ADDRESS_TAG: address, RAY_JOB_ID_TAG: job_id}
 
 
 def entrypoint_command(run_id: str, uri: str, address: str, resume: bool = False) -> str:
-    command = [cluster_python(address), "-m", "orchestrator.targets.entrypoint", "--run-id", run_id]
-    return shlex.join([*command, "--tracking-uri", uri, *(["--resume"] if resume else [])])
+    """The job's driver command, with the Python the cluster at `address` runs (cluster_python)."""
+    return naming.train_command(run_id, uri, python=cluster_python(address), resume=resume)
 
 
 def cluster_python(address: str) -> str:
@@ -149,7 +132,7 @@ def runtime_env(spec: JobSpec, uri: str) -> dict:
     from orchestrator.train.faults import FAULT_VARIABLE
 
     env_vars = {
-        "ORCH_SPEC_B64": base64.b64encode(json.dumps(spec.model_dump(mode="json")).encode()).decode(),
+        "ORCH_SPEC_B64": naming.encoded_spec(spec),
         "MLFLOW_TRACKING_URI": uri,
         "PYTHONUNBUFFERED": "1",  # epoch lines reach the job's log as they are printed
         "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S),  # Ray's default, 3 s, is too short to end the run
@@ -170,17 +153,17 @@ def submit_job(jobs, spec: JobSpec, uri: str, run_id: str, address: str, resume:
     """Submit the run's job (Ray uploads the working_dir) and tag its id: the run's first job, or
     with `resume` = N its Nth resume, whose entrypoint continues the run from its checkpoint. The
     run ends FAILED (KILLED on Ctrl-C) if that does not happen."""
-    from orchestrator import tracking
+    from orchestrator.runs import tracking
 
-    job_id = ray_job_id(spec, run_id, resume)
+    job_id = naming.ray_job_id(spec, run_id, resume)
     try:
         jobs.submit_job(
             entrypoint=entrypoint_command(run_id, uri, address, resume=bool(resume)),
             submission_id=job_id,
             runtime_env=runtime_env(spec, uri),
-            metadata={"orch.run_id": run_id},
+            metadata=naming.job_metadata(run_id),
         )
-        tracking.set_tags(uri, run_id, {"orch.ray_job_id": job_id})
+        tracking.set_tags(uri, run_id, {RAY_JOB_ID_TAG: job_id})
     except KeyboardInterrupt:
         tracking.end_run(uri, run_id, "KILLED", "interrupted while submitting the Ray job")
         raise JobInterrupted(f"run {run_id} interrupted while submitting: marked KILLED") from None
@@ -199,7 +182,7 @@ def submit_job(jobs, spec: JobSpec, uri: str, run_id: str, address: str, resume:
 def settle(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, *, detach: bool, progress_to_stderr: bool):
     """What `orch submit` and `orch resume` return for a submitted job: detached, the run as it
     stands (SUBMITTED until the job runs); else follow() it to its end."""
-    from orchestrator.outcome import read_outcome
+    from orchestrator.runs.outcome import read_outcome
 
     if detach:
         state = jobs.get_job_status(job_id)
@@ -213,9 +196,9 @@ def follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to_
     job (one that could not start never ends its run itself)."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
-    from orchestrator.outcome import read_outcome
-    from orchestrator.progress import EpochPrinter
+    from orchestrator.console.progress import EpochPrinter
+    from orchestrator.runs import tracking
+    from orchestrator.runs.outcome import ended_with_job, read_outcome
 
     done = set(tracking.epoch_history(uri, run_id))
     printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr, skip=done)
@@ -232,14 +215,12 @@ def follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to_
         ) from None
     finally:
         printer.stop()
-    tracking.end_if_running(
-        uri, run_id, "KILLED" if str(state) == "STOPPED" else "FAILED", lambda: _job_failure(jobs, job_id)
-    )
+    tracking.end_if_running(uri, run_id, ended_with_job(state), lambda: _job_failure(jobs, job_id))
     result = read_outcome(uri, run_id)
     if result.status == "KILLED":
         raise JobInterrupted(f"run {run_id} was stopped (Ray job {job_id} {state}): marked KILLED, checkpoints kept")
     if result.status != "FINISHED":
-        error = MlflowClient(uri).get_run(run_id).data.tags.get("orch.error", "")
+        error = MlflowClient(uri).get_run(run_id).data.tags.get(ERROR_TAG, "")
         raise JobFailed(
             f"run {run_id} {result.status}: {last_line(error, 'no cause recorded')} "
             f"(`orch logs {run_id}` has the job's output)"
@@ -293,7 +274,7 @@ def client(address: str):
     """Ray's JobSubmissionClient for `address`, whatever $RAY_ADDRESS says."""
     from ray.job_submission import JobSubmissionClient
 
-    for name, level in _CHATTY_LOGGERS.items():
+    for name, level in ray_internals.JOB_SUBMISSION_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     with _without_env(_ADDRESS_VARIABLES):
         try:
@@ -382,7 +363,7 @@ def unreachable(address: str, why: str) -> OrchError:
 
 def _job_of(run):
     tags = run.data.tags
-    address, job_id = tags.get("orch.ray_address"), tags.get("orch.ray_job_id")
+    address, job_id = tags.get(RAY_ADDRESS_TAG), tags.get(RAY_JOB_ID_TAG)
     if not address or not job_id:
         raise OrchError(
             f"run {run.info.run_id} has no Ray job recorded (tags orch.ray_address, "

@@ -150,7 +150,9 @@ def _damage_newest(run_dir: str) -> None:
 
 def _wait_for_checkpoint(run_dir: str, epoch: int, timeout_s: float = 300) -> None:
     """Until Ray's checkpoint record in `run_dir` lists epoch's checkpoint (local storage only)."""
-    path, name = os.path.join(run_dir, ray_internals.CHECKPOINT_RECORD), f"epoch_{epoch:04d}"
+    from orchestrator.train.checkpoint import checkpoint_name
+
+    path, name = os.path.join(run_dir, ray_internals.CHECKPOINT_RECORD), checkpoint_name(epoch)
     deadline = time.monotonic() + timeout_s
     while "://" not in run_dir and time.monotonic() < deadline:
         try:

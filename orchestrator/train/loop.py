@@ -2,7 +2,7 @@
 
 Per epoch: train on this rank's shard, evaluate every validation sample once across ranks,
 rank 0 writes a checkpoint, and every rank calls `ray.train.report` (a barrier). MLflow
-logging happens on the Ray Train controller (orchestrator.epoch_logger), once per epoch.
+logging happens on the Ray Train controller (orchestrator.train.epoch_logger), once per epoch.
 
 Every training.notice_every_n_steps steps, every rank checks for notices (train/notices.py): a
 preemption (Ray's drain notice, or a SIGTERM to a worker) writes a step checkpoint
@@ -31,9 +31,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data_pipeline import ResolutionSchedule, build_train_loader, build_val_loader, read_dataset_info
 from data_pipeline.geometry import eval_style
-from orchestrator import ray_internals, startup_trace, telemetry
-from orchestrator.best import BestRule
+from orchestrator import ray_internals, startup_trace
 from orchestrator.models import build_model
+from orchestrator.recovery.best import BestRule
+from orchestrator.runs import telemetry
 from orchestrator.spec.schema import JobSpec
 from orchestrator.train import distributed as dist
 from orchestrator.train import faults
@@ -311,7 +312,7 @@ def _loaders(spec: JobSpec, info, device: torch.device):
 def _restore(config: dict, model, optimizer, scaler, layout: dict) -> tuple[Start, dict]:
     """Load the checkpoint this worker group continues from: the one Ray hands over after a
     failure or preemption, else the one `orch resume` chose; either was verified once when it
-    was chosen (orchestrator/restart.py, on the controller or the resuming driver). Returns
+    was chosen (orchestrator/recovery/restart.py, on the controller or the resuming driver). Returns
     where training starts and, when something was restored, {"restored_from": location}. A step
     checkpoint written by another layout (a resume changed it; the resuming driver says so on
     the run) starts its epoch again."""

@@ -19,11 +19,6 @@ def topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> torch.Te
     return torch.stack([hits[:, : min(k, maxk)].any(dim=1).sum() for k in ks])
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """`topk_hits` read back as Python ints (one host sync)."""
-    return [int(v) for v in topk_hits(logits, labels, ks).tolist()]
-
-
 class EvalCounts:
     """Accumulates [top1, top5, n, loss_sum] on one rank, in float64 on the device of the
     logits it is given (exact for counts below 2**53); `reduce()` sums them over all ranks."""

@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass
 
 from orchestrator import ray_internals
+from orchestrator.tags import STOP_TAG
 
 NONE, PREEMPTED, STOP = 0, 1, 2  # ordered: when both are asked, the user's stop wins
 REASONS = {PREEMPTED: "preemption", STOP: "orch stop --save"}
-STOP_TAG = "orch.stop_request"
 
 _local = {"signalled": False, "grace_s": 60.0}  # this process: SIGTERM taken, and its deadline
 

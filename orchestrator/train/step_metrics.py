@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from orchestrator.tags import STEP_LOSS, STEP_LR, STEP_RATE, STEPS_TAG
+
 logger = logging.getLogger(__name__)
 POINTS_PER_EPOCH = 32  # "a few dozen" points per epoch unless tracking.log_every_n_steps says otherwise
 _STOP = object()
@@ -43,7 +45,7 @@ class StepLogger:
 
     def tag_steps_per_epoch(self, steps_per_epoch: int) -> None:
         if self.active:
-            self._queue.put(("tag", "orch.steps_per_epoch", str(steps_per_epoch)))
+            self._queue.put(("tag", STEPS_TAG, str(steps_per_epoch)))
 
     def __call__(self, step: int, loss: torch.Tensor, lr: float, batch_size: int) -> None:
         """After global step `step` (its loss still on the device)."""
@@ -82,9 +84,9 @@ class StepLogger:
                 if ready is not None:
                     ready.synchronize()  # this thread waits for the copy; the training loop never does
                 stamp = int(time.time() * 1000)
-                points = [Metric("step/train_loss", float(value), stamp, step), Metric("step/lr", lr, stamp, step)]
+                points = [Metric(STEP_LOSS, float(value), stamp, step), Metric(STEP_LR, lr, stamp, step)]
                 if rate is not None:
-                    points.append(Metric("step/images_per_second", rate, stamp, step))
+                    points.append(Metric(STEP_RATE, rate, stamp, step))
                 client.log_batch(run_id, metrics=points)
             except Exception as exc:  # a store that does not answer must not stop training
                 logger.warning("step metrics not logged: %s", exc)

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import BEST_METRICS, EPOCH_METRICS
+from orchestrator.runs.tracking import BEST_METRICS, EPOCH_METRICS
+from orchestrator.tags import BEST_CHECKPOINT_TAG, EPOCH_TAG, EPOCHS_TAG
 
 SHOWN_METRICS = ("epoch",) + EPOCH_METRICS + tuple(f"best_{key}" for key in BEST_METRICS)
 
@@ -33,19 +34,25 @@ def read_outcome(uri: str, run_id: str, status: str | None = None) -> JobOutcome
     run = MlflowClient(uri).get_run(run_id)
     tags = run.data.tags
     metrics = {key: value for key, value in run.data.metrics.items() if key in SHOWN_METRICS}
-    if "orch.epoch" in tags:
-        metrics["epoch"] = int(tags["orch.epoch"])
+    if EPOCH_TAG in tags:
+        metrics["epoch"] = int(tags[EPOCH_TAG])
     return JobOutcome(
         run_id=run_id,
         status=status or run.info.status,
         metrics=metrics,
-        best_checkpoint=tags.get("orch.best_checkpoint"),
+        best_checkpoint=tags.get(BEST_CHECKPOINT_TAG),
         tracking_uri=uri,
         epochs=planned_epochs(run),
     )
 
 
+def ended_with_job(job_status) -> str:
+    """The status of a run whose Ray job ended without ending it (its entrypoint died, or never
+    ran): KILLED when the job was stopped (`ray job stop`, `orch stop`, Ctrl-C), else FAILED."""
+    return "KILLED" if str(job_status) == "STOPPED" else "FAILED"
+
+
 def planned_epochs(run) -> int | None:
     """The epochs the run trains to: its spec's training.epochs, or what a resume raised it to."""
-    epochs = run.data.tags.get("orch.epochs") or run.data.params.get("training.epochs")
+    epochs = run.data.tags.get(EPOCHS_TAG) or run.data.params.get("training.epochs")
     return int(epochs) if epochs and epochs.isdigit() else None

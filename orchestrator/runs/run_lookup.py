@@ -8,6 +8,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import OrchError
+from orchestrator.tags import CHECKPOINT_DIR_TAG, is_sweep
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -44,7 +45,7 @@ def list_runs(uri: str) -> list:
     if not store_exists(uri):
         return []
     runs = _search(MlflowClient(uri), "")
-    return [r for r in runs if "orch.checkpoint_dir" in r.data.tags or r.data.tags.get("orch.kind") == "sweep"]
+    return [r for r in runs if CHECKPOINT_DIR_TAG in r.data.tags or is_sweep(r)]
 
 
 def _search(client: MlflowClient, filter_string: str) -> list:

@@ -16,14 +16,32 @@ import click
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cluster, preflight, ray_internals, terminal, tracking
+from orchestrator import ray_internals
+from orchestrator.console import terminal
 from orchestrator.errors import OrchError, SpecError
-from orchestrator.lifecycle import ACTIVE, driver_alive, driver_tags
-from orchestrator.outcome import JobOutcome
-from orchestrator.restart import RestartPoint, record_warning, restart_point
-from orchestrator.run_lookup import find_run
+from orchestrator.recovery.restart import RestartPoint, record_warning, restart_point
+from orchestrator.runs import tracking
+from orchestrator.runs.driver import ACTIVE, driver_alive, driver_tags
+from orchestrator.runs.outcome import JobOutcome
+from orchestrator.runs.run_lookup import find_run
+from orchestrator.spec import preflight
 from orchestrator.spec.load import parse_override, set_dotted, spec_from_dict
-from orchestrator.targets import jobs_address, kuberay, ray_cluster
+from orchestrator.tags import (
+    CHECKPOINT_DIR_TAG,
+    DRIVER_PID_TAG,
+    EPOCH_TAG,
+    EPOCHS_TAG,
+    ERROR_TAG,
+    JOB_TAGS,
+    K8S_NAMESPACE_TAG,
+    RAY_ADDRESS_TAG,
+    RESUMED_FROM_TAG,
+    RESUMES_TAG,
+    STOP_TAG,
+    TARGET_TAG,
+    is_sweep,
+)
+from orchestrator.targets import cluster, jobs_address, kuberay, naming, ray_cluster
 from orchestrator.targets import kuberay_manifest as manifest
 from orchestrator.targets.local import drive
 from orchestrator.train.checkpoint import (
@@ -34,10 +52,6 @@ from orchestrator.train.checkpoint import (
     load_meta,
     position_of,
 )
-from orchestrator.train.notices import STOP_TAG
-
-# The tags that name the job a run last ran as, per target; a resume elsewhere drops the others.
-JOB_TAGS = ("orch.target", "orch.ray_address", "orch.ray_job_id", "orch.k8s_namespace", "orch.rayjob")
 
 
 def resume_run(
@@ -61,18 +75,18 @@ def resume_run(
     run_id = run.info.run_id
     if run.info.status == ACTIVE and driver_alive(run) is not False:
         raise OrchError(
-            f"run {run_id} is still running (driver pid {run.data.tags.get('orch.driver_pid')}); "
+            f"run {run_id} is still running (driver pid {run.data.tags.get(DRIVER_PID_TAG)}); "
             f"`orch stop {run_id}` first"
         )
     spec, original = run_spec(uri, run, overrides)
     check_resumable(original, spec)
     tags = run.data.tags
-    target = target or ("ray" if address else tags.get("orch.target") or "local")
+    target = target or ("ray" if address else tags.get(TARGET_TAG) or "local")
     if target == "ray":
-        address = jobs_address(spec, address or tags.get("orch.ray_address"))
+        address = jobs_address(spec, address or tags.get(RAY_ADDRESS_TAG))
         return _resume_on_ray(uri, run, spec, overrides, address, detach, progress_to_stderr)
     if target == "k8s":
-        namespace = namespace or tags.get("orch.k8s_namespace") or spec.cluster.kubernetes.namespace
+        namespace = namespace or tags.get(K8S_NAMESPACE_TAG) or spec.cluster.kubernetes.namespace
         return _resume_on_k8s(uri, run, spec, original, overrides, namespace, image, detach)
     return continue_here(uri, run, spec, overrides, progress_to_stderr=progress_to_stderr)
 
@@ -82,7 +96,7 @@ def sweep_parent(uri: str | None, ref: str):
     uri = tracking.tracking_uri(explicit=uri)
     tracking.quiet_mlflow()
     run = find_run(uri, ref)
-    return (uri, run) if run.data.tags.get("orch.kind") == "sweep" else None
+    return (uri, run) if is_sweep(run) else None
 
 
 def continue_here(
@@ -93,7 +107,7 @@ def continue_here(
     the data and the cluster, reopen the run (with `reopen`, a local resume; a remote one's
     submitter reopened it already), and train it to spec.training.epochs."""
     run_id = run.info.run_id
-    run_dir = run.data.tags.get("orch.checkpoint_dir")
+    run_dir = run.data.tags.get(CHECKPOINT_DIR_TAG)
     good = pick_checkpoint(uri, run_id, run_dir)
     meta = load_meta(good) if "://" not in good else None
     check_epochs_left(run_id, epochs_done(good), spec)
@@ -109,13 +123,13 @@ def continue_here(
     cluster.connect()
     cluster.check_resources(spec.scaling)
     if reopen:
-        _reopen(uri, run, spec, overrides, {"orch.target": "local"}, good)
-    tracking.set_tags(uri, run_id, {"orch.resumed_from": good, **driver_tags()})
+        reopen_run(uri, run, spec, overrides, {TARGET_TAG: "local"}, good)
+    tracking.set_tags(uri, run_id, {RESUMED_FROM_TAG: good, **driver_tags()})
     return drive(spec, uri, run_id, run_dir, resume_from=good, progress_to_stderr=progress_to_stderr)
 
 
 def pick_checkpoint(uri: str, run_id: str, run_dir: str | None) -> str:
-    """The checkpoint the run continues from, as orchestrator/restart.py chooses it for every
+    """The checkpoint the run continues from, as orchestrator/recovery/restart.py chooses it for every
     path: the newest that verifies, an epoch's or a step's. Newer damaged ones are set aside (so
     neither Ray nor a later resume takes them), told and recorded on the run: the one change a
     resume makes before its other checks."""
@@ -167,7 +181,7 @@ def relaunch_on_k8s(uri: str, run, pods, overrides, *, pod_uri: str, namespace: 
     check_epochs_left(run_id, logged_epoch(run) + 1, pods)
     resume = _next_resume(run)
     name = manifest.rayjob_name(pods.name, run_id, resume)
-    _reopen(uri, run, pods, overrides, kuberay.job_tags(namespace, name))
+    reopen_run(uri, run, pods, overrides, kuberay.job_tags(namespace, name))
     kuberay.launch(
         pods, None, uri=uri, pod_uri=pod_uri, namespace=namespace, image=image, api=api, run_id=run_id, resume=resume
     )
@@ -177,7 +191,7 @@ def relaunch_on_k8s(uri: str, run, pods, overrides, *, pod_uri: str, namespace: 
 def logged_epoch(run) -> int:
     """The last epoch the run logged (orch.epoch): what a submitter that cannot read the
     checkpoint folder knows of how far the run got."""
-    epoch = run.data.tags.get("orch.epoch")
+    epoch = run.data.tags.get(EPOCH_TAG)
     if epoch is None:
         raise OrchError(
             f"run {run.info.run_id} logged no epoch, so it has no checkpoint to resume from; submit the job again"
@@ -193,7 +207,7 @@ def _resume_on_ray(uri: str, run, spec, overrides, address: str, detach: bool, p
     check_epochs_left(run_id, logged_epoch(run) + 1, spec)
     jobs = ray_cluster.client(address)
     resume = _next_resume(run)
-    _reopen(uri, run, spec, overrides, ray_cluster.job_tags(address, ray_cluster.ray_job_id(spec, run_id, resume)))
+    reopen_run(uri, run, spec, overrides, ray_cluster.job_tags(address, naming.ray_job_id(spec, run_id, resume)))
     job_id = ray_cluster.submit_job(jobs, spec, uri, run_id, address, resume=resume)
     return ray_cluster.settle(jobs, job_id, spec, uri, run_id, detach=detach, progress_to_stderr=progress_to_stderr)
 
@@ -215,7 +229,7 @@ def run_spec(uri: str, run, overrides=()):
     `--set` overrides applied, and the original for comparison."""
     original = _spec_artifact(uri, run.info.run_id)
     if original is None:
-        locations = list_checkpoints(run.data.tags.get("orch.checkpoint_dir", ""))
+        locations = list_checkpoints(run.data.tags.get(CHECKPOINT_DIR_TAG, ""))
         if not locations:
             raise OrchError(
                 f"run {run.info.run_id}: neither a spec.json artifact nor a checkpoint to read its spec from"
@@ -255,10 +269,10 @@ def _spec_artifact(uri: str, run_id: str) -> dict | None:
 
 def _next_resume(run) -> int:
     """The number the run's next resume gets (its orch.resumes tag counts those before)."""
-    return int(run.data.tags.get("orch.resumes", "0")) + 1
+    return int(run.data.tags.get(RESUMES_TAG, "0")) + 1
 
 
-def _reopen(uri: str, run, spec, overrides, job: dict, good: str | None = None) -> None:
+def reopen_run(uri: str, run, spec, overrides, job: dict, good: str | None = None) -> None:
     """Mark the run RUNNING for its next resume: the new spec, tags naming the job it continues
     as (`job`: orch.target and that target's tags; another target's are dropped), and
     resumes/resume_N.json: the overrides, the previous job, the new one, and the checkpoint it
@@ -273,10 +287,10 @@ def _reopen(uri: str, run, spec, overrides, job: dict, good: str | None = None) 
     client.log_dict(run_id, record, f"resumes/resume_{resumes}.json")
     # The last attempt's error (this one records its own), a stop request it carried out, and
     # the tags of a job elsewhere.
-    for key in ["orch.error", STOP_TAG, *(key for key in previous if key not in job)]:
+    for key in [ERROR_TAG, STOP_TAG, *(key for key in previous if key not in job)]:
         if key in tags:
             client.delete_tag(run_id, key)
-    new = {"orch.resumes": resumes, **job}
+    new = {RESUMES_TAG: resumes, **job}
     if spec.training.epochs != int(run.data.params.get("training.epochs", spec.training.epochs)):
-        new["orch.epochs"] = spec.training.epochs  # params are immutable in MLflow; the new target
+        new[EPOCHS_TAG] = spec.training.epochs  # params are immutable in MLflow; the new target
     tracking.set_tags(uri, run_id, new)

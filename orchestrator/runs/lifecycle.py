@@ -1,8 +1,8 @@
-"""The run lifecycle: who drives a run, what `orch runs`/`status`/`logs`/`stop`/`checkpoints`
-read and change.
+"""The run lifecycle: what `orch runs`/`status`/`logs`/`stop`/`checkpoints` read and change. Only
+the CLI imports this module: it reaches every target and the sweeps.
 
 A run's checkpoint folder is its orch.checkpoint_dir tag; a local run's driver (the `orch submit`
-or `orch resume` process) is the orch.driver_pid / orch.driver_host / orch.driver_started tags;
+or `orch resume` process) is the one its driver tags name (orchestrator/runs/driver.py);
 a remote run's job is reached through the target its orch.target tag names (targets.ray_cluster
 for a Ray job, targets.kuberay for a RayJob).
 """
@@ -10,31 +10,41 @@ for a Ray job, targets.kuberay for a RayJob).
 import json
 import os
 import signal
-import socket
 import time
 
-import psutil
 from mlflow.tracking import MlflowClient
 
-from orchestrator.best import BestRule
 from orchestrator.errors import OrchError, last_line
-from orchestrator.outcome import planned_epochs
-from orchestrator.run_lookup import find_run
-from orchestrator.tracking import best_metrics
+from orchestrator.recovery.best import BestRule
+from orchestrator.runs.driver import ACTIVE, driver_alive
+from orchestrator.runs.outcome import planned_epochs
+from orchestrator.runs.run_lookup import find_run
+from orchestrator.runs.tracking import best_metrics
+from orchestrator.tags import (
+    CHECKPOINT_DIR_TAG,
+    DRIVER_HOST_TAG,
+    DRIVER_PID_TAG,
+    EPOCH_TAG,
+    ERROR_TAG,
+    FAILURES_TAG,
+    KIND_TAG,
+    LAST_RESTART_CAUSE_TAG,
+    LATEST_CHECKPOINT_TAG,
+    PREEMPTION_LOG_TAG,
+    PREEMPTIONS_TAG,
+    RAY_ADDRESS_TAG,
+    RAY_JOB_ID_TAG,
+    RESTARTS_TAG,
+    STEP_CHECKPOINT_TAG,
+    STOP_TAG,
+    SWEEP,
+    SWEEP_TRIALS_TAG,
+    TARGET_TAG,
+    WORKERS_TAG,
+    is_sweep,
+    is_trial,
+)
 from orchestrator.train.checkpoint import describe, list_checkpoints
-
-ACTIVE = "RUNNING"
-SWEEP_TRIAL_TAG = "orch.sweep.trial"  # a sweep's child run (orchestrator/sweep/records.py)
-
-
-def driver_tags() -> dict:
-    """Who drives the run, so that `orch stop` from another shell can reach it (the start time
-    tells the driver from a later process that got the same pid)."""
-    return {
-        "orch.driver_pid": os.getpid(),
-        "orch.driver_host": socket.gethostname(),
-        "orch.driver_started": f"{psutil.Process().create_time():.2f}",
-    }
 
 
 def summary(run, uri: str) -> dict:
@@ -45,48 +55,30 @@ def summary(run, uri: str) -> dict:
         "name": run.info.run_name,
         "experiment_id": run.info.experiment_id,
         "status": run.info.status,
-        "epoch": int(tags["orch.epoch"]) if "orch.epoch" in tags else None,
+        "epoch": int(tags[EPOCH_TAG]) if EPOCH_TAG in tags else None,
         "epochs": planned_epochs(run),
         **_best(uri, run),
-        "target": tags.get("orch.target"),
+        "target": tags.get(TARGET_TAG),
         "where": _where(tags),
-        "ray_job_id": tags.get("orch.ray_job_id"),
-        "workers": json.loads(tags["workers"]) if "workers" in tags else None,
-        "restarts": int(tags.get("orch.restarts", 0)),
-        "last_restart_cause": tags.get("orch.last_restart_cause"),
-        "preemptions": int(tags.get("orch.preemptions", 0)),
-        "failures": int(tags.get("orch.failures", 0)),
-        "preemption_log": json.loads(tags.get("orch.preemption_log", "[]")),
-        "checkpoint_dir": tags.get("orch.checkpoint_dir"),
-        "latest_checkpoint": tags.get("orch.latest_checkpoint"),
-        "error": tags.get("orch.error"),
+        "ray_job_id": tags.get(RAY_JOB_ID_TAG),
+        "workers": json.loads(tags[WORKERS_TAG]) if WORKERS_TAG in tags else None,
+        "restarts": int(tags.get(RESTARTS_TAG, 0)),
+        "last_restart_cause": tags.get(LAST_RESTART_CAUSE_TAG),
+        "preemptions": int(tags.get(PREEMPTIONS_TAG, 0)),
+        "failures": int(tags.get(FAILURES_TAG, 0)),
+        "preemption_log": json.loads(tags.get(PREEMPTION_LOG_TAG, "[]")),
+        "checkpoint_dir": tags.get(CHECKPOINT_DIR_TAG),
+        "latest_checkpoint": tags.get(LATEST_CHECKPOINT_TAG),
+        "error": tags.get(ERROR_TAG),
     }
 
 
 def checkpoints(run) -> list[dict]:
     """Each kept checkpoint of the run, oldest first: path, epoch, metrics, size, checksum, status."""
-    root = run.data.tags.get("orch.checkpoint_dir")
+    root = run.data.tags.get(CHECKPOINT_DIR_TAG)
     if not root:
         raise OrchError(f"run {run.info.run_id} has no orch.checkpoint_dir tag: not started by orch")
     return [describe(location) for location in list_checkpoints(root)]
-
-
-def driver_alive(run) -> bool | None:
-    """Whether the run's driver process still runs: None when it runs on another host."""
-    tags = run.data.tags
-    pid = tags.get("orch.driver_pid")
-    if not pid or not pid.isdigit():
-        return False
-    if tags.get("orch.driver_host", socket.gethostname()) != socket.gethostname():
-        return None
-    try:
-        started = psutil.Process(int(pid)).create_time()
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True
-    recorded = tags.get("orch.driver_started")
-    return recorded is None or abs(float(recorded) - started) < 1.0
 
 
 def stop(uri: str, ref: str, wait_s: float = 120.0, save: bool = False) -> dict:
@@ -108,9 +100,9 @@ def stop(uri: str, ref: str, wait_s: float = 120.0, save: bool = False) -> dict:
     run_id = run.info.run_id
     if run.info.status != ACTIVE:
         raise OrchError(f"run {run_id} is {run.info.status}, not running: nothing to stop")
-    if SWEEP_TRIAL_TAG in run.data.tags:
+    if is_trial(run):
         save = True  # a sweep's trial: its workers save and stop it; the sweep's other trials go on
-    sweep = run.data.tags.get("orch.kind") == "sweep"
+    sweep = is_sweep(run)
     if sweep and save and (job_backend(run) is not None or driver_alive(run) is not False):
         outcome = _stop_sweep_saving(uri, run, wait_s)
     else:
@@ -128,7 +120,6 @@ def _stop_sweep_saving(uri: str, parent, wait_s: float) -> dict:
     sweep's driver then ends the parent KILLED; `orch resume PARENT` continues each trial from its
     checkpoint. Waits up to `wait_s` for the parent to end, then stops it outright."""
     from orchestrator.sweep.records import children
-    from orchestrator.train.notices import STOP_TAG
 
     parent_id = parent.info.run_id
     asked = f"save (asked {time.strftime('%Y-%m-%d %H:%M:%S')})"
@@ -141,7 +132,7 @@ def _stop_sweep_saving(uri: str, parent, wait_s: float) -> dict:
     while time.monotonic() < deadline:
         if client.get_run(parent_id).info.status != ACTIVE:
             saved = {
-                r.info.run_id: r.data.tags.get("orch.step_checkpoint") or r.data.tags.get("orch.latest_checkpoint")
+                r.info.run_id: r.data.tags.get(STEP_CHECKPOINT_TAG) or r.data.tags.get(LATEST_CHECKPOINT_TAG)
                 for r in children(uri, parent_id).values()
                 if r.info.run_id in running
             }
@@ -183,7 +174,7 @@ def _stop_job(uri: str, run, wait_s: float, save: bool) -> dict:
                 return {"run_id": run_id, "status": current, "how": how}
             time.sleep(1)
         how += f"; the run had not ended after {wait_s:.0f} s, marked KILLED"
-    client.set_tag(run_id, "orch.error", "stopped by `orch stop`")
+    client.set_tag(run_id, ERROR_TAG, "stopped by `orch stop`")
     client.set_terminated(run_id, status="KILLED")
     return {"run_id": run_id, "status": "KILLED", "how": how}
 
@@ -191,15 +182,13 @@ def _stop_job(uri: str, run, wait_s: float, save: bool) -> dict:
 def _stop_with_checkpoint(uri: str, run_id: str, wait_s: float) -> dict | None:
     """Ask the workers for a step checkpoint and a stop; the outcome once the run has ended,
     None when it has not within `wait_s` (the job is then stopped without one)."""
-    from orchestrator.train.notices import STOP_TAG
-
     client = MlflowClient(uri)
     client.set_tag(run_id, STOP_TAG, f"save (asked {time.strftime('%Y-%m-%d %H:%M:%S')})")
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         run = client.get_run(run_id)
         if run.info.status != ACTIVE:
-            where = run.data.tags.get("orch.step_checkpoint") or run.data.tags.get("orch.latest_checkpoint")
+            where = run.data.tags.get(STEP_CHECKPOINT_TAG) or run.data.tags.get(LATEST_CHECKPOINT_TAG)
             how = f"the workers wrote a checkpoint and stopped ({where}); `orch resume {run_id}` continues it"
             return {"run_id": run_id, "status": run.info.status, "how": how, "checkpoint": where}
         time.sleep(1.0)
@@ -211,12 +200,12 @@ def _signal_driver(run) -> tuple[str, bool]:
     alive = driver_alive(run)
     if alive is None:
         raise OrchError(
-            f"run {run.info.run_id} is driven from host {run.data.tags['orch.driver_host']}: run `orch stop` there"
+            f"run {run.info.run_id} is driven from host {run.data.tags[DRIVER_HOST_TAG]}: run `orch stop` there"
         )
     if not alive:
-        gone = "orch.driver_pid" in run.data.tags
+        gone = DRIVER_PID_TAG in run.data.tags
         return ("its driver was gone; marked KILLED" if gone else "no driver pid recorded; marked KILLED"), False
-    pid = int(run.data.tags["orch.driver_pid"])
+    pid = int(run.data.tags[DRIVER_PID_TAG])
     os.kill(pid, signal.SIGINT)
     return f"sent SIGINT to driver pid {pid}", True
 
@@ -225,7 +214,7 @@ def job_backend(run):
     """The module that reaches the cluster job a remote run was submitted as (job_status,
     job_logs, stop_job): targets.ray_cluster for orch.target=ray, targets.kuberay for k8s; None
     for a local run."""
-    target = run.data.tags.get("orch.target")
+    target = run.data.tags.get(TARGET_TAG)
     if target == "ray":
         from orchestrator.targets import ray_cluster
 
@@ -272,7 +261,7 @@ def job_log_chunks(uri: str, run, follow: bool, interval: float = 2.0):
 
 def _best(uri: str, run) -> dict:
     """best_val_top1_error and best_val_top5_error: as logged at the run's end, or while it goes
-    on, read at the best epoch so far by the run's rule (orchestrator/best.py)."""
+    on, read at the best epoch so far by the run's rule (orchestrator/recovery/best.py)."""
     logged = {k: run.data.metrics[k] for k in ("best_val_top1_error", "best_val_top5_error") if k in run.data.metrics}
     if len(logged) < 2 and run.data.metrics:
         params = run.data.params  # the flattened spec: checkpoint.metric, checkpoint.mode
@@ -284,15 +273,15 @@ def _best(uri: str, run) -> dict:
 
 
 def _where(tags: dict) -> str:
-    if tags.get("orch.kind") == "sweep":
-        return f"sweep of {tags.get('orch.sweep.trials', '?')} trials: " + _target_where(tags)
+    if tags.get(KIND_TAG) == SWEEP:
+        return f"sweep of {tags.get(SWEEP_TRIALS_TAG, '?')} trials: " + _target_where(tags)
     return _target_where(tags)
 
 
 def _target_where(tags: dict) -> str:
-    target = tags.get("orch.target", "?")
-    if tags.get("orch.ray_job_id"):
-        return f"{target} ({tags.get('orch.ray_address')}, job {tags['orch.ray_job_id']})"
-    host = tags.get("orch.driver_host")
-    pid = tags.get("orch.driver_pid")
+    target = tags.get(TARGET_TAG, "?")
+    if tags.get(RAY_JOB_ID_TAG):
+        return f"{target} ({tags.get(RAY_ADDRESS_TAG)}, job {tags[RAY_JOB_ID_TAG]})"
+    host = tags.get(DRIVER_HOST_TAG)
+    pid = tags.get(DRIVER_PID_TAG)
     return f"{target} ({host}, pid {pid})" if host else target

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import click
 
+from orchestrator.tags import STEP_LOSS, STEP_RATE
+
 PLAIN_EVERY_S = 30.0
-LOSS, RATE = "step/train_loss", "step/images_per_second"
-STEPS_TAG = "orch.steps_per_epoch"
 
 
 def say(text: str) -> None:
@@ -87,10 +87,10 @@ class StepPoint:
 def newest_point(latest: dict) -> StepPoint | None:
     """The newest point from a run's latest metrics, {key: (value, step, timestamp in ms)}; None
     before rank 0 logs one (or for a run trained without step metrics)."""
-    if LOSS not in latest:
+    if STEP_LOSS not in latest:
         return None
-    loss, step, stamp = latest[LOSS]
-    rate = latest.get(RATE)
+    loss, step, stamp = latest[STEP_LOSS]
+    rate = latest.get(STEP_RATE)
     return StepPoint(int(step), loss, rate[0] if rate else None, stamp / 1000)
 
 

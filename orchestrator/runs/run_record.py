@@ -1,7 +1,7 @@
 """What a researcher sees of a run in the MLflow dashboard besides its metrics and params: the
 training and validation data as the run's dataset inputs, a description of what ran (the run's
 note, `mlflow.note.content`, which the UI renders as Markdown) with the result appended at the
-end, and a finished run's best checkpoint as a logged model (orchestrator/model_logging.py).
+end, and a finished run's best checkpoint as a logged model (orchestrator/runs/model_logging.py).
 
 targets.local.drive records it, where the data is read: on this machine for a local run, in
 the job's entrypoint on the cluster for `--address` and Kubernetes runs (it runs drive too).
@@ -26,15 +26,26 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 from data_pipeline import num_samples, read_dataset_info
 from data_pipeline.info import DatasetInfo
-from orchestrator import model_logging, tracking
-from orchestrator.best import BestRule
 from orchestrator.models import arch_info, build_model, count_parameters
+from orchestrator.recovery.best import BestRule
+from orchestrator.runs import model_logging, tracking
 from orchestrator.spec.schema import JobSpec
+from orchestrator.tags import (
+    DRIVER_HOST_TAG,
+    EPOCH_TAG,
+    FAILURES_TAG,
+    K8S_NAMESPACE_TAG,
+    LAST_FAILURE_TAG,
+    MODEL_WARNING_TAG,
+    PREEMPTION_LOG_TAG,
+    RAY_ADDRESS_TAG,
+    RAYJOB_TAG,
+    RECORD_WARNING_TAG,
+    TARGET_TAG,
+)
 from orchestrator.train.loop import resolve_precision
 from orchestrator.train.schedule import describe_lr, scaled_lr
 
-RECORD_WARNING = "orch.record_warning"
-MODEL_WARNING = "orch.model_warning"
 RESULT_HEADING = "#### Result"
 _DIGEST_BYTES = 1 << 20  # the start of a .beton: FFCV's header, field descriptors and metadata table
 
@@ -53,7 +64,7 @@ class DataSplit:
 
 def begin(spec: JobSpec, uri: str, run_id: str) -> None:
     """Before training: the data as the run's dataset inputs, and the run's description."""
-    with _warn_on_failure(uri, run_id, RECORD_WARNING, "datasets and description"):
+    with _warn_on_failure(uri, run_id, RECORD_WARNING_TAG, "datasets and description"):
         client = MlflowClient(uri)
         splits = data_splits(spec)
         client.log_inputs(run_id, datasets=[dataset_input(split) for split in splits])
@@ -64,11 +75,11 @@ def finish(spec: JobSpec, uri: str, run_id: str, status: str, best_checkpoint: s
     """After the run ended with `status`: its result appended to the description and, when it
     FINISHED, its best checkpoint logged as the run's model (tracking.log_model), registered
     under tracking.register_model when that is set."""
-    with _warn_on_failure(uri, run_id, RECORD_WARNING, "the result"):
+    with _warn_on_failure(uri, run_id, RECORD_WARNING_TAG, "the result"):
         append_result(uri, run_id, BestRule.of(spec.checkpoint))
     if status != "FINISHED" or not spec.tracking.log_model:
         return
-    with _warn_on_failure(uri, run_id, MODEL_WARNING, "the model"):
+    with _warn_on_failure(uri, run_id, MODEL_WARNING_TAG, "the model"):
         if not best_checkpoint:
             raise FileNotFoundError("the run has no epoch checkpoint with its metrics")
         model_logging.log_checkpoint(uri, run_id, best_checkpoint, register_as=spec.tracking.register_model)
@@ -206,11 +217,11 @@ def _where_line(spec: JobSpec, tags: dict) -> str:
     s = spec.scaling
     each = f"{s.gpus_per_worker:g} GPU" if s.use_gpu else f"{s.cpus_per_worker:g} CPU"
     workers = f"{_count(s.num_workers, 'worker')} x {each}"
-    target = tags.get("orch.target", "local")
+    target = tags.get(TARGET_TAG, "local")
     place = {
-        "ray": f"the Ray cluster at {tags.get('orch.ray_address')}",
-        "k8s": f"Kubernetes, RayJob {tags.get('orch.rayjob')} in namespace {tags.get('orch.k8s_namespace')}",
-    }.get(target, f"the local Ray on {tags.get('orch.driver_host', 'this machine')}")
+        "ray": f"the Ray cluster at {tags.get(RAY_ADDRESS_TAG)}",
+        "k8s": f"Kubernetes, RayJob {tags.get(RAYJOB_TAG)} in namespace {tags.get(K8S_NAMESPACE_TAG)}",
+    }.get(target, f"the local Ray on {tags.get(DRIVER_HOST_TAG, 'this machine')}")
     return f"{workers}, {place} (target {target})"
 
 
@@ -226,7 +237,7 @@ def append_result(uri: str, run_id: str, rule: BestRule) -> None:
 def result_text(run, best: dict, rule: BestRule) -> str:
     """'#### Result' and two lines: the best errors and their epoch, epochs trained and wall time."""
     info, tags = run.info, run.data.tags
-    trained = int(tags["orch.epoch"]) + 1 if "orch.epoch" in tags else 0
+    trained = int(tags[EPOCH_TAG]) + 1 if EPOCH_TAG in tags else 0
     ended = info.end_time or tracking.now_ms()
     wall = datetime.timedelta(seconds=round((ended - info.start_time) / 1000))
     if "best_val_top1_error" in best:
@@ -243,12 +254,12 @@ def result_text(run, best: dict, rule: BestRule) -> str:
 
 def _interruptions(tags: dict) -> list[str]:
     """The run's preemptions, one line each, and its failures' count (none: no line)."""
-    from orchestrator.interruptions import preemption_lines
+    from orchestrator.train.interruptions import preemption_lines
 
-    lines = [f"- {line}" for line in preemption_lines(json.loads(tags.get("orch.preemption_log", "[]")))]
-    failures = int(tags.get("orch.failures", "0"))
+    lines = [f"- {line}" for line in preemption_lines(json.loads(tags.get(PREEMPTION_LOG_TAG, "[]")))]
+    failures = int(tags.get(FAILURES_TAG, "0"))
     if failures:
-        lines.append(f"- {_count(failures, 'worker-group failure')} (last: {tags.get('orch.last_failure', '?')})")
+        lines.append(f"- {_count(failures, 'worker-group failure')} (last: {tags.get(LAST_FAILURE_TAG, '?')})")
     return lines
 
 

@@ -24,9 +24,10 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-from orchestrator.evaluation.checkpoints import fetch, is_uri, read_meta, verify_checksums
 from orchestrator.models import build_model
-from orchestrator.tracking import EPOCH_METRICS
+from orchestrator.recovery.checkpoints import fetch, is_uri, read_meta, verify_checksums
+from orchestrator.runs.tracking import EPOCH_METRICS
+from orchestrator.tags import EPOCH_TAG, MODEL_CHECKPOINT_TAG
 from orchestrator.train.checkpoint import load_model_state
 
 EXAMPLE_IMAGES = 2
@@ -48,7 +49,7 @@ def log_checkpoint(uri: str, run_id: str, checkpoint: str, register_as: str | No
         run.info.experiment_id,
         name=meta["arch"],
         source_run_id=run_id,
-        tags={"orch.checkpoint": checkpoint, "orch.epoch": meta.get("epoch")},
+        tags={MODEL_CHECKPOINT_TAG: checkpoint, EPOCH_TAG: meta.get("epoch")},
         model_type="image-classifier",
     )
     try:
@@ -67,7 +68,7 @@ def log_checkpoint(uri: str, run_id: str, checkpoint: str, register_as: str | No
 def logged_checkpoints(client: MlflowClient, run) -> set[str]:
     """The checkpoints the run's logged models were made from."""
     outputs = run.outputs.model_outputs if run.outputs else []
-    return {client.get_logged_model(output.model_id).tags.get("orch.checkpoint") for output in outputs}
+    return {client.get_logged_model(output.model_id).tags.get(MODEL_CHECKPOINT_TAG) for output in outputs}
 
 
 def load_network(checkpoint: Path, meta: dict) -> torch.nn.Module:

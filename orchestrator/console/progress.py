@@ -1,5 +1,5 @@
 """What a person reads while a job runs: one line per epoch, a progress line inside each epoch
-(orchestrator/terminal.py, on stderr), then a summary.
+(orchestrator/console/terminal.py, on stderr), then a summary.
 
 The driver learns of each epoch and step from MLflow, where the controller and rank 0 log them,
 so these lines show exactly what the run recorded.
@@ -12,8 +12,16 @@ import time
 import click
 from mlflow.tracking import MlflowClient
 
-from orchestrator.terminal import STEPS_TAG, LiveLine, StepRate, duration, format_progress, newest_point, orch_program
-from orchestrator.tracking import epoch_history, tracking_uri
+from orchestrator.console.terminal import (
+    LiveLine,
+    StepRate,
+    duration,
+    format_progress,
+    newest_point,
+    orch_program,
+)
+from orchestrator.runs.tracking import epoch_history, tracking_uri
+from orchestrator.tags import EPOCH_TAG, LAST_RESTART_CAUSE_TAG, RESTARTS_TAG, RESTORE_WARNING_TAG, STEPS_TAG
 
 _FIELDS = ("train_loss", "val_top1_error", "val_top5_error", "train_images_per_second", "epoch_seconds")
 _OPTIONAL = ("data_wait_fraction",)
@@ -56,7 +64,7 @@ class EpochPrinter(threading.Thread):
             return
         # The run's orch.epoch tag names the newest epoch logged in full; the metric histories
         # are read only when it is one not printed yet (one query a tick, not one per metric).
-        newest = _int(run.data.tags.get("orch.epoch"))
+        newest = _int(run.data.tags.get(EPOCH_TAG))
         if newest is not None and newest not in self._printed:
             self._print_epochs()
         self._tell_restarts(run.data.tags)
@@ -105,8 +113,8 @@ class EpochPrinter(threading.Thread):
         """Say when Ray Train restarted the workers (after a preemption or a failure), and when
         a damaged checkpoint was skipped or a step checkpoint's epoch started again."""
         for key, say in (
-            ("orch.restarts", lambda n: restart_text(tags, n)),
-            ("orch.restore_warning", "warning: ".__add__),
+            (RESTARTS_TAG, lambda n: restart_text(tags, n)),
+            (RESTORE_WARNING_TAG, "warning: ".__add__),
         ):
             value = tags.get(key)
             if value and self._told.get(key) != value:
@@ -122,7 +130,7 @@ class EpochPrinter(threading.Thread):
 
 def restart_text(tags: dict, number: str) -> str:
     """What restart `number` was: 'preempted (...)' or 'workers failed (...)'."""
-    cause = tags.get("orch.last_restart_cause", "?")
+    cause = tags.get(LAST_RESTART_CAUSE_TAG, "?")
     what = "preempted" if cause.startswith("preemption") else "workers failed"
     return f"{what} ({cause}): restart {number}, continuing from the latest checkpoint"
 

@@ -21,6 +21,14 @@ import logging
 import time
 
 from orchestrator import ray_internals
+from orchestrator.tags import (
+    FAILURES_TAG,
+    LAST_FAILURE_TAG,
+    LAST_RESTART_CAUSE_TAG,
+    PREEMPTION_LOG_TAG,
+    PREEMPTIONS_TAG,
+    RESTARTS_TAG,
+)
 
 logger = logging.getLogger(__name__)
 KEPT_PREEMPTIONS = 10  # the log's length: a tag holds a few thousand characters
@@ -29,7 +37,7 @@ ENDED_WITH_ERROR = ("RestartingState", "ReschedulingState", "ErroredState")
 
 def recorder(uri: str, run_id: str):
     """The controller-side callback for a trainer of run `run_id` (tracked in `uri`); put it after
-    orchestrator.restart's keeper, which decides the checkpoint a new worker group gets."""
+    orchestrator.recovery.restart's keeper, which decides the checkpoint a new worker group gets."""
     group_callback, _ = ray_internals.callback_bases()
     controller_callback = ray_internals.controller_callback_base()
 
@@ -66,12 +74,12 @@ def record_preemption(uri: str, run_id: str, notice: dict, restarted: bool) -> i
     """Count a preemption and log it; returns its number."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import now_ms
+    from orchestrator.runs.tracking import now_ms
 
     client = MlflowClient(uri)
     tags = client.get_run(run_id).data.tags
-    log = json.loads(tags.get("orch.preemption_log", "[]"))
-    number = int(tags.get("orch.preemptions", "0")) + 1
+    log = json.loads(tags.get(PREEMPTION_LOG_TAG, "[]"))
+    number = int(tags.get(PREEMPTIONS_TAG, "0")) + 1
     entry = {"n": number, **notice, ("restarted" if restarted else "gave_up"): _now()}
     log = (log + [entry])[-KEPT_PREEMPTIONS:]
     cause = f"preemption {number} of nodes {', '.join(n[:12] for n in notice.get('nodes', [])) or '?'}"
@@ -79,7 +87,7 @@ def record_preemption(uri: str, run_id: str, notice: dict, restarted: bool) -> i
         client,
         run_id,
         tags,
-        {"orch.preemptions": str(number), "orch.preemption_log": json.dumps(log)},
+        {PREEMPTIONS_TAG: str(number), PREEMPTION_LOG_TAG: json.dumps(log)},
         cause if restarted else None,
     )
     client.log_metric(run_id, "preemptions", number, now_ms(), number)
@@ -93,13 +101,13 @@ def record_failure(uri: str, run_id: str, error: BaseException, restarted: bool)
 
     client = MlflowClient(uri)
     tags = client.get_run(run_id).data.tags
-    failures = int(tags.get("orch.failures", "0")) + 1
+    failures = int(tags.get(FAILURES_TAG, "0")) + 1
     cause = _worker_cause(error)
     _write(
         client,
         run_id,
         tags,
-        {"orch.failures": str(failures), "orch.last_failure": cause[:5000]},
+        {FAILURES_TAG: str(failures), LAST_FAILURE_TAG: cause[:5000]},
         cause if restarted else None,
     )
     logger.warning("run %s: failure %d: %s", run_id, failures, failure_summary(error))
@@ -110,11 +118,11 @@ def note_continuation(uri: str, run_id: str, number: int, location: str | None) 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    log = json.loads(client.get_run(run_id).data.tags.get("orch.preemption_log", "[]"))
+    log = json.loads(client.get_run(run_id).data.tags.get(PREEMPTION_LOG_TAG, "[]"))
     for entry in log:
         if entry.get("n") == number:
             entry["continued_from"] = location or "the start (no checkpoint yet)"
-    client.set_tag(run_id, "orch.preemption_log", json.dumps(log))
+    client.set_tag(run_id, PREEMPTION_LOG_TAG, json.dumps(log))
 
 
 def preemption_lines(log: list[dict]) -> list[str]:
@@ -135,11 +143,11 @@ def preemption_lines(log: list[dict]) -> list[str]:
 
 def _write(client, run_id: str, tags: dict, updates: dict, restart_cause: str | None) -> None:
     """Set `updates`, and with a restart's cause count the restart (tags and the metric)."""
-    from orchestrator.tracking import now_ms
+    from orchestrator.runs.tracking import now_ms
 
     if restart_cause is not None:
-        restarts = int(tags.get("orch.restarts", "0")) + 1
-        updates = {**updates, "orch.restarts": str(restarts), "orch.last_restart_cause": restart_cause[:5000]}
+        restarts = int(tags.get(RESTARTS_TAG, "0")) + 1
+        updates = {**updates, RESTARTS_TAG: str(restarts), LAST_RESTART_CAUSE_TAG: restart_cause[:5000]}
         client.log_metric(run_id, "restarts", restarts, now_ms(), restarts)
     for key, value in updates.items():
         client.set_tag(run_id, key, value)

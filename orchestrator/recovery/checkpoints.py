@@ -2,7 +2,7 @@
 checkpoint on this machine, its checksums checked.
 
 A run's checkpoints are the `epoch_NNNN/` directories under its `orch.checkpoint_dir` tag.
-`best` is chosen by the run's rule (orchestrator/best.py: its checkpoint.metric and mode); `latest`
+`best` is chosen by the run's rule (orchestrator/recovery/best.py: its checkpoint.metric and mode); `latest`
 the highest epoch. A directory holding meta.json is a checkpoint; one holding `epoch_NNNN/`
 directories is treated like a run's checkpoint dir.
 
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from orchestrator.best import BestRule
 from orchestrator.errors import OrchError
-from orchestrator.run_lookup import find_run, list_runs, store_exists
+from orchestrator.recovery.best import BestRule
+from orchestrator.runs.run_lookup import find_run, list_runs, store_exists
+from orchestrator.tags import BEST_CHECKPOINT_TAG, CHECKPOINT_DIR_TAG, LATEST_CHECKPOINT_TAG
 from orchestrator.train.checkpoint import (
     CHECKSUMS_FILE,
     META_FILE,
@@ -105,11 +106,11 @@ def run_checkpoint(run, which: str) -> str:
     """The run's best or latest checkpoint: a local directory or a URI."""
     tags = run.data.tags
     run_id = run.info.run_id
-    root = tags.get("orch.checkpoint_dir")
+    root = tags.get(CHECKPOINT_DIR_TAG)
     if root and _listing(root):
         return pick(root, which, f"run {run_id}")
     # Runs recorded before orch.checkpoint_dir existed name their checkpoints directly.
-    fallback = tags.get("orch.best_checkpoint" if which == "best" else "orch.latest_checkpoint")
+    fallback = tags.get(BEST_CHECKPOINT_TAG if which == "best" else LATEST_CHECKPOINT_TAG)
     if fallback and not is_uri(fallback) and Path(fallback).is_dir():
         return fallback
     where = f" (orch.checkpoint_dir {root} holds none)" if root else " (it has no orch.checkpoint_dir tag)"
@@ -249,7 +250,7 @@ def _run_of_checkpoint(source: str, uri: str):
     else:
         checkpoint = Path(source)
         roots = {os.path.abspath(checkpoint.parent), str(checkpoint.resolve().parent)}
-    runs = [r for r in list_runs(uri) if r.data.tags["orch.checkpoint_dir"].rstrip("/") in roots]
+    runs = [r for r in list_runs(uri) if r.data.tags[CHECKPOINT_DIR_TAG].rstrip("/") in roots]
     return runs[0] if len(runs) == 1 else None
 
 

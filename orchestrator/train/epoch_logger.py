@@ -1,7 +1,7 @@
 """The Ray Train controller's callback that logs each epoch into the job's MLflow run exactly once.
 
 It runs on the controller (never on a rank), after every `ray.train.report`. What interrupts a
-run (preemptions, failures) is recorded beside it by orchestrator/interruptions.py. MLflow is
+run (preemptions, failures) is recorded beside it by orchestrator/train/interruptions.py. MLflow is
 imported at the first report, not when the controller unpickles its callbacks: the controller
 starts before the workers, and its imports would hold them up.
 """
@@ -9,6 +9,8 @@ starts before the workers, and its imports would hold them up.
 import json
 
 from ray.train import UserCallback
+
+from orchestrator.tags import EPOCH_TAG, LATEST_CHECKPOINT_TAG, RESTORED_FROM_TAG, STEP_CHECKPOINT_TAG, WORKERS_TAG
 
 
 class EpochLogger(UserCallback):
@@ -30,7 +32,7 @@ class EpochLogger(UserCallback):
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
-        from orchestrator.tracking import EPOCH_METRICS, epoch_history, now_ms
+        from orchestrator.runs.tracking import EPOCH_METRICS, epoch_history, now_ms
 
         client = MlflowClient(self.uri)
         if self._logged is None:
@@ -39,21 +41,21 @@ class EpochLogger(UserCallback):
         report = metrics[0]
         epoch = int(report["epoch"])
         if checkpoint is not None:
-            client.set_tag(self.run_id, "orch.latest_checkpoint", checkpoint.path)
+            client.set_tag(self.run_id, LATEST_CHECKPOINT_TAG, checkpoint.path)
         if report.get("restored_from"):
-            client.set_tag(self.run_id, "orch.restored_from", str(report["restored_from"])[:5000])
+            client.set_tag(self.run_id, RESTORED_FROM_TAG, str(report["restored_from"])[:5000])
         workers = worker_placement(metrics)
         if workers:
-            client.set_tag(self.run_id, "workers", json.dumps(workers))
+            client.set_tag(self.run_id, WORKERS_TAG, json.dumps(workers))
         if report.get("report") == "step":  # a step checkpoint's or a stop's: no epoch to log
             if checkpoint is not None:
-                client.set_tag(self.run_id, "orch.step_checkpoint", checkpoint.path)
+                client.set_tag(self.run_id, STEP_CHECKPOINT_TAG, checkpoint.path)
             return
         if epoch in self._logged:
             return
         values = [Metric(k, float(report[k]), now_ms(), epoch) for k in EPOCH_METRICS if k in report]
         client.log_batch(self.run_id, metrics=values)
-        client.set_tag(self.run_id, "orch.epoch", str(epoch))
+        client.set_tag(self.run_id, EPOCH_TAG, str(epoch))
         self._logged.add(epoch)
 
 

@@ -4,7 +4,7 @@ restores.
 - Ray Train restarting a failed worker group: `RestartPointKeeper`, a callback on Ray Train's
   controller, runs it just before Ray hands its latest checkpoint to the new workers, so Ray
   hands the checkpoint it chose;
-- `orch resume`: the resume path runs it before the new trainer starts (orchestrator/resume.py);
+- `orch resume`: the resume path runs it before the new trainer starts (orchestrator/targets/resume.py);
 - a step checkpoint (preemption, `orch stop --save`, checkpoint.every_n_steps) is one more
   checkpoint in the run's folder, chosen like the others: the newest that verifies.
 
@@ -19,10 +19,10 @@ import logging
 from dataclasses import dataclass, field
 
 from orchestrator import ray_internals
+from orchestrator.tags import RESTORE_WARNING_TAG
 from orchestrator.train.checkpoint import latest_good, open_location
 
 logger = logging.getLogger(__name__)
-WARNING_TAG = "orch.restore_warning"
 
 
 @dataclass
@@ -117,4 +117,4 @@ def record_warning(uri: str, run_id: str, warning: str) -> None:
     """The run's orch.restore_warning tag (the epoch printer tells it)."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(uri).set_tag(run_id, WARNING_TAG, warning[:5000])
+    MlflowClient(uri).set_tag(run_id, RESTORE_WARNING_TAG, warning[:5000])

@@ -2,7 +2,13 @@
 artifact), tagging and ending it, and reading its epoch metrics back.
 
 One run per job, created by the driver before anything trains; the Ray Train controller logs
-the epochs into it (orchestrator.epoch_logger); it always ends FINISHED, FAILED or KILLED.
+the epochs into it (orchestrator.train.epoch_logger); it always ends FINISHED, FAILED or KILLED.
+What a run records, from here: params (the resolved spec, flattened) and spec.json; the epoch
+metrics (EPOCH_METRICS) and best_* (log_best, by orchestrator/recovery/best.py's rule); its tags,
+one key a line in orchestrator/tags.py; dataset inputs, description and logged model
+(orchestrator/runs/run_record.py, model_logging.py); system metrics (orchestrator/runs/telemetry.py);
+step metrics (orchestrator/train/step_metrics.py); preemptions and failures
+(orchestrator/train/interruptions.py).
 """
 
 import json
@@ -16,8 +22,9 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from orchestrator.best import BestRule
+from orchestrator.recovery.best import BestRule
 from orchestrator.spec import JobSpec, flatten
+from orchestrator.tags import ERROR_TAG, SPEC_FILE_TAG
 
 EPOCH_METRICS = (
     "train_loss",
@@ -107,7 +114,7 @@ def quiet_mlflow() -> None:
 def end_run(uri: str, run_id: str, status: str, error: str | None = None) -> None:
     client = MlflowClient(uri)
     if error:
-        client.set_tag(run_id, "orch.error", error[:5000])
+        client.set_tag(run_id, ERROR_TAG, error[:5000])
     client.set_terminated(run_id, status=status)
 
 
@@ -134,7 +141,7 @@ def epoch_history(uri: str, run_id: str, key: str = "val_top1_error") -> dict[in
 
 def log_best(uri: str, run_id: str, rule: BestRule) -> dict:
     """Log best_epoch and best_<metric> for the error metrics, read at the epoch the run's rule
-    chooses (orchestrator/best.py), and return them."""
+    chooses (orchestrator/recovery/best.py), and return them."""
     best = best_metrics(uri, run_id, rule)
     if best:
         MlflowClient(uri).log_batch(run_id, metrics=[Metric(k, v, now_ms(), 0) for k, v in best.items()])
@@ -157,7 +164,7 @@ def best_metrics(uri: str, run_id: str, rule: BestRule) -> dict:
 
 def _tags(spec_path: str | None) -> dict:
     tags = {f"version.{pkg}": _version(pkg) for pkg in ("torch", "ray", "ffcv", "mlflow")}
-    tags["orch.spec_file"] = os.path.abspath(spec_path) if spec_path else "(none)"
+    tags[SPEC_FILE_TAG] = os.path.abspath(spec_path) if spec_path else "(none)"
     commit = _git_commit(Path(spec_path).parent if spec_path else Path.cwd())
     if commit:
         tags["mlflow.source.git.commit"] = commit
