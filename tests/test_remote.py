@@ -32,6 +32,13 @@ from remote_fixtures import RayNodes, all_runs, ended_runs, error_line, job_sets
 pytestmark = pytest.mark.slow
 
 
+def submit_detached(nodes: RayNodes, sets: list[str], *, uri: str, cwd, fault_hook: str | None = None):
+    """`orch submit DEMO SETS --address CLUSTER --detach --output json`, with the fault hook's
+    $ORCH_TEST_FAULT when given."""
+    args = ("submit", str(DEMO), *sets, "--address", nodes.dashboard, "--detach", "--output", "json")
+    return orch(*args, uri=uri, cwd=cwd, **({"ORCH_TEST_FAULT": fault_hook} if fault_hook else {}))
+
+
 @pytest.fixture(scope="module")
 def ray_nodes(mlflow_launched):
     """Two nodes, started while the session's tracking server boots."""
@@ -49,18 +56,12 @@ def stopped_job(ray_nodes, mlflow_server, small_fashion, tmp_path_factory) -> di
     stopped, run, status, cwd}. The resumed_job fixture continues the same run."""
     uri, cwd = mlflow_server.uri, tmp_path_factory.mktemp("remote-job")
     notice = Notice(cwd)
-    submitted = orch(
-        "submit",
-        str(DEMO),
-        *job_sets(small_fashion, cwd, "training.epochs=20"),
-        "--address",
-        ray_nodes.dashboard,
-        "--detach",
-        "--output",
-        "json",
+    submitted = submit_detached(
+        ray_nodes,
+        job_sets(small_fashion, cwd, "training.epochs=20"),
         uri=uri,
         cwd=cwd,
-        ORCH_TEST_FAULT=fault("hold", epoch=1, step=1, rank=0, notify=notice.path),
+        fault_hook=fault("hold", epoch=1, step=1, rank=0, notify=notice.path),
     )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     run_id = json.loads(submitted.stdout)["run_id"]
@@ -244,9 +245,8 @@ def jobs_at_once(ray_nodes, mlflow_server, small_fashion, tmp_path_factory) -> d
             *(("tracking.log_model=true",) if i == AT_ONCE - 1 else ()),
             "tracking.system_metrics=false",
         )
-        env = {"ORCH_TEST_FAULT": fault("mark", epoch=1, step=0, rank=0, notify=notice.path)} if i == 0 else {}
-        args = ("submit", str(DEMO), *sets, "--address", ray_nodes.dashboard, "--detach", "--output", "json")
-        return orch(*args, uri=uri, cwd=cwd, **env)
+        hook = fault("mark", epoch=1, step=0, rank=0, notify=notice.path) if i == 0 else None
+        return submit_detached(ray_nodes, sets, uri=uri, cwd=cwd, fault_hook=hook)
 
     with ThreadPoolExecutor(AT_ONCE) as pool:
         procs = list(pool.map(submit, range(AT_ONCE)))
@@ -379,18 +379,12 @@ def test_a_node_drained_for_preemption_is_a_preemption_not_a_failure(ray_nodes, 
     module: it replaces the cluster's worker node.)"""
     uri, cwd = mlflow_server.uri, tmp_path
     notice = Notice(cwd)
-    submitted = orch(
-        "submit",
-        str(DEMO),
-        *job_sets(small_fashion, cwd, "training.epochs=2", "training.notice_every_n_steps=1"),
-        "--address",
-        ray_nodes.dashboard,
-        "--detach",
-        "--output",
-        "json",
+    submitted = submit_detached(
+        ray_nodes,
+        job_sets(small_fashion, cwd, "training.epochs=2", "training.notice_every_n_steps=1"),
         uri=uri,
         cwd=cwd,
-        ORCH_TEST_FAULT=fault("await_preemption", epoch=1, step=2, notify=notice.path),
+        fault_hook=fault("await_preemption", epoch=1, step=2, notify=notice.path),
     )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     run_id = json.loads(submitted.stdout)["run_id"]
