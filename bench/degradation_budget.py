@@ -52,6 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--window", type=int, default=50, help="steps the training error is counted over")
     p.add_argument("--every", type=int, default=100, help="checkpoint every N steps")
     p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, as orch's steps")
     p.add_argument("--out", type=Path, default=Path("degradation_budget.json"))
     p.add_argument("--summarize", type=Path, default=None, help="print the summary of an --out file, train nothing")
     return p.parse_args(argv)
@@ -103,6 +104,7 @@ def train_one(task) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed + 1000)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     per_epoch = args.samples // args.batch_size
     wrong, seen, points, began, cpu = [], [], {}, time.perf_counter(), time.process_time()
     step = 0
@@ -116,8 +118,9 @@ def train_one(task) -> dict:
             x = x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, args)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y_all[index])
+            with autocast:
+                logits = model(x)
+                loss = F.cross_entropy(logits, y_all[index])
             wrong.append(int((logits.argmax(1) != y_all[index]).sum()))
             seen.append(len(index))
             optimizer.zero_grad(set_to_none=True)
@@ -180,7 +183,8 @@ def main(argv=None) -> None:
     tasks = [(arch, seed, args) for seed in seeds for arch in sorted(nets, key=lambda n: "56" not in n)]
     print(
         f"{len(tasks)} runs: {', '.join(nets)} x seeds {seeds}; {args.steps} steps of {args.batch_size}, "
-        f"lr {args.lr} ({args.schedule}), {args.samples} images; {os.cpu_count()} CPUs, {args.processes} at a time",
+        f"lr {args.lr} ({args.schedule}), {args.samples} images, {args.precision}; {os.cpu_count()} CPUs, "
+        f"{args.processes} at a time",
         flush=True,
     )
     results = []

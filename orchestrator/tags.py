@@ -27,6 +27,7 @@ JOB_TAGS = (TARGET_TAG, RAY_ADDRESS_TAG, RAY_JOB_ID_TAG, K8S_NAMESPACE_TAG, RAYJ
 # --- training, as the Ray Train controller and rank 0 record it (orchestrator/train/)
 EPOCH_TAG = "orch.epoch"  # the newest epoch logged in full (from 0)
 STEPS_TAG = "orch.steps_per_epoch"
+PRECISION_TAG = "orch.precision"  # what a worker trained in, and why: "fp32 (auto: CPU without native bf16)"
 LATEST_CHECKPOINT_TAG = "orch.latest_checkpoint"
 STEP_CHECKPOINT_TAG = "orch.step_checkpoint"  # the latest checkpoint written within an epoch
 BEST_CHECKPOINT_TAG = "orch.best_checkpoint"  # set when the run ends (orchestrator/recovery/best.py's rule)

@@ -13,15 +13,44 @@ from orchestrator.models import build_model
 from orchestrator.spec.schema import OptimizerSpec
 from orchestrator.targets.local import root_cause
 from orchestrator.train.checkpoint import load_meta, load_model_state, load_train_state, save_checkpoint
-from orchestrator.train.loop import _load_into, resolve_precision, seed_everything
+from orchestrator.train.loop import _load_into, seed_everything
 from orchestrator.train.optim import build_optimizer
+from orchestrator.train.precision import CpuInfo, choose_precision, cpu_info
 from orchestrator.train.steps import StepContext, evaluate, train_one_epoch
 
+CPUS = {
+    "amd_bf16": CpuInfo("AuthenticAMD", frozenset({"avx2", "avx512f", "avx512_bf16"})),
+    "intel_amx": CpuInfo("GenuineIntel", frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})),
+    "intel_bf16_no_amx": CpuInfo("GenuineIntel", frozenset({"avx512f", "avx512_bf16", "avx512_fp16"})),
+    "avx2_only": CpuInfo("AuthenticAMD", frozenset({"avx2", "fma"})),
+}
 
-def test_precision_auto_is_bf16_on_gpu_fp32_on_cpu():
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
-    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"
+
+@pytest.mark.parametrize(
+    "cpu, expected",
+    [("amd_bf16", "bf16"), ("intel_amx", "bf16"), ("intel_bf16_no_amx", "fp32"), ("avx2_only", "fp32")],
+)
+def test_precision_auto_on_a_cpu_is_bf16_where_its_bf16_steps_are_faster(cpu, expected):
+    chosen = choose_precision("auto", "cpu", CPUS[cpu])
+    assert chosen.value == expected
+    assert str(chosen).startswith(f"{expected} (auto: ")  # the reason is recorded with it
+
+
+def test_precision_auto_is_bf16_on_gpu_and_a_set_precision_is_kept():
+    assert choose_precision("auto", "cuda").value == "bf16"
+    for cpu in CPUS.values():
+        assert choose_precision("fp16", "cpu", cpu).value == "fp16"
+        assert choose_precision("fp32", "cpu", cpu).value == "fp32"
+        assert choose_precision("bf16", "cuda", cpu).value == "bf16"
+
+
+def test_cpu_info_reads_the_vendor_and_flags(tmp_path):
+    text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n"
+    (tmp_path / "cpuinfo").write_text(text)
+    info = cpu_info(tmp_path / "cpuinfo")
+    assert info == CpuInfo("AuthenticAMD", frozenset({"fpu", "avx2", "avx512_bf16"})) and info.native_bf16
+    assert cpu_info(tmp_path / "missing") == CpuInfo("unknown", frozenset())
+    assert choose_precision("auto", "cpu", cpu_info(tmp_path / "missing")).value == "fp32"
 
 
 def test_seeding_depends_on_seed_epoch_and_rank():
@@ -282,7 +311,7 @@ def test_step_metrics_are_logged_every_n_steps_by_rank_0_only(mlflow_uri):
     run_id = client.create_run(client.create_experiment("steps")).info.run_id
     assert every_n_steps(10) == 1 and every_n_steps(5000) == 156 and every_n_steps(5000, 7) == 7
     with StepLogger(mlflow_uri, run_id, every=3, world_size=2, active=True) as logger:
-        logger.tag_steps_per_epoch(10)
+        logger.tag("orch.steps_per_epoch", "10")
         for step in range(10):
             logger(step, torch.tensor(2.0 - step / 10), 0.1 * step, batch_size=4)
     with StepLogger(mlflow_uri, run_id, every=1, world_size=2, active=False) as other_rank:

@@ -1,10 +1,8 @@
 """`orch data prepare imagefolder|fashion-mnist` and `orch data inspect FILE`."""
 
-import json
-
 import click
 
-from orchestrator.cli.options import output_option
+from orchestrator.cli.options import emit_json, output_option
 
 workers_option = click.option(
     "--workers",
@@ -135,13 +133,13 @@ def inspect(file, output):
     from data_pipeline.inspection import format_inspection, inspect_beton
 
     report = inspect_beton(file)
-    click.echo(json.dumps(report) if output == "json" else format_inspection(report))
+    emit_json(report) if output == "json" else click.echo(format_inspection(report))
 
 
 def _print_summary(out, summary: dict, output: str) -> None:
     skipped = summary.get("skipped", {"train": [], "val": []})
     if output == "json":
-        click.echo(json.dumps(dict(summary, out=str(out))))
+        emit_json(dict(summary, out=str(out)))
         return
     size = summary["image_size"]
     click.echo(

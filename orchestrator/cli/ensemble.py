@@ -1,7 +1,5 @@
 """`orch ensemble --runs R1,R2,...`: members and their combination, scored in one pass."""
 
-import json
-
 import click
 
 from orchestrator.cli.evaluate import (
@@ -14,7 +12,7 @@ from orchestrator.cli.evaluate import (
     tta_option,
     workers_option,
 )
-from orchestrator.cli.options import output_option
+from orchestrator.cli.options import emit_json, output_option
 
 
 @click.command()
@@ -79,7 +77,7 @@ def ensemble(runs, which, combine, weights, tta, scales, data, gpus, workers, ba
         run_name=run_name,
     )
     if output == "json":
-        click.echo(json.dumps(outcome))
+        emit_json(outcome)
     else:
         click.echo(format_table(outcome))
 

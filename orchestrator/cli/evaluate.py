@@ -1,10 +1,8 @@
 """`orch evaluate RUN|CHECKPOINT`: exact top-1/top-5 error and loss of one checkpoint."""
 
-import json
-
 import click
 
-from orchestrator.cli.options import output_option
+from orchestrator.cli.options import emit_json, output_option
 
 TTA_CHOICES = ("none", "flip", "10crop", "multiscale")
 
@@ -98,7 +96,7 @@ def evaluate(target, data, tta, scales, gpus, workers, which, batch_size, output
         batch_size=batch_size,
     )
     if output == "json":
-        click.echo(json.dumps(outcome))
+        emit_json(outcome)
     else:
         click.echo(format_evaluation(outcome))
 

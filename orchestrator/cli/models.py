@@ -1,10 +1,9 @@
 """`orch models`: the paper's architectures with their parameter counts and multiply-adds."""
 
-import json
-
 import click
 import torch
 
+from orchestrator.cli.options import emit_json
 from orchestrator.models import arch_info, build_model, count_parameters, default_input_size, list_archs
 from orchestrator.models.complexity import layer_output_shapes, macs_of, macs_with_stride_in_v1
 
@@ -43,7 +42,7 @@ def models(archs, input_size, num_classes, output):
     """
     rows = [_describe(arch, input_size, num_classes) for arch in archs or list_archs()]
     if output == "json":
-        click.echo(json.dumps({"models": rows}))
+        emit_json({"models": rows})
     else:
         click.echo(_table(rows))
 

@@ -1,10 +1,8 @@
 """`orch report RUN_OR_PARENT[,...]`: a sweep's or some runs' results as the paper shows them."""
 
-import json
-
 import click
 
-from orchestrator.cli.options import output_option, uri_option
+from orchestrator.cli.options import emit_json, output_option, uri_option
 
 
 @click.command()
@@ -45,7 +43,7 @@ def report(runs, out_dir, uri, output):
     quiet_mlflow()
     outcome = build_report(tracking_uri(explicit=uri), runs, out_dir)
     if output == "json":
-        click.echo(json.dumps(outcome, default=str))
+        emit_json(outcome, default=str)
         return
     click.echo(report_text(outcome))
     for path in outcome["figures"]:

@@ -1,11 +1,9 @@
 """`orch resume RUN`: continue a finished, failed or killed run from its latest good checkpoint,
 where it ran (the local Ray, a Ray cluster's Jobs API, a KubeRay RayJob) unless told otherwise."""
 
-import json
-
 import click
 
-from orchestrator.cli.options import output_option, set_option, target_options, uri_option
+from orchestrator.cli.options import emit_json, output_option, set_option, target_options, uri_option
 
 
 @click.command()
@@ -53,4 +51,4 @@ def resume(run, overrides, target, address, namespace, image, detach, uri, outpu
         detach=detach,
         progress_to_stderr=output == "json",
     )
-    click.echo(json.dumps(outcome.as_json()) if output == "json" else format_summary(outcome))
+    emit_json(outcome.as_json()) if output == "json" else click.echo(format_summary(outcome))

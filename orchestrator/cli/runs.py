@@ -4,12 +4,11 @@ RUN is an MLflow run id or a unique run name; the store is $MLFLOW_TRACKING_URI,
 ./mlflow.db, as for `orch submit`.
 """
 
-import json
 import time
 
 import click
 
-from orchestrator.cli.options import output_option, uri_option
+from orchestrator.cli.options import emit_json, output_option, uri_option
 from orchestrator.runs import lifecycle
 from orchestrator.runs.run_lookup import find_run, list_runs
 
@@ -22,7 +21,7 @@ def _uri(uri):
 
 
 def _echo_json(obj) -> None:
-    click.echo(json.dumps(obj, default=str))
+    emit_json(obj, default=str)
 
 
 def _as_json(output: str, obj) -> bool:

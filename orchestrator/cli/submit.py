@@ -5,13 +5,11 @@ cluster through its Jobs API: --address, $RAY_ADDRESS as http(s)://..., or clust
 `k8s` (a KubeRay RayJob created with the kubernetes client).
 """
 
-import json
-
 import click
 import yaml
 
 from orchestrator import startup_trace
-from orchestrator.cli.options import output_option, set_option, target_options
+from orchestrator.cli.options import emit_json, output_option, set_option, target_options
 from orchestrator.console import terminal
 from orchestrator.spec import load_spec
 from orchestrator.targets import jobs_address
@@ -97,13 +95,13 @@ def _import_trainer(spec):
 def _print_outcome(outcome, output: str) -> None:
     from orchestrator.console.progress import format_summary
 
-    click.echo(json.dumps(outcome.as_json()) if output == "json" else format_summary(outcome))
+    emit_json(outcome.as_json()) if output == "json" else click.echo(format_summary(outcome))
 
 
 def _print_dry_run(spec, plan: dict, output: str) -> None:
     resolved = spec.model_dump(mode="json")
     if output == "json":
-        click.echo(json.dumps({"spec": resolved, "plan": plan}))
+        emit_json({"spec": resolved, "plan": plan})
         return
     click.echo("# resolved spec")
     click.echo(yaml.safe_dump(resolved, sort_keys=False).rstrip())

@@ -1,12 +1,10 @@
 """`orch sweep SWEEP.yaml`: run a job's variations (a grid, random draws) as trials on Ray Tune,
 each an orch run nested under one MLflow parent run."""
 
-import json
-
 import click
 import yaml
 
-from orchestrator.cli.options import output_option, set_option, target_options, uri_option
+from orchestrator.cli.options import emit_json, output_option, set_option, target_options, uri_option
 
 
 @click.command()
@@ -69,7 +67,7 @@ def sweep(sweep_path, overrides, target, address, namespace, image, detach, dry_
 def print_result(result: dict, output: str) -> None:
     """The sweep's outcome: a line per trial, or with --output json the whole of it."""
     if output == "json":
-        click.echo(json.dumps(result))
+        emit_json(result)
         return
     click.echo(f"sweep {result['parent_run_id']}: {result['status']}")
     for trial in result["trials"]:
@@ -91,7 +89,7 @@ def _print_plan(sweep, trials, output: str, rayjob: dict | None = None) -> None:
     ]
     if output == "json":
         extra = {"rayjob": rayjob} if rayjob else {}
-        click.echo(json.dumps({"trials": rows, "max_concurrent_trials": sweep.max_concurrent_trials, **extra}))
+        emit_json({"trials": rows, "max_concurrent_trials": sweep.max_concurrent_trials, **extra})
         return
     limit = sweep.max_concurrent_trials or "as many as the cluster's resources fit"
     mark, note = (

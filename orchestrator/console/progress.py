@@ -21,7 +21,14 @@ from orchestrator.console.terminal import (
     orch_program,
 )
 from orchestrator.runs.tracking import epoch_history, tracking_uri
-from orchestrator.tags import EPOCH_TAG, LAST_RESTART_CAUSE_TAG, RESTARTS_TAG, RESTORE_WARNING_TAG, STEPS_TAG
+from orchestrator.tags import (
+    EPOCH_TAG,
+    LAST_RESTART_CAUSE_TAG,
+    PRECISION_TAG,
+    RESTARTS_TAG,
+    RESTORE_WARNING_TAG,
+    STEPS_TAG,
+)
 
 _FIELDS = ("train_loss", "val_top1_error", "val_top5_error", "train_images_per_second", "epoch_seconds")
 _OPTIONAL = ("data_wait_fraction",)
@@ -93,7 +100,11 @@ class EpochPrinter(threading.Thread):
         yet; on a terminal, until the first one, how long the workers have taken so far."""
         steps_per_epoch = _int(run.data.tags.get(STEPS_TAG))
         if steps_per_epoch and not self._steps_told and not self._progressed:
-            self._echo(f"orch: workers ready, {steps_per_epoch} steps an epoch: FFCV compiles its pipeline first")
+            precision = run.data.tags.get(PRECISION_TAG)
+            precision = f", precision {precision}" if precision else ""
+            self._echo(
+                f"orch: workers ready, {steps_per_epoch} steps an epoch{precision}: FFCV compiles its pipeline first"
+            )
         self._steps_told = self._steps_told or bool(steps_per_epoch)
         point = newest_point(latest_metrics(run)) if steps_per_epoch else None
         if point is None or point == self._shown or point.step // steps_per_epoch in self._printed:

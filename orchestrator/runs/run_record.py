@@ -43,7 +43,7 @@ from orchestrator.tags import (
     RECORD_WARNING_TAG,
     TARGET_TAG,
 )
-from orchestrator.train.loop import resolve_precision
+from orchestrator.train.precision import choose_precision
 from orchestrator.train.schedule import describe_lr, scaled_lr
 
 RESULT_HEADING = "#### Result"
@@ -197,7 +197,7 @@ def _recipe_line(spec: JobSpec) -> str:
     """Epochs, batch, learning rate and schedule, optimizer, augmentation, precision."""
     t, o, s = spec.training, spec.optimizer, spec.scaling
     batch = t.batch_size * s.num_workers
-    precision = resolve_precision(t.precision, torch.device("cuda" if s.use_gpu else "cpu"))
+    precision = choose_precision(t.precision, "cuda" if s.use_gpu else "cpu")
     return (
         f"{t.epochs} epochs, batch {t.batch_size} per worker x {_count(s.num_workers, 'worker')} = {batch}, "
         f"lr {o.lr:g} per 256 images ({scaled_lr(o.lr, batch):.4g} at this batch), {_schedule_text(spec)}, "

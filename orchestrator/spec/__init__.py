@@ -1,5 +1,6 @@
 """The job spec: schema, loading with overrides, and the checks before a job starts (preflight).
-May import: models, data_pipeline, train (schedule: preflight describes the learning rate).
+May import: models, data_pipeline, train (schedule and precision: preflight describes the learning rate and
+what training.precision picks).
 """
 
 from orchestrator.spec.load import flatten, load_spec, merge, read_layered, spec_from_dict

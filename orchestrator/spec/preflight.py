@@ -11,6 +11,7 @@ from data_pipeline.geometry import eval_style, paper_scale_bounds, val_resize_si
 from orchestrator.errors import SpecError
 from orchestrator.models import build_model
 from orchestrator.spec.schema import JobSpec
+from orchestrator.train.precision import choose_precision
 from orchestrator.train.schedule import describe_lr, scaled_lr
 
 
@@ -59,12 +60,21 @@ def plan(spec: JobSpec, require_data: bool = True) -> dict:
         "total_steps": steps * spec.training.epochs,
         "workers": workers,
         "worker_resources": _resources_text(spec),
+        "precision": _precision_text(spec),
         "val_shard_sizes": [stop - start for start, stop in shards],
         "preemption": _preemption_text(spec),
         "mean": list(info.mean),
         "std": list(info.std),
         "warnings": resolution_warnings(spec, info) + placement_warnings(spec),
     }
+
+
+def _precision_text(spec: JobSpec) -> str:
+    """What training.precision trains in: on GPUs as said, on CPUs as this machine's CPU decides
+    (a cluster's worker decides on its own CPU and records it as the run's orch.precision tag)."""
+    if spec.scaling.use_gpu:
+        return str(choose_precision(spec.training.precision, "cuda"))
+    return f"{choose_precision(spec.training.precision, 'cpu')}, on this machine's CPU"
 
 
 def tell_warnings(checked: dict) -> None:
@@ -108,6 +118,7 @@ def _plan_without_data(spec: JobSpec) -> dict:
         "lr_schedule": lr_schedule(spec, global_batch),
         "workers": spec.scaling.num_workers,
         "worker_resources": _resources_text(spec),
+        "precision": _precision_text(spec),
         "preemption": _preemption_text(spec),
         "warnings": placement_warnings(spec),
     }

@@ -1,8 +1,6 @@
 """Run a job on the Ray this process can reach (started embedded when none is running)."""
 
-import contextlib
 import signal
-import sys
 import threading
 
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -70,35 +68,32 @@ def drive(
     done = set(tracking.epoch_history(uri, run_id))
     printer = EpochPrinter(uri, run_id, spec.training.epochs, err=progress_to_stderr, skip=done) if watch else None
     status, error, result = "FAILED", None, None
-    # Ray prints worker-death notices to stdout; with --output json stdout holds only the result.
-    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if progress_to_stderr else contextlib.nullcontext()
-    with quiet_stdout:
-        if printer:
-            terminal.say(terminal.starting_workers(spec.scaling))
-            printer.start()
+    if printer:
+        terminal.say(terminal.starting_workers(spec.scaling))
+        printer.start()
+    try:
+        trainer = build_trainer(spec, uri, run_id, resume_from, run_dir=run_dir, callbacks=callbacks)
+        startup_trace.mark("driver: trainer started")
+        with notices.StopRelay(uri, run_id):
+            result = fit(trainer)
+        stopped = stop_message(result, run_id)
+        status = "KILLED" if stopped else "FINISHED"
+        error = stopped
+    except (KeyboardInterrupt, SystemExit):
+        # Ray Train's own SIGINT handler aborts the run and exits via SystemExit.
+        status = "KILLED"
+        raise JobInterrupted(f"run {run_id} interrupted: marked KILLED, checkpoints kept") from None
+    except Exception as exc:  # Ray wraps worker errors; keep the cause, record it whole
+        error = str(exc)
+        raise JobFailed(f"run {run_id} FAILED: {root_cause(exc)}") from None
+    finally:
         try:
-            trainer = build_trainer(spec, uri, run_id, resume_from, run_dir=run_dir, callbacks=callbacks)
-            startup_trace.mark("driver: trainer started")
-            with notices.StopRelay(uri, run_id):
-                result = fit(trainer)
-            stopped = stop_message(result, run_id)
-            status = "KILLED" if stopped else "FINISHED"
-            error = stopped
-        except (KeyboardInterrupt, SystemExit):
-            # Ray Train's own SIGINT handler aborts the run and exits via SystemExit.
-            status = "KILLED"
-            raise JobInterrupted(f"run {run_id} interrupted: marked KILLED, checkpoints kept") from None
-        except Exception as exc:  # Ray wraps worker errors; keep the cause, record it whole
-            error = str(exc)
-            raise JobFailed(f"run {run_id} FAILED: {root_cause(exc)}") from None
+            recording.join()
+            if printer:
+                printer.stop()
+            tracking.log_best(uri, run_id, BestRule.of(spec.checkpoint))
         finally:
-            try:
-                recording.join()
-                if printer:
-                    printer.stop()
-                tracking.log_best(uri, run_id, BestRule.of(spec.checkpoint))
-            finally:
-                tracking.end_run(uri, run_id, status, error)
+            tracking.end_run(uri, run_id, status, error)
     best_checkpoint = _best_checkpoint(run_dir) if result is not None else None
     if best_checkpoint:
         tracking.set_tags(uri, run_id, {BEST_CHECKPOINT_TAG: best_checkpoint})

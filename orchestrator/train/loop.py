@@ -36,6 +36,7 @@ from orchestrator.models import build_model
 from orchestrator.recovery.best import BestRule
 from orchestrator.runs import telemetry
 from orchestrator.spec.schema import JobSpec
+from orchestrator.tags import PRECISION_TAG, STEPS_TAG
 from orchestrator.train import distributed as dist
 from orchestrator.train import faults
 from orchestrator.train.checkpoint import (
@@ -49,6 +50,7 @@ from orchestrator.train.checkpoint import (
 )
 from orchestrator.train.notices import NONE, PREEMPTED, REASONS, STOP, Notice, NoticeCheck, signalled
 from orchestrator.train.optim import build_optimizer
+from orchestrator.train.precision import choose_precision
 from orchestrator.train.schedule import lr_at, scaled_lr
 from orchestrator.train.step_metrics import StepLogger, every_n_steps
 from orchestrator.train.steps import EpochProgress, StepContext, configure_backends, evaluate, train_one_epoch
@@ -100,7 +102,8 @@ def train_worker(config: dict) -> None:
     model = model.to(device, memory_format=memory_format)
     base_lr = scaled_lr(spec.optimizer.lr, spec.training.batch_size * dist.world_size())
     optimizer = build_optimizer(model, spec.optimizer, base_lr)
-    precision = resolve_precision(spec.training.precision, device)
+    chosen = choose_precision(spec.training.precision, device.type)
+    precision = chosen.value
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     layout = data_layout(spec, dist.world_size())
@@ -123,7 +126,8 @@ def train_worker(config: dict) -> None:
         world_size=dist.world_size(),
         active=dist.is_main(),
     )
-    step_logger.tag_steps_per_epoch(steps_per_epoch)
+    step_logger.tag(PRECISION_TAG, str(chosen))  # before the steps' tag, which readers wait for
+    step_logger.tag(STEPS_TAG, str(steps_per_epoch))
     ctx.after_step = step_logger
     meta_base = {
         "arch": spec.model.arch,
@@ -248,13 +252,6 @@ def worker_placement() -> dict:
         "worker_hostname": socket.gethostname(),
         "worker_node_id": ray.get_runtime_context().get_node_id(),
     }
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 on GPUs and fp32 on CPUs, where bf16 autocast is slow."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
 
 
 def preprocess_info(spec: JobSpec, info) -> dict:

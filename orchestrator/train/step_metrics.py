@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from orchestrator.tags import STEP_LOSS, STEP_LR, STEP_RATE, STEPS_TAG
+from orchestrator.tags import STEP_LOSS, STEP_LR, STEP_RATE
 
 logger = logging.getLogger(__name__)
 POINTS_PER_EPOCH = 32  # "a few dozen" points per epoch unless tracking.log_every_n_steps says otherwise
@@ -43,9 +43,10 @@ class StepLogger:
             self._thread = threading.Thread(target=self._send, args=(uri, run_id), daemon=True)
             self._thread.start()
 
-    def tag_steps_per_epoch(self, steps_per_epoch: int) -> None:
+    def tag(self, key: str, value: str) -> None:
+        """Set a tag on the run from rank 0 (the others do nothing), through the sending thread."""
         if self.active:
-            self._queue.put(("tag", STEPS_TAG, str(steps_per_epoch)))
+            self._queue.put(("tag", key, value))
 
     def __call__(self, step: int, loss: torch.Tensor, lr: float, batch_size: int) -> None:
         """After global step `step` (its loss still on the device)."""
