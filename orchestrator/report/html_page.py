@@ -13,7 +13,7 @@ body { font-family: sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, td:nth-child(2) { text-align: left; }
-.holds { color: #176317; } .fails { color: #a11; } .undecided { color: #886600; }
+.holds { color: #176317; } .fails { color: #a11; } .undecided, .untestable { color: #886600; }
 img { max-width: 100%; }
 """
 
@@ -58,11 +58,11 @@ def _list(title: str, lines: list[str]) -> str:
 def _verdicts(verdicts: list[dict]) -> str:
     if not verdicts:
         return ""
-    word = {True: ("holds", "holds"), False: ("does not hold", "fails"), None: ("undecided", "undecided")}
+    css = {"holds": "holds", "does not hold": "fails", "undecided": "undecided", "not testable": "untestable"}
     items = []
     for v in verdicts:
-        said, css = word[v["holds"]]
-        items.append(f'<li><b class="{css}">{said}</b>: {_e(v["finding"])}: {_e(v["evidence"])}</li>')
+        said = v["verdict"]
+        items.append(f'<li><b class="{css[said]}">{said}</b>: {_e(v["finding"])}: {_e(v["evidence"])}</li>')
     return f"<h2>Verdicts</h2><ul>{''.join(items)}</ul>"
 
 

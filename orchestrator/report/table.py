@@ -39,6 +39,14 @@ def best_epoch_val(run) -> float:
     return run.metrics.get("best_val_top1_error", min(run.history["val_top1_error"].values()))
 
 
+def by_epoch(histories: list[dict]) -> dict[int, dict]:
+    """{epoch: summarize(the seeds' values)} over the epochs every history has."""
+    if not histories or not all(histories):
+        return {}
+    epochs = sorted(set.intersection(*(set(h) for h in histories)))
+    return {e: summarize(h[e] for h in histories) for e in epochs}
+
+
 def mean_curve(histories: list[dict]) -> tuple[list[int], list[float]]:
     """(epochs, means) over the epochs every history has."""
     if not histories or not all(histories):
@@ -70,6 +78,7 @@ def _row(config: dict, runs: list) -> dict:
         "final_val_top1_error": summarize(final(run.history["val_top1_error"]) for run in runs),
         "final_val_top5_error": summarize(final(run.history["val_top5_error"]) for run in runs),
         "final_train_top1_error": summarize(final(run.history["train_top1_error"]) for run in runs),
+        "train_top1_error_by_epoch": by_epoch([run.history["train_top1_error"] for run in runs]),
         "best_epoch_val_top1_error": summarize(best_epoch_val(run) for run in runs),
         "eval": _evaluations(runs),
         "recipe": recipes.of_run(runs[0].params, runs[0].tags, recipes.TRAIN_IMAGES.get(bench)),

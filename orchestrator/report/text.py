@@ -17,7 +17,6 @@ LEGEND = (
     "run's best epoch on the very set it reports (for CIFAR-10 and Fashion-MNIST their test set): optimistic, "
     "never the paper's statistic"
 )
-WORDS = {True: "HOLDS", False: "DOES NOT HOLD", None: "UNDECIDED"}
 
 
 def cells(row: dict) -> list[str]:
@@ -99,7 +98,7 @@ def paper_notes(rows: list[dict]) -> list[str]:
 
 
 def verdict_lines(verdicts: list[dict]) -> list[str]:
-    return [f"{WORDS[v['holds']]}: {v['finding']} ({v['evidence']})" for v in verdicts]
+    return [f"{v['verdict'].upper()}: {v['finding']} ({v['evidence']})" for v in verdicts]
 
 
 def skipped_lines(skipped: list[dict]) -> list[str]:

@@ -1,36 +1,62 @@
-"""The paper's findings, checked against the rows: each a {finding, holds, evidence, test} that
-the data can speak to, with the numbers in the evidence.
+"""The paper's findings, checked against the rows: each a {finding, holds, verdict, evidence,
+test} that the data can speak to, with the numbers in the evidence.
 
-Each training finding is a Welch t-test (unequal variances, two-sided) on the seeds' final
-training top-1 errors of two configurations that differ in nothing but the architecture:
+Each training finding is a Welch t-test (unequal variances, two-sided) on the seeds' training
+top-1 errors of two configurations that differ in nothing but the architecture, at the end of
+training unless said otherwise:
   depth      among the plain (residual) configurations of one dataset and family, the deepest
              against the shallowest: the deeper plain net trains worse, the deeper ResNet better;
-  residual   at every depth with both, the residual net against the plain one: it trains better.
+  residual   at every depth with both, the residual net against the plain one. Deeper than 20
+             layers it trains better (the paper's 34 layers on ImageNet, 32-110 on CIFAR). At
+             SHALLOW_DEPTH or fewer (18 on ImageNet, 20 on CIFAR) the paper finds the two end at
+             comparable error, the residual net ahead early in training (Table 2, Figure 4:
+             27.94% and 27.88% top-1 at 18 layers): both are tested, the early one at the epoch
+             a quarter into training, which the evidence names.
 `holds` is True when p < 0.05 and the difference goes the paper's way, False when p < 0.05 and it
 goes the other way, None (undecided) with fewer than 2 seeds on a side or p >= 0.05; the
-evidence says why. `test` holds the difference of the means, its 95% confidence interval, p,
-the degrees of freedom and n per side.
+evidence says why. `verdict` says it in words: "holds", "does not hold", "undecided", or "not
+testable": a finding about nets trained to convergence (the deeper ResNet trains better; the
+shallow pair ends comparable) cannot be tested on runs that stopped at less than
+CONVERGED_SHARE of the paper's training (its iterations x its batch: 64,000 x 128 for the CIFAR
+nets, 600,000 x 256 for the ImageNet ones), and says at what share they stopped. `test` holds the
+difference of the means, its 95% confidence interval, p, the degrees of freedom and n per side.
 Ensembles: an ensemble run's top1_error against its best member's (member<i>_top1_error).
 """
 
 import math
 
-from orchestrator.report.paper import ENSEMBLE
+from orchestrator.report.paper import CIFAR_RECIPE, ENSEMBLE, IMAGENET_RECIPE
 
 PLAIN_FINDING = "the deeper plain net has the higher training error"
 RESIDUAL_FINDING = "the deeper residual net has the lower training error"
 SHORTCUT_FINDING = "the residual net has a lower training error than the plain net of its depth"
+SHALLOW_FINDING = (
+    "at the shallowest depth the plain and residual nets end at comparable training error, "
+    "the residual net ahead early in training"
+)
 ENSEMBLE_FINDING = "the ensemble beats its best member"
 ALPHA = 0.05
+SHALLOW_DEPTH = 20  # the paper's 18 (ImageNet) and 20 (CIFAR) layers
+CONVERGED_SHARE = 0.5  # of the paper's training: where its first lr division comes (32k of 64k on CIFAR)
+COMPARABLE_SHARE = 0.1  # "comparable" final errors: within 10% of the plain net's (at least 1 point)
+WORDS = {True: "holds", False: "does not hold", None: "undecided"}
+NOT_TESTABLE = "not testable"
+PAPER_TRAINING = {"cifar": CIFAR_RECIPE, "imagenet": IMAGENET_RECIPE}  # by the nets' family
 
 
 def verdicts(rows: list[dict], ensembles: list) -> list[dict]:
     found = []
     for residual in (False, True):
         for shallow, deep in _depth_pairs(rows, residual):
-            found.append(_verdict(RESIDUAL_FINDING if residual else PLAIN_FINDING, deep, shallow, lower=residual))
+            if residual:
+                found.append(_converged(_verdict(RESIDUAL_FINDING, deep, shallow, lower=True), deep, shallow))
+            else:
+                found.append(_verdict(PLAIN_FINDING, deep, shallow, lower=False))
     for plain, residual_row in _same_depth_pairs(rows):
-        found.append(_verdict(SHORTCUT_FINDING, residual_row, plain, lower=True))
+        if plain["depth"] <= SHALLOW_DEPTH:
+            found.append(_shallow_verdict(residual_row, plain))
+        else:
+            found.append(_verdict(SHORTCUT_FINDING, residual_row, plain, lower=True))
     found.extend(_ensemble_verdict(run) for run in ensembles)
     return [v for v in found if v is not None]
 
@@ -88,28 +114,128 @@ def welch(a: list[float], b: list[float]) -> dict | None:
     }
 
 
-def _verdict(finding: str, row: dict, other: dict, lower: bool) -> dict:
-    """Does `row` train to a lower (lower=True) or higher error than `other`?"""
-    a, b = row["final_train_top1_error"], other["final_train_top1_error"]
+def _verdict(finding: str, row: dict, other: dict, lower: bool, key: str = "final_train_top1_error") -> dict:
+    """Does `row` train to a lower (lower=True) or higher error than `other`? `key`: the rows'
+    summary of the seeds' errors compared (the final training error unless said)."""
+    a, b = row[key], other[key]
     difference = a["mean"] - b["mean"]
+    what = "final train top-1 error" if key == "final_train_top1_error" else "train top-1 error"
     evidence = (
-        f"{row['dataset']}: final train top-1 error {row['name']} ({row['arch']}) {_stat(a)} vs "
+        f"{row['dataset']}: {what} {row['name']} ({row['arch']}) {_stat(a)} vs "
         f"{other['name']} ({other['arch']}) {_stat(b)}, difference {difference:+.2f} points"
     )
     test = welch(a["values"], b["values"])
     if test is None:
-        few = [f"{r['name']} has {r['final_train_top1_error']['n']}" for r in (row, other)]
-        few = [text for text, r in zip(few, (row, other)) if r["final_train_top1_error"]["n"] < 2]
+        few = [f"{r['name']} has {r[key]['n']}" for r in (row, other)]
+        few = [text for text, r in zip(few, (row, other)) if r[key]["n"] < 2]
         why = f"needs at least 2 seeds a side ({', '.join(few)})" if few else "the seeds' errors do not vary"
-        return {"finding": finding, "holds": None, "evidence": f"{evidence}; {why}", "test": None}
+        return _said(finding, None, f"{evidence}; {why}", None)
     low, high = test["ci95"]
     evidence += (
         f", 95% CI [{low:+.2f}, {high:+.2f}], Welch's t-test p = {_p(test['p'])}, n = {test['n'][0]} and {test['n'][1]}"
     )
     if test["p"] >= ALPHA:
         evidence += f"; p >= {ALPHA:g}: the seeds cannot tell them apart"
-        return {"finding": finding, "holds": None, "evidence": evidence, "test": test}
-    return {"finding": finding, "holds": (difference < 0) == lower, "evidence": evidence, "test": test}
+        return _said(finding, None, evidence, test)
+    return _said(finding, (difference < 0) == lower, evidence, test)
+
+
+def _said(finding: str, holds: bool | None, evidence: str, test: dict | None, verdict: str | None = None) -> dict:
+    return {
+        "finding": finding,
+        "holds": holds,
+        "verdict": verdict or WORDS[holds],
+        "evidence": evidence,
+        "test": test,
+    }
+
+
+def trained_share(row: dict) -> tuple[float, str] | None:
+    """How much of the paper's training the row's runs had (their iterations x global batch
+    against the paper's, for the nets' family), with the numbers in words; None when unknown."""
+    paper = PAPER_TRAINING.get(row.get("family"))
+    recipe = row.get("recipe") or {}
+    iterations, batch = recipe.get("iterations"), recipe.get("global_batch")
+    if paper is None or not iterations or not batch:
+        return None
+    share = iterations * batch / (paper.iterations * paper.global_batch)
+    words = f"{iterations:,} steps of {batch} against the paper's {paper.iterations:,} of {paper.global_batch}"
+    return share, words
+
+
+def _at_share(share: float) -> str:
+    return f"{share:.0%}" if share >= 0.01 else f"{share:.1%}"
+
+
+def _converged(verdict: dict, *rows: dict) -> dict:
+    """A finding about nets trained to convergence: not testable on runs that stopped short of
+    CONVERGED_SHARE of the paper's training (the statistics stay in the evidence)."""
+    shares = [s for s in (trained_share(r) for r in rows) if s is not None]
+    if not shares:
+        return verdict
+    share, words = min(shares)
+    if share >= CONVERGED_SHARE:
+        return verdict
+    why = (
+        f"not testable at {_at_share(share)} of the paper's iterations ({words}): it is a finding about nets "
+        f"trained to convergence, and needs at least {CONVERGED_SHARE:.0%}"
+    )
+    return dict(verdict, holds=None, verdict=NOT_TESTABLE, evidence=f"{why}; {verdict['evidence']}")
+
+
+def early_epoch(row: dict, other: dict) -> int | None:
+    """The epoch a quarter into training that both rows' seeds all logged (0-based); None
+    without one before the last."""
+    epochs = sorted(set(row["train_top1_error_by_epoch"]) & set(other["train_top1_error_by_epoch"]))
+    if len(epochs) < 2:
+        return None
+    return epochs[max(0, math.ceil(len(epochs) / 4) - 1)]
+
+
+def _shallow_verdict(residual: dict, plain: dict) -> dict:
+    """The paper's finding at 18-20 layers: the residual net ahead early (a lower training error
+    at the early epoch, p < 0.05), the two comparable at the end (p >= 0.05 and within
+    COMPARABLE_SHARE of the plain net's error). A residual net still ahead at the end of runs
+    far shorter than the paper's is not testable for the comparison at the end."""
+    finding = f"{SHALLOW_FINDING} ({plain['depth']} layers)"
+    epoch = early_epoch(residual, plain)
+    if epoch is None:
+        return _said(finding, None, f"{plain['dataset']}: needs at least 2 epochs logged by every seed", None)
+    last = max(residual["train_top1_error_by_epoch"])
+    at = f"after epoch {epoch + 1} of {last + 1}"
+    early = _verdict(finding, _at_epoch(residual, epoch), _at_epoch(plain, epoch), lower=True, key="train_top1_error")
+    end = _verdict(finding, residual, plain, lower=True)
+    evidence = f"early, {at}: {early['evidence']}; at the end: {end['evidence']}"
+    if early["holds"] is not True:
+        said = {None: "the residual net is not shown ahead early", False: "the plain net is ahead early"}
+        return _said(finding, early["holds"], f"{said[early['holds']]}; {evidence}", early["test"])
+    margin = max(1.0, COMPARABLE_SHARE * plain["final_train_top1_error"]["mean"])
+    gap = end["test"]["difference"] if end["test"] else None
+    if end["test"] is not None and end["holds"] is None and abs(gap) <= margin:
+        return _said(finding, True, f"comparable at the end (within {margin:.2f} points); {evidence}", early["test"])
+    if end["test"] is None:
+        return _said(finding, None, f"the end cannot be compared; {evidence}", early["test"])
+    if end["holds"] is True or (end["holds"] is None and gap < 0):
+        share = trained_share(residual)
+        if share is not None and share[0] < CONVERGED_SHARE:
+            why = (
+                f"the residual net is still ahead at the end, {_at_share(share[0])} of the paper's iterations "
+                f"({share[1]}): whether they end comparable is not testable before "
+                f"{CONVERGED_SHARE:.0%}"
+            )
+            return _said(finding, None, f"{why}; {evidence}", end["test"], NOT_TESTABLE)
+    what = "not comparable at the end"
+    return _said(
+        finding,
+        False if end["holds"] is not None else None,
+        f"{what} (margin {margin:.2f} points); {evidence}",
+        end["test"],
+    )
+
+
+def _at_epoch(row: dict, epoch: int) -> dict:
+    """The row with its seeds' training errors at `epoch` under train_top1_error."""
+    return dict(row, train_top1_error=row["train_top1_error_by_epoch"][epoch])
 
 
 def _p(p: float) -> str:
@@ -137,4 +263,4 @@ def _ensemble_verdict(run) -> dict | None:
             f"; top-5 {metrics['top5_error']:.2f}% (the paper's {ENSEMBLE.table} ensemble: {ENSEMBLE.top5_error}% "
             f"top-5 on ImageNet's test set, not comparable: another split and models)"
         )
-    return {"finding": ENSEMBLE_FINDING, "holds": ens < best, "evidence": evidence, "test": None}
+    return _said(ENSEMBLE_FINDING, ens < best, evidence, None)
