@@ -221,14 +221,20 @@ def build_val_loader(
     channels_last: bool = True,
     in_memory: bool = True,
     crop_ratio: float = geometry.VAL_CROP_RATIO,
+    max_samples: int | None = None,
 ) -> ValLoader:
     """imagenet and paper: the shorter side to resolution/crop_ratio and the center resolution
     square (data_pipeline.geometry: validation's 0.875; test-time augmentation's 10-crop and
     multi-scale read the whole shorter side, 1.0); cifar: the stored image.
 
-    Shards with val_shard, not FFCV's distributed ordering, which pads with repeated samples.
+    Shards with val_shard, not FFCV's distributed ordering, which pads with repeated samples;
+    max_samples: the file's first N samples only.
     """
     total = num_samples(path)
+    if max_samples is not None:
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be at least 1, got {max_samples}")
+        total = min(total, max_samples)
     _check_common(augment, batch_size)
     shard = val_shard(total, rank, world_size)
     import_ffcv()

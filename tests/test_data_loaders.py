@@ -56,13 +56,15 @@ def epoch_labels(loader, epoch: int) -> np.ndarray:
     return np.concatenate([labels.numpy().copy() for _, labels in loader])
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_validation_sees_every_sample_once(index_beton, world_size):
+@pytest.mark.parametrize("world_size, max_samples", [(1, None), (2, None), (3, None), (2, 37)])
+def test_validation_sees_every_sample_once(index_beton, world_size, max_samples):
+    """Every sample once across the ranks; with max_samples (data.max_val_samples), the file's first N."""
     path, mean, std = index_beton
     seen = []
     for rank in range(world_size):
         loader = build_val_loader(
             path,
+            max_samples=max_samples,
             augment="cifar",
             batch_size=100,
             num_workers=2,
@@ -78,7 +80,7 @@ def test_validation_sees_every_sample_once(index_beton, world_size):
         if world_size == 1:  # channels_last=False: plain contiguous NCHW
             assert all(contiguous for _, contiguous, _ in batches)
         seen += [y for _, _, y in batches]
-    np.testing.assert_array_equal(np.concatenate(seen), np.arange(N))  # each once, in file order
+    np.testing.assert_array_equal(np.concatenate(seen), np.arange(max_samples or N))  # each once, in file order
 
 
 def test_validation_imagenet_center_crop(index_beton):

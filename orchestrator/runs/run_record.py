@@ -58,7 +58,7 @@ class DataSplit:
     key: str  # "train" or "val": dataset.json's name for the split
     path: str
     samples: int  # in the file
-    used: int  # what the run reads of them (data.max_train_samples)
+    used: int  # what the run reads of them (data.max_train_samples, data.max_val_samples)
     info: DatasetInfo  # the dataset.json beside data.train, which the run reads for both
 
 
@@ -100,9 +100,10 @@ def data_splits(spec: JobSpec) -> list[DataSplit]:
     info = read_dataset_info(spec.data.train)
     train, val = num_samples(spec.data.train), num_samples(spec.data.val)
     used = min(train, spec.data.max_train_samples or train)
+    val_used = min(val, spec.data.max_val_samples or val)
     return [
         DataSplit("training", "train", spec.data.train, train, used, info),
-        DataSplit("validation", "val", spec.data.val, val, val, info),
+        DataSplit("validation", "val", spec.data.val, val, val_used, info),
     ]
 
 
@@ -141,7 +142,7 @@ def _profile(split: DataSplit) -> dict:
         "size_bytes": os.path.getsize(split.path),
     }
     if split.used != split.samples:
-        profile["samples_used"] = split.used  # data.max_train_samples
+        profile["samples_used"] = split.used  # data.max_train_samples, data.max_val_samples
     if split.info.short_side and split.info.short_side.get(split.key):
         profile["short_side"] = split.info.short_side[split.key]  # stored shorter sides: min, median, max
     return profile

@@ -40,6 +40,8 @@ def plan(spec: JobSpec, require_data: bool = True) -> dict:
     check_model(spec, num_classes)
     if spec.data.max_train_samples:
         n_train = min(n_train, spec.data.max_train_samples)
+    if spec.data.max_val_samples:
+        n_val = min(n_val, spec.data.max_val_samples)
     workers = spec.scaling.num_workers
     global_batch = spec.training.batch_size * workers
     steps = n_train // workers // spec.training.batch_size

@@ -69,7 +69,10 @@ class DataSpec(_Section):
     )
     paper: PaperAugmentSpec = Field(default_factory=PaperAugmentSpec)
     num_workers: int | None = Field(None, ge=1, description="loader threads per worker; default: its CPUs")
-    max_train_samples: int | None = Field(None, ge=1)
+    max_train_samples: int | None = Field(None, ge=1, description="train on the file's first N images")
+    max_val_samples: int | None = Field(
+        None, ge=1, description="validate each epoch on the file's first N images (orch evaluate reads them all)"
+    )
     in_memory: bool = Field(
         True,
         description="the .beton fits in each node's memory: read through the page cache in random order; "

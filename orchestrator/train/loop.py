@@ -302,7 +302,9 @@ def _loaders(spec: JobSpec, info, device: torch.device):
     # Built when the first evaluation needs it: its pipeline's compilation is then off the time
     # to the first training step (preflight checked the file before the job started).
     shard = {"rank": dist.rank(), "world_size": dist.world_size()}
-    val = functools.cache(lambda: build_val_loader(data.val, resolution=res.val_res, **shard, **common))
+    val = functools.cache(
+        lambda: build_val_loader(data.val, resolution=res.val_res, max_samples=data.max_val_samples, **shard, **common)
+    )
     return train, val
 
 
