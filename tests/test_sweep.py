@@ -177,7 +177,13 @@ def test_concurrency_fits_the_largest_trial_into_the_cluster(tmp_path):
 
 @pytest.mark.parametrize(
     "name, trials",
-    [("degradation_cifar10", 24), ("resnet110_seeds", 5), ("shortcuts_resnet34", 3), ("plain_vs_resnet_imagenet", 12)],
+    [
+        ("degradation_cifar10", 24),
+        ("resnet110_seeds", 5),
+        ("shortcuts_resnet34", 3),
+        ("plain_vs_resnet_imagenet", 12),
+        ("degradation_fashion", 16),
+    ],
 )
 def test_the_papers_sweeps_list_their_trials(name, trials):
     from orchestrator.sweep.driver import plan_sweep
