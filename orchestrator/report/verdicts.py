@@ -224,13 +224,11 @@ def _shallow_verdict(residual: dict, plain: dict) -> dict:
                 f"{CONVERGED_SHARE:.0%}"
             )
             return _said(finding, None, f"{why}; {evidence}", end["test"], NOT_TESTABLE)
-    what = "not comparable at the end"
-    return _said(
-        finding,
-        False if end["holds"] is not None else None,
-        f"{what} (margin {margin:.2f} points); {evidence}",
-        end["test"],
-    )
+    if end["holds"] is None:  # p >= 0.05 but the means further apart than the margin
+        return _said(
+            finding, None, f"not shown comparable at the end (margin {margin:.2f} points); {evidence}", end["test"]
+        )
+    return _said(finding, False, f"not comparable at the end (margin {margin:.2f} points); {evidence}", end["test"])
 
 
 def _at_epoch(row: dict, epoch: int) -> dict:
