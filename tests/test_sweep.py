@@ -9,12 +9,15 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.train.precision import choose_precision
+
 from eval_fixtures import all_runs, run_orch
 from job_fixtures import DEMO, Notice, fault, orch_process
 
 
 def write_sweep(folder, data) -> str:
-    """Two architectures x two seeds of the demo job, 2 epochs of 500 images, 1 CPU each."""
+    """Two architectures x two seeds of the demo job, 2 epochs of 500 images, each validated on
+    the first 300 validation images, 1 CPU each."""
     sweep = {
         "name": "arch-by-seed",
         "job": str(DEMO),
@@ -22,6 +25,7 @@ def write_sweep(folder, data) -> str:
             "data.train": str(data / "train.beton"),
             "data.val": str(data / "val.beton"),
             "data.max_train_samples": 500,
+            "data.max_val_samples": 300,
             "training.epochs": 2,
             "training.batch_size": 100,
             "schedule.warmup_epochs": 0,
@@ -95,6 +99,10 @@ def test_sweep_stopped_with_save_resumed_and_reported(ray_address, small_fashion
         assert set(trial["metrics"]) >= {"val_top1_error", "train_top1_error", "best_val_top1_error"}
         history = MlflowClient(mlflow_uri).get_metric_history(trial["run_id"], "train_top1_error")
         assert sorted(m.step for m in history) == [0, 1]  # once per epoch
+        validated = MlflowClient(mlflow_uri).get_metric_history(trial["run_id"], "val_samples")
+        assert [m.value for m in validated] == [300, 300]  # data.max_val_samples
+        tags = MlflowClient(mlflow_uri).get_run(trial["run_id"]).data.tags
+        assert tags["orch.precision"] == str(choose_precision("auto", "cpu"))  # what the worker trained in
 
     code, out, _ = run_orch("runs")
     assert code == 0 and "sweep of 4 trials" in out  # the parent is listed with its children

@@ -101,13 +101,14 @@ def test_on_a_terminal_the_progress_line_is_rewritten_in_place(capsys, monkeypat
 
 
 def test_the_printer_shows_the_newest_step_of_the_epoch_being_trained(mlflow_uri, capsys):
-    """As rank 0 logs them: the tag orch.steps_per_epoch, then step/* points; each new point
+    """As rank 0 logs them: the tags orch.precision and orch.steps_per_epoch, then step/* points; each new point
     once, none of an epoch whose line is printed; an epoch's line once the controller has
     logged it in full (its tag orch.epoch)."""
     client = MlflowClient(mlflow_uri)
     run_id = client.create_run(client.create_experiment("steps")).info.run_id
     printer = EpochPrinter(mlflow_uri, run_id, epochs=2, err=True, live=LiveLine(tty=False, every=0))
     printer.flush()
+    client.set_tag(run_id, "orch.precision", "fp32 (auto: CPU without native bf16)")  # rank 0 tags it first
     client.set_tag(run_id, "orch.steps_per_epoch", "10")
     client.log_batch(run_id, metrics=[Metric("step/train_loss", 1.5, 1_000, 0)])
     printer.flush()
@@ -121,7 +122,8 @@ def test_the_printer_shows_the_newest_step_of_the_epoch_being_trained(mlflow_uri
     client.set_tag(run_id, "orch.epoch", "0")
     printer.flush()
     assert capsys.readouterr().err.splitlines() == [
-        "orch: workers ready, 10 steps an epoch: FFCV compiles its pipeline first",
+        "orch: workers ready, 10 steps an epoch, precision fp32 (auto: CPU without native bf16): "
+        "FFCV compiles its pipeline first",
         "epoch 1/2: step 1/10  loss 1.5000",
         "epoch 1/2: step 6/10  loss 1.0000  80 img/s  ~4s left in the epoch",  # 1 step/s, 4 steps left
         "epoch   1/2  loss 1.1000  top-1 err  50.00%  top-5 err   5.00%  80 img/s  9s/epoch  left ~9s",
