@@ -6,7 +6,7 @@ faster than fp32, and fp32 elsewhere (orch's CIFAR nets, batch 128 of 28x28, 2 t
 - AMD CPUs with AVX512_BF16 (Zen 4 and later): bf16, seen at about 1.9x (ResNet-20) and 2.1x
   (ResNet-56) fp32's speed on an EPYC;
 - Intel CPUs with AVX512_BF16 but no AMX (Cooper Lake, or a VM that hides AMX): fp32, where
-  bench/precision.py measured bf16 autocast at 0.69-0.75x of fp32's images/s (the reorders and
+  bench/precision.py measured bf16 autocast at 0.69-0.86x of fp32's images/s (the reorders and
   casts around oneDNN's avx512_core_bf16 convolutions cost more than they save on these layers);
 - CPUs without native bf16: fp32 (bf16 would be emulated).
 The choice is a function of the CPU's vendor and flags, never of a timing taken at start-up, so
