@@ -3,9 +3,11 @@ final, the bound and its one line on stderr, a submit whose answer was lost not 
 and a wrong address still failing at once. Without a cluster: the answers are the exceptions
 Ray's client and requests raise, built as they raise them, or real ones from a local socket."""
 
+import json
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
@@ -16,7 +18,8 @@ from urllib3.exceptions import ProtocolError
 from orchestrator.errors import JobFailed, OrchError
 from orchestrator.targets import naming, ray_cluster, retry
 
-from test_submit import DEMO
+from job_fixtures import DEMO
+from remote_fixtures import RayNodes, auth_headers, ended_runs, job_sets, orch
 
 HEAD = "http://head:8265"
 NO_AGENT = "Request failed with status code 500: No available agent to submit job, please try again later.."
@@ -242,3 +245,57 @@ def test_a_server_that_is_not_ray_or_refuses_the_token_fails_at_once(server, sta
     with pytest.raises(OrchError, match=re.escape(said)):
         ray_cluster.connect(f"http://127.0.0.1:{server.server_port}")
     assert time.monotonic() - started < 2
+
+
+# --- a real head, submitted to the moment its dashboard answers --------------------------------
+
+AT_START = 3  # one followed to its end, two --detach: each is mostly its `orch` process's imports
+
+
+@pytest.mark.slow
+def test_submits_into_a_head_still_starting_each_run_once(mlflow_server, small_fashion, tmp_path):
+    """`ray start --head` on loopback and three `orch submit --address` of a 1-epoch job on 300
+    images: one --detach at once with ORCH_RAY_RETRY_S set (a user starting a head and asking
+    for the wait: its dashboard is not listening yet), then, the moment the dashboard answers
+    /api/version, one followed to its end and one --detach, while the head's agent and node may
+    not be up yet (Ray answers "No available agent ..." or lists no alive node). No failure is
+    injected: the windows are the head's own, and how much of them each command meets depends
+    on the machine, so the test holds the outcome: every command succeeds with at most one
+    waiting line, every run is FINISHED, and the cluster has exactly one Ray job per run, the
+    run's. (The answers themselves are the unit tests' above.)"""
+    from ray.job_submission import JobSubmissionClient
+
+    uri, nodes = mlflow_server.uri, RayNodes(cpus_per_node=2)
+    sets = job_sets(
+        small_fashion,
+        tmp_path,
+        *("data.max_train_samples=300", "data.max_val_samples=200", "scaling.num_workers=1"),
+        *("scaling.placement=PACK", "checkpoint.shared=false", "tracking.system_metrics=false"),
+    )
+
+    def submit(i: int, *extra: str, **env):
+        args = ("submit", str(DEMO), *sets, "--set", f"training.seed={i}", "--address", nodes.dashboard, "-o", "json")
+        return orch(*args, *extra, uri=uri, cwd=tmp_path, **env)
+
+    try:
+        with ThreadPoolExecutor(AT_START) as pool:
+            started = time.monotonic()
+            nodes.start_head()
+            early = pool.submit(submit, 0, "--detach", ORCH_RAY_RETRY_S="120")
+            answered_s = nodes.wait_for_dashboard() - started
+            followed, detached = pool.submit(submit, 1), pool.submit(submit, 2, "--detach")
+            procs = [early.result(), followed.result(), detached.result()]
+        assert all(p.returncode == 0 for p in procs), [p.stderr[-3000:] for p in procs] + [nodes.logs()]
+        run_ids = [json.loads(p.stdout)["run_id"] for p in procs]
+        runs = ended_runs(uri, run_ids, nodes, timeout_s=300)
+        listed = JobSubmissionClient(nodes.dashboard, headers=auth_headers()).list_jobs()
+    finally:
+        nodes.stop()
+    assert [r.info.status for r in runs] == ["FINISHED"] * AT_START, [r.data.tags.get("orch.error") for r in runs]
+    job_ids = [job.submission_id for job in listed]
+    assert sorted(job_ids) == sorted(r.data.tags["orch.ray_job_id"] for r in runs)  # one each, no other
+    print(f"the dashboard answered {answered_s:.1f} s after `ray start --head`")
+    for proc in procs:
+        waits = [line for line in proc.stderr.splitlines() if "retrying for up to" in line]
+        assert len(waits) <= 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        print(waits or "no wait")  # how much of the windows each command met (-s shows it)
