@@ -56,6 +56,15 @@ class RayNodes:
         self.stopped: set[str] = set()  # nodes a test took away
 
     def start(self, nodes: int = 2, timeout_s: float = 120) -> "RayNodes":
+        self.start_head()
+        self.wait_for_nodes(1, timeout_s)
+        for i in range(1, nodes):
+            self._start_node(f"worker{i}", [f"--address=127.0.0.1:{self.gcs_port}"])
+        self.wait_for_nodes(nodes, timeout_s)
+        return self
+
+    def start_head(self) -> None:
+        """`ray start --head`, without waiting for anything."""
         self._start_node(
             "head",
             [
@@ -66,11 +75,21 @@ class RayNodes:
                 f"--ray-client-server-port={free_port()}",
             ],
         )
-        self.wait_for_nodes(1, timeout_s)
-        for i in range(1, nodes):
-            self._start_node(f"worker{i}", [f"--address=127.0.0.1:{self.gcs_port}"])
-        self.wait_for_nodes(nodes, timeout_s)
-        return self
+
+    def wait_for_dashboard(self, timeout_s: float = 120, every_s: float = 0.1) -> float:
+        """Poll the head's /api/version until it answers 200: the moment a user sees the
+        dashboard up. Returns when that was (time.monotonic())."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.procs[0].poll() is not None:
+                raise RuntimeError(f"`ray start --head` exited {self.procs[0].returncode}: {self.logs()}")
+            try:
+                if requests.get(f"{self.dashboard}/api/version", headers=auth_headers(), timeout=2).ok:
+                    return time.monotonic()
+            except requests.RequestException:
+                pass
+            time.sleep(every_s)
+        raise TimeoutError(f"the dashboard at {self.dashboard} did not answer within {timeout_s:.0f} s: {self.logs()}")
 
     def _start_node(self, name: str, args: list[str]) -> None:
         temp = self.root / name

@@ -3,6 +3,7 @@ the cluster, creates the parent run and submits one Ray job whose entrypoint
 (`python -m orchestrator.sweep.entrypoint --parent-run-id P`) runs the trials on that cluster's
 Tune (sweep.driver.drive_sweep, as a local sweep does). The parent's tags name the job, so
 `orch status/logs/stop PARENT` reach it; `orch resume PARENT` submits the next one (`-rN`).
+Its requests to the cluster are ray_cluster's, retried as theirs are (targets/retry.py).
 """
 
 import click
@@ -26,9 +27,10 @@ def submit(uri: str, parent_id: str, trials, address: str, resume: int = 0, deta
     jobs = ray_cluster.client(address)
     job_id = naming.sweep_job_id(trials[0].spec, parent_id, resume)
     try:
-        jobs.submit_job(
+        ray_cluster.submit_once(
+            jobs,
+            job_id,
             entrypoint=naming.sweep_command(parent_id, uri, python=ray_cluster.cluster_python(address)),
-            submission_id=job_id,
             runtime_env=ray_cluster.runtime_env(trials[0].spec, uri),
             metadata=naming.job_metadata(parent_id),
         )
@@ -52,7 +54,7 @@ def follow(uri: str, parent_id: str, trials, jobs, job_id: str) -> dict:
             click.echo(chunk, nl=False, err=True)
         state = ray_cluster.wait(jobs, job_id)
     except KeyboardInterrupt:
-        jobs.stop_job(job_id)
+        ray_cluster.ask(jobs, jobs.stop_job, job_id)
         ray_cluster.wait(jobs, job_id, timeout_s=ray_cluster.STOP_WAIT_S + 15)
         state = "STOPPED"
     records.end_running_children(uri, parent_id, "KILLED", f"the sweep's Ray job {job_id} ended {state}")

@@ -2,7 +2,8 @@
 May import: spec, train, runs, recovery, console.
 
 The Ray this machine reaches, embedded when none runs (local.py); a Ray cluster through its
-Jobs API (ray_cluster.py); Kubernetes as a KubeRay RayJob (kuberay.py, its manifest in
+Jobs API (ray_cluster.py, whose every request retry.py retries while the cluster says "not
+yet"); Kubernetes as a KubeRay RayJob (kuberay.py, its manifest in
 kuberay_manifest.py). Remote jobs run entrypoint.py on the cluster, which trains with the same
 code as a local run. A job's names and commands are in naming.py, a leaf."""
 

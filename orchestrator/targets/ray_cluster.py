@@ -9,9 +9,12 @@ project's source tree travels as the job's working_dir and the resolved spec in 
 Data paths are read on the cluster: relative ones were made absolute in the directory `orch`
 runs in, so give paths every node sees (a shared filesystem, the same layout on each node).
 
-Every request has a timeout, and the address a user gives is the one used: Ray's
-JobSubmissionClient waits without one and lets $RAY_ADDRESS override its argument, so a wrong
-address would hang or reach another cluster instead of failing in seconds.
+The address a user gives is the one used (Ray's JobSubmissionClient lets $RAY_ADDRESS override
+its argument), and orch's own requests to the dashboard have a timeout, so a wrong address fails
+in seconds instead of hanging or reaching another cluster. Every request to the cluster goes
+through targets/retry.py's call(), which retries the answers that mean "not yet" (a head still
+starting) for a bounded time; a job's submit is retried only after asking Ray whether the last
+try went through (submit_once), so a Ray job is never submitted twice.
 """
 
 import asyncio
@@ -19,7 +22,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import re
 import sys
 import time
 import urllib.parse
@@ -33,7 +35,7 @@ from orchestrator.errors import JobFailed, JobInterrupted, OrchError, last_line
 from orchestrator.spec import preflight
 from orchestrator.spec.schema import JobSpec
 from orchestrator.tags import CHECKPOINT_DIR_TAG, ERROR_TAG, RAY_ADDRESS_TAG, RAY_JOB_ID_TAG, TARGET_TAG
-from orchestrator.targets import cluster, naming
+from orchestrator.targets import cluster, naming, retry
 
 TIMEOUT_S = (3.0, 30.0)  # connect, read
 STOP_WAIT_S = 60  # how long Ray lets the entrypoint end the run KILLED after `ray job stop`
@@ -57,7 +59,6 @@ EXCLUDES = [
     "/bench",
 ]
 _ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 
 # --- submitting a job ------------------------------------------------------------------------
@@ -157,9 +158,10 @@ def submit_job(jobs, spec: JobSpec, uri: str, run_id: str, address: str, resume:
 
     job_id = naming.ray_job_id(spec, run_id, resume)
     try:
-        jobs.submit_job(
+        submit_once(
+            jobs,
+            job_id,
             entrypoint=entrypoint_command(run_id, uri, address, resume=bool(resume)),
-            submission_id=job_id,
             runtime_env=runtime_env(spec, uri),
             metadata=naming.job_metadata(run_id),
         )
@@ -179,13 +181,49 @@ def submit_job(jobs, spec: JobSpec, uri: str, run_id: str, address: str, resume:
     return job_id
 
 
+def submit_once(jobs, job_id: str, **request) -> None:
+    """Submit Ray job `job_id` (its submission id, which names its run) through retry.call, and
+    never twice: before each retry, ask Ray for `job_id`; if Ray has it, the last try went
+    through and only its answer was lost, so that job is the run's."""
+    tries = 0
+
+    def attempt() -> None:
+        nonlocal tries
+        tries += 1
+        if tries > 1 and has_job(jobs, job_id):
+            return
+        try:
+            jobs.submit_job(submission_id=job_id, **request)
+        except RuntimeError as exc:  # taken by the try whose answer was lost, while it was checked
+            if tries == 1 or "already exists" not in str(exc):
+                raise
+
+    retry.call(jobs.get_address(), attempt)
+
+
+def has_job(jobs, job_id: str) -> bool:
+    """Whether Ray has a job of that submission id (one request: retry.call retries around it)."""
+    try:
+        jobs.get_job_info(job_id)
+    except RuntimeError as exc:
+        if retry.http_status(exc) == 404:
+            return False
+        raise
+    return True
+
+
+def ask(jobs, method, *args):
+    """A JobSubmissionClient method's answer, `jobs.METHOD(*args)` retried by retry.call."""
+    return retry.call(jobs.get_address(), lambda: method(*args))
+
+
 def settle(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, *, detach: bool, progress_to_stderr: bool):
     """What `orch submit` and `orch resume` return for a submitted job: detached, the run as it
     stands (SUBMITTED until the job runs); else follow() it to its end."""
     from orchestrator.runs.outcome import read_outcome
 
     if detach:
-        state = jobs.get_job_status(job_id)
+        state = ask(jobs, jobs.get_job_status, job_id)
         return read_outcome(uri, run_id, status="RUNNING" if str(state) == "RUNNING" else "SUBMITTED")
     return follow(jobs, job_id, spec, uri, run_id, progress_to_stderr)
 
@@ -207,7 +245,7 @@ def follow(jobs, job_id: str, spec: JobSpec, uri: str, run_id: str, progress_to_
         state = wait(jobs, job_id)
     except KeyboardInterrupt:
         click.echo(f"stopping Ray job {job_id} ...", err=True)
-        jobs.stop_job(job_id)
+        ask(jobs, jobs.stop_job, job_id)
         wait(jobs, job_id, timeout_s=STOP_WAIT_S + 15)
         tracking.end_if_running(uri, run_id, "KILLED", "stopped by Ctrl-C while orch followed the Ray job")
         raise JobInterrupted(
@@ -232,8 +270,8 @@ def _job_failure(jobs, job_id: str) -> str:
     """Why a job ended without ending its run: Ray's message and the end of its log (which Ray's
     message holds already when the entrypoint failed)."""
     try:
-        info = jobs.get_job_info(job_id)
-        tail = "\n".join(jobs.get_job_logs(job_id).strip().splitlines()[-20:])
+        info = ask(jobs, jobs.get_job_info, job_id)
+        tail = "\n".join(ask(jobs, jobs.get_job_logs, job_id).strip().splitlines()[-20:])
     except Exception as exc:  # the head went away: say so rather than nothing
         return f"Ray job {job_id}: its status could not be read ({exc})"
     message = (info.message or "").strip()
@@ -254,6 +292,7 @@ def connect(address: str) -> str:
             "or set RAY_ADDRESS or cluster.address"
         )
     address = address.rstrip("/") if "://" in address else f"http://{address.rstrip('/')}"
+    retry.bound_s()  # a bad $ORCH_RAY_RETRY_S is one line before the cluster is asked anything
     try:
         mode = _get(address, "/api/authentication_mode").get("authentication_mode")
     except _NotFound:  # a Ray from before token authentication: any Ray answers /api/version
@@ -264,40 +303,43 @@ def connect(address: str) -> str:
 
 
 def alive_nodes(address: str) -> list[dict]:
-    """Each alive node's total resources ({"CPU": 8.0, "GPU": 1.0, ...}), from the state API."""
-    reply = _get(address, "/api/v0/nodes", limit=10000)
-    rows = reply.get("data", {}).get("result", {}).get("result", [])
-    return [row.get("resources_total", {}) for row in rows if row.get("state") == "ALIVE"]
+    """Each alive node's total resources ({"CPU": 8.0, "GPU": 1.0, ...}), from the state API. A
+    head whose dashboard answers before its own node is alive says "not yet" (retry.NotYet)."""
+
+    def alive(reply: dict) -> list[dict]:
+        rows = reply.get("data", {}).get("result", {}).get("result", [])
+        found = [row.get("resources_total", {}) for row in rows if row.get("state") == "ALIVE"]
+        if not found:
+            raise retry.NotYet("no alive node yet")
+        return found
+
+    return _get(address, "/api/v0/nodes", then=alive, limit=10000)
 
 
 def client(address: str):
-    """Ray's JobSubmissionClient for `address`, whatever $RAY_ADDRESS says."""
+    """Ray's JobSubmissionClient for `address`, whatever $RAY_ADDRESS says (it asks the head for
+    its version: retried as every request is)."""
     from ray.job_submission import JobSubmissionClient
 
     for name, level in ray_internals.JOB_SUBMISSION_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     with _without_env(_ADDRESS_VARIABLES):
         try:
-            return JobSubmissionClient(address)
-        except (ConnectionError, RuntimeError) as exc:
-            raise unreachable(address, str(exc)) from None
+            return retry.call(address, lambda: JobSubmissionClient(address))
+        except (ConnectionError, RuntimeError, requests.RequestException, retry.NotReady) as exc:
+            raise unreachable(address, _reason(exc)) from None
 
 
 def wait(jobs, job_id: str, poll_s: float = 2.0, timeout_s: float | None = None):
     """Poll until the job is STOPPED, SUCCEEDED or FAILED (or `timeout_s` passes) and return
-    its last status; a head that stops answering for a minute is an error."""
+    its last status; a head that stops answering for longer than retry's bound is an error."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    lost_since = None
     while True:
         try:
-            status = jobs.get_job_status(job_id)
-            lost_since = None
-        except (requests.RequestException, ConnectionError) as exc:
-            lost_since = lost_since or time.monotonic()
-            if time.monotonic() - lost_since > 60:
-                raise unreachable(jobs.get_address(), f"no answer for a minute ({_reason(exc)})") from None
-            status = None
-        if status is not None and status.is_terminal():
+            status = ask(jobs, jobs.get_job_status, job_id)
+        except (requests.RequestException, ConnectionError, retry.NotReady) as exc:
+            raise unreachable(jobs.get_address(), _reason(exc)) from None
+        if status.is_terminal():
             return status
         if deadline is not None and time.monotonic() > deadline:
             return status
@@ -310,7 +352,7 @@ def wait(jobs, job_id: str, poll_s: float = 2.0, timeout_s: float | None = None)
 
 def job_status(run) -> dict:
     jobs, job_id = _job_of(run)
-    info = jobs.get_job_info(job_id)
+    info = ask(jobs, jobs.get_job_info, job_id)
     return {
         "ray_address": jobs.get_address(),
         "ray_job_id": job_id,
@@ -321,7 +363,7 @@ def job_status(run) -> dict:
 
 def job_logs(run) -> str:
     jobs, job_id = _job_of(run)
-    return jobs.get_job_logs(job_id)
+    return ask(jobs, jobs.get_job_logs, job_id)
 
 
 def follow_logs(run):
@@ -343,10 +385,10 @@ def follow_logs(run):
 def stop_job(run) -> dict:
     """Ask Ray to stop the job: its entrypoint gets SIGTERM, aborts Ray Train and ends the run KILLED."""
     jobs, job_id = _job_of(run)
-    if jobs.stop_job(job_id):
+    if ask(jobs, jobs.stop_job, job_id):
         return {"how": f"asked the Ray Jobs API at {jobs.get_address()} to stop job {job_id}", "running": True}
     return {
-        "how": f"Ray job {job_id} had already ended ({jobs.get_job_status(job_id)}); marked KILLED",
+        "how": f"Ray job {job_id} had already ended ({ask(jobs, jobs.get_job_status, job_id)}); marked KILLED",
         "running": False,
     }
 
@@ -372,27 +414,40 @@ def _job_of(run):
     return client(connect(address)), job_id
 
 
-def _get(address: str, path: str, **params) -> dict:
-    try:
+def _get(address: str, path: str, then=None, **params):
+    """The JSON a dashboard endpoint answers, or `then` of it, through retry.call (`then` may
+    raise retry.NotYet); a final answer or a wait that passed is one line."""
+
+    def once():
         reply = requests.get(
             address + path, params=params, headers=_internal(ray_internals.auth_headers), timeout=TIMEOUT_S
         )
-    except requests.RequestException as exc:
+        reply.raise_for_status()
+        try:
+            answer = reply.json()
+        except ValueError:
+            raise unreachable(address, f"{path} did not answer JSON: is this a Ray dashboard?") from None
+        return then(answer) if then else answer
+
+    try:
+        return retry.call(address, once)
+    except requests.HTTPError as exc:
+        raise _refused(address, path, exc.response) from None
+    except (requests.RequestException, retry.NotReady) as exc:
         raise unreachable(address, _reason(exc)) from None
+
+
+def _refused(address: str, path: str, reply) -> OrchError:
+    """The error for an HTTP answer that is final: a token refused, else not a Ray dashboard."""
     if reply.status_code in (401, 403):
         said = f"{reply.status_code}: {reply.text.strip()[:200]}"
-        raise OrchError(
+        return OrchError(
             f"the Ray cluster at {address} refused orch ({said}); "
             "it checks tokens: put its token in $RAY_AUTH_TOKEN or ~/.ray/auth_token"
         )
-    if reply.status_code != 200:
-        error = _NotFound if reply.status_code == 404 else OrchError
-        said = " ".join(filter(None, [f"HTTP {reply.status_code}", reply.text.strip()[:200]]))
-        raise error(unreachable(address, f"{path} answered {said} (not a Ray dashboard?)"))
-    try:
-        return reply.json()
-    except ValueError:
-        raise unreachable(address, f"{path} did not answer JSON: is this a Ray dashboard?") from None
+    error = _NotFound if reply.status_code == 404 else OrchError
+    said = " ".join(filter(None, [f"HTTP {reply.status_code}", reply.text.strip()[:200]]))
+    return error(unreachable(address, f"{path} answered {said} (not a Ray dashboard?)"))
 
 
 def _internal(function):
@@ -404,10 +459,11 @@ def _internal(function):
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, retry.NotReady):
+        return str(exc)
     if isinstance(exc, requests.Timeout):
         return f"no answer within {TIMEOUT_S[0]:g} s" if isinstance(exc, requests.ConnectTimeout) else "timed out"
-    found = _ERRNO.search(str(exc))
-    return found.group(1).strip() if found else type(exc).__name__
+    return retry.answer_of(exc)
 
 
 @contextlib.contextmanager
