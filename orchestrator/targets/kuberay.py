@@ -15,6 +15,7 @@ import time
 import click
 import yaml
 
+from orchestrator.console.stdout import emit_json
 from orchestrator.errors import JobFailed, OrchError, SpecError
 from orchestrator.spec.schema import JobSpec
 from orchestrator.tags import CHECKPOINT_DIR_TAG, ERROR_TAG, K8S_NAMESPACE_TAG, RAYJOB_TAG, TARGET_TAG
@@ -102,7 +103,7 @@ def print_manifest(pods: JobSpec, image: str | None, pod_uri: str, namespace: st
         namespace=namespace,
     )
     if output == "json":
-        click.echo(json.dumps(body))
+        emit_json(body)
         return
     click.echo(f"# dry run: nothing created; {manifest.PLACEHOLDER_RUN_ID} stands for the MLflow run id")
     click.echo(yaml.safe_dump(body, sort_keys=False, width=1_000_000).rstrip())
