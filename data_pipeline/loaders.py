@@ -126,6 +126,15 @@ class ValLoader(_Batches):
         self.resolution: int = resolution
 
 
+def first_samples(total: int, max_samples: int | None) -> int:
+    """How many of a file's `total` samples a loader reads: its first max_samples (all for None)."""
+    if max_samples is None:
+        return total
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be at least 1, got {max_samples}")
+    return min(total, max_samples)
+
+
 def build_train_loader(
     path,
     *,
@@ -158,11 +167,7 @@ def build_train_loader(
     _check_common(augment, batch_size)
     if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise RuntimeError("build_train_loader(distributed=True) needs torch.distributed's process group")
-    indices = None
-    if max_samples is not None:
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be at least 1, got {max_samples}")
-        indices = np.arange(min(max_samples, total), dtype=np.uint64)
+    indices = None if max_samples is None else np.arange(first_samples(total, max_samples), dtype=np.uint64)
     import_ffcv()
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import OrderOption
@@ -230,11 +235,7 @@ def build_val_loader(
     Shards with val_shard, not FFCV's distributed ordering, which pads with repeated samples;
     max_samples: the file's first N samples only.
     """
-    total = num_samples(path)
-    if max_samples is not None:
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be at least 1, got {max_samples}")
-        total = min(total, max_samples)
+    total = first_samples(num_samples(path), max_samples)
     _check_common(augment, batch_size)
     shard = val_shard(total, rank, world_size)
     import_ffcv()

@@ -72,8 +72,3 @@ def choose_precision(precision: str, device_type: str, cpu: CpuInfo | None = Non
     if "avx512_bf16" in cpu.flags:
         return Precision("fp32", f"auto: {vendor} CPU with AVX512_BF16 but no AMX, where bf16 steps are slower")
     return Precision("fp32", "auto: CPU without native bf16")
-
-
-def resolve_precision(precision: str, device) -> str:
-    """fp32, bf16 or fp16 for training.precision on `device` (a torch.device)."""
-    return choose_precision(precision, device.type).value
